@@ -1,0 +1,340 @@
+"""Settings: `llmgw.toml` plus environment overrides, read once into frozen dataclasses.
+
+Precedence, lowest first: built-in defaults, the TOML file, the seed system's variable
+names (`VLLM_BASE_URL`, `DATABASE_URL`, `GATEWAY_PORT`, `RATE_LIMIT_<TIER>_PER_MINUTE|HOUR`,
+`ADMIN_SECRET_KEY`), then `LLMGW_<SECTION>_<KEY>`. Anything unknown or malformed raises
+`ConfigError` with one line naming the key, so a typo stops start-up instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+# Environment variables that start with LLMGW_ but are not settings (they steer the CLI).
+NON_SETTING_ENV = frozenset({"LLMGW_CONFIG", "LLMGW_URL", "LLMGW_TOKEN"})
+CONFIG_SEARCH_PATH = (Path("llmgw.toml"), Path("/etc/llmgw/llmgw.toml"))
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway is meant to be reached from the network
+    port: int = 8000
+    max_body_bytes: int = 16 * 1024 * 1024
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 600.0
+    stream_idle_timeout: float = 300.0
+    shutdown_grace_period: float = 30.0
+    health_check_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    socket: str = ""
+    allowed_uids: tuple[int, ...] = ()
+    default_tier: str = "free"
+    secret_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    path: str = ""
+    flush_interval: float = 0.5
+    batch_size: int = 1000
+    max_pending: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: str
+    models: tuple[str, ...] = ()
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TierSettings:
+    requests_per_minute: int
+    requests_per_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    file: str = ""
+
+
+DEFAULT_TIERS: Mapping[str, TierSettings] = types.MappingProxyType(
+    {
+        "free": TierSettings(10, 100),
+        "standard": TierSettings(30, 300),
+        "premium": TierSettings(100, 1000),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    upstreams: tuple[UpstreamSettings, ...] = (UpstreamSettings("http://127.0.0.1:8100"),)
+    tiers: Mapping[str, TierSettings] = field(default_factory=lambda: DEFAULT_TIERS)
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.admin.socket) if self.admin.socket else default_socket_path()
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database.path) if self.database.path else default_database_path()
+
+
+def default_socket_path() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/llmgw/admin.sock")
+    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(runtime) / "llmgw" / "admin.sock"
+    return Path(f"/tmp/llmgw-{os.geteuid()}") / "admin.sock"  # noqa: S108
+
+
+def default_database_path() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/llmgw/llmgw.db")
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "llmgw" / "llmgw.db"
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: `--config`, else `LLMGW_CONFIG`, else the first that exists."""
+    chosen = explicit or environ.get("LLMGW_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    return next((p for p in CONFIG_SEARCH_PATH if p.is_file()), None)
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the file at `path` (if any), then the environment."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    sections = _check_keys(raw, _TOP_LEVEL, "")
+    _apply_seed_env(sections, environ)
+    _apply_llmgw_env(sections, environ)
+    return _build(sections)
+
+
+_TOP_LEVEL = {f.name for f in dataclasses.fields(Settings)}
+_SIMPLE_SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "admin": AdminSettings,
+    "database": DatabaseSettings,
+    "logging": LoggingSettings,
+}
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}{key}: unknown setting")
+    return dict(table)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _apply_seed_env(sections: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """The seed system's `.env` names, so a team can move over without rewriting it."""
+    if url := environ.get("VLLM_BASE_URL"):
+        sections["upstreams"] = [{"url": url}]
+    if db_url := environ.get("DATABASE_URL"):
+        if not db_url.startswith("sqlite:///"):
+            raise ConfigError(f"DATABASE_URL: only sqlite:///PATH is supported, got {db_url!r}")
+        sections.setdefault("database", {})["path"] = db_url.removeprefix("sqlite:///")
+    if port := environ.get("GATEWAY_PORT"):
+        sections.setdefault("server", {})["port"] = _convert(port, int, "GATEWAY_PORT")
+    if secret := environ.get("ADMIN_SECRET_KEY"):
+        sections.setdefault("admin", {})["secret_key"] = secret
+    for name, value in environ.items():
+        if name.startswith("RATE_LIMIT_") and name.endswith(("_PER_MINUTE", "_PER_HOUR")):
+            tier, _, window = name.removeprefix("RATE_LIMIT_").rpartition("_PER_")
+            key = "requests_per_minute" if window == "MINUTE" else "requests_per_hour"
+            tiers = sections.setdefault("tiers", {})
+            tiers.setdefault(tier.lower(), {})[key] = _convert(value, int, name)
+
+
+def _apply_llmgw_env(sections: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith("LLMGW_") or name in NON_SETTING_ENV:
+            continue
+        rest = name.removeprefix("LLMGW_").lower()
+        if rest == "upstreams":
+            urls = [u.strip() for u in value.split(",") if u.strip()]
+            sections["upstreams"] = [{"url": u} for u in urls]
+            continue
+        if rest.startswith("tiers_"):
+            tier_and_key = rest.removeprefix("tiers_")
+            key = next((k for k in _field_names(TierSettings) if tier_and_key.endswith(k)), None)
+            tier = tier_and_key.removesuffix(f"_{key}") if key else ""
+            if not key or not tier:
+                raise ConfigError(f"{name}: unknown setting (expected LLMGW_TIERS_<NAME>_<KEY>)")
+            sections.setdefault("tiers", {}).setdefault(tier, {})[key] = value
+            continue
+        section, _, key = rest.partition("_")
+        cls = _SIMPLE_SECTIONS.get(section)
+        if cls is None or key not in _field_names(cls):
+            raise ConfigError(f"{name}: unknown setting")
+        sections.setdefault(section, {})[key] = value
+
+
+def _build(sections: Mapping[str, Any]) -> Settings:
+    built: dict[str, Any] = {}
+    for name, cls in _SIMPLE_SECTIONS.items():
+        if name in sections:
+            built[name] = _build_dataclass(cls, _table(sections[name], name), f"[{name}] ")
+    if "upstreams" in sections:
+        built["upstreams"] = _build_upstreams(sections["upstreams"])
+    if "tiers" in sections:
+        built["tiers"] = _build_tiers(_table(sections["tiers"], "tiers"))
+    settings = Settings(**built)
+    _validate(settings)
+    return settings
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{where}]: expected a table")
+    return value
+
+
+def _build_upstreams(value: Any) -> tuple[UpstreamSettings, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError("[[upstreams]]: expected at least one [[upstreams]] table with a url")
+    return tuple(
+        _build_dataclass(UpstreamSettings, _table(item, "upstreams"), f"[[upstreams]] #{i + 1} ")
+        for i, item in enumerate(value)
+    )
+
+
+def _build_tiers(value: Mapping[str, Any]) -> Mapping[str, TierSettings]:
+    tiers = dict(DEFAULT_TIERS)
+    for name, table in value.items():
+        where = f"[tiers.{name}] "
+        table = dict(_table(table, f"tiers.{name}"))
+        if name in tiers:  # a partial override keeps the default tier's other values
+            table = dataclasses.asdict(tiers[name]) | table
+        tiers[name] = _build_dataclass(TierSettings, table, where)
+    return types.MappingProxyType(tiers)
+
+
+def _build_dataclass(cls: type[T], table: Mapping[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    _check_keys(table, set(hints), where)
+    values = {key: _convert(value, hints[key], f"{where}{key}") for key, value in table.items()}
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}{missing[0]}: required setting is missing")
+    return cls(**values)
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """`value` (from TOML, or a string from the environment) as `kind`, or ConfigError."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        item_kind = typing.get_args(kind)[0]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(
+            _convert(item.strip() if isinstance(item, str) else item, item_kind, where)
+            for item in items
+            if item != ""
+        )
+    if kind in (int, float):
+        return _to_number(value, kind, where)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _to_number(value: Any, kind: type[int] | type[float], where: str) -> int | float:
+    noun = "an integer" if kind is int else "a number"
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {noun}, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected {noun}, got {value!r}") from None
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is float and isinstance(value, int | float):
+        return float(value)
+    raise ConfigError(f"{where}: expected {noun}, got {value!r}")
+
+
+def _validate(settings: Settings) -> None:
+    server = settings.server
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"[server] port: must be between 0 and 65535, got {server.port}")
+    for name in (
+        "max_body_bytes",
+        "upstream_connect_timeout",
+        "upstream_timeout",
+        "stream_idle_timeout",
+        "health_check_interval",
+    ):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"[server] {name}: must be greater than 0")
+    if server.shutdown_grace_period < 0:
+        raise ConfigError("[server] shutdown_grace_period: must not be negative")
+    db = settings.database
+    if db.flush_interval <= 0 or db.batch_size < 1 or db.max_pending < 1:
+        raise ConfigError("[database] flush_interval, batch_size, max_pending: must be positive")
+    for i, upstream in enumerate(settings.upstreams, 1):
+        if not upstream.url.startswith(("http://", "https://")):
+            raise ConfigError(f"[[upstreams]] #{i} url: must start with http:// or https://")
+    for name, tier in settings.tiers.items():
+        if tier.requests_per_minute < 1 or tier.requests_per_hour < 1:
+            raise ConfigError(f"[tiers.{name}]: request limits must be at least 1")
+    if settings.admin.default_tier not in settings.tiers:
+        raise ConfigError(
+            f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "
+            f"(tiers: {', '.join(settings.tiers)})"
+        )

@@ -1,0 +1,129 @@
+"""Every error leaves the gateway in OpenAI's JSON shape, built here.
+
+`{"error": {"message", "type", "param", "code"}}` is what the OpenAI SDK parses into its
+exceptions. The gateway's own errors, aiohttp's (404, 405, 413) and vLLM's (which puts
+the exception class name in `type` and the status number in `code`) all pass through
+`error_body`, so a client never has to handle a second shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+# OpenAI's `type` for a status when nothing more specific applies.
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def default_type(status: int) -> str:
+    return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(message, type_ or default_type(status), code, param),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class GatewayError(Exception):
+    """Raised inside a handler to answer with an OpenAI-shaped error."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type_ = type_
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return error_response(
+            self.status,
+            self.message,
+            type_=self.type_,
+            code=self.code,
+            param=self.param,
+            headers=self.headers,
+        )
+
+
+def normalise_upstream_error(status: int, body: bytes) -> bytes:
+    """vLLM's error body (either its current `{"error": {...}}` or its older flat
+    `{"object": "error", ...}` shape, or plain text) in OpenAI's shape."""
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    info = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(info, dict):
+        info = parsed if isinstance(parsed, dict) and "message" in parsed else {}
+    message = info.get("message")
+    if not isinstance(message, str) or not message:
+        text = body.decode("utf-8", "replace").strip()[:500]
+        message = text or f"The upstream answered with status {status}."
+    param = info.get("param")
+    return error_body(
+        message,
+        _openai_type(info.get("type"), status),
+        _openai_code(info.get("code"), status, message),
+        param if isinstance(param, str) else None,
+    )
+
+
+def _openai_type(upstream_type: Any, status: int) -> str:
+    # vLLM's `type` is a Python class name ("BadRequestError"); OpenAI's are snake_case
+    # categories ("invalid_request_error"). Keep a type that already is OpenAI's.
+    if isinstance(upstream_type, str) and upstream_type and upstream_type[0].islower():
+        return upstream_type
+    return default_type(status)
+
+
+def _openai_code(upstream_code: Any, status: int, message: str) -> str | None:
+    if isinstance(upstream_code, str) and upstream_code:
+        return upstream_code
+    if status == 404 and "model" in message.lower():
+        return "model_not_found"
+    return None

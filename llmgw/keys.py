@@ -1,0 +1,159 @@
+"""API keys: how they are made, how they are stored, and the in-memory table that
+authenticates every request.
+
+A key is `sk-internal-` plus 32 random bytes (URL-safe base64). Only its SHA-256 digest
+is stored; the plaintext exists once, in the answer to the admin who created it. The
+request path never touches the database: `KeyTable` is loaded at start and updated in
+place by every admin change, so a revoke applies to the very next request and a slow or
+locked database never turns into 401s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import GatewayError
+
+KEY_PREFIX = "sk-internal-"
+DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 4
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    return key[:DISPLAY_PREFIX_LEN]
+
+
+def iso_utc(epoch: float) -> str:
+    """The one timestamp format of the database and the admin API (sorts as text)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso(text: str) -> float:
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
+_UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_expiry(text: str, now: float) -> float:
+    """`2027-01-31` (midnight UTC), an ISO datetime, or `30d` / `12h` / `2w` from now."""
+    if match := _RELATIVE.match(text):
+        return now + int(match[1]) * _UNIT[match[2]].total_seconds()
+    try:
+        return parse_iso(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"cannot read expiry {text!r}: use a date (2027-01-31), an ISO datetime "
+            "(2027-01-31T18:00:00Z) or a duration from now (30d, 12h, 2w)"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One row of `api_keys`, as the request path needs it (times as epoch seconds)."""
+
+    id: int
+    key_hash: str
+    key_prefix: str
+    user_id: str
+    tier: str
+    description: str
+    is_active: bool
+    created_at: float
+    updated_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    allowed_models: tuple[str, ...] | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The admin API's view: everything but the hash, times as ISO text."""
+        view = dataclasses.asdict(self)
+        del view["key_hash"]
+        for name in ("created_at", "updated_at", "expires_at", "last_used_at"):
+            if view[name] is not None:
+                view[name] = iso_utc(view[name])
+        view["allowed_models"] = list(self.allowed_models) if self.allowed_models else None
+        return view
+
+
+class KeyTable:
+    """The live keys by hash: the only thing the request path consults to authenticate."""
+
+    def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
+        self._by_hash: dict[str, ApiKey] = {}
+        self._hash_by_id: dict[int, str] = {}
+        for key in keys:
+            self.put(key)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def put(self, key: ApiKey) -> None:
+        old_hash = self._hash_by_id.get(key.id)
+        if old_hash is not None and old_hash != key.key_hash:  # a rotation
+            del self._by_hash[old_hash]
+        self._by_hash[key.key_hash] = key
+        self._hash_by_id[key.id] = key.key_hash
+
+    def remove(self, key_id: int) -> None:
+        key_hash = self._hash_by_id.pop(key_id, None)
+        if key_hash is not None:
+            del self._by_hash[key_hash]
+
+    def authenticate(self, presented: str | None, now: float) -> ApiKey:
+        """The active key `presented` names, or a 401 `GatewayError`.
+
+        Lookup is by digest only, so the time taken does not depend on how much of a
+        guessed key is right.
+        """
+        if not presented:
+            raise _unauthorized(
+                "You didn't provide an API key. Send it in an Authorization header "
+                "(Authorization: Bearer YOUR_KEY) or in an x-api-key header.",
+                None,
+            )
+        key = self._by_hash.get(hash_key(presented))
+        if key is None:
+            raise _unauthorized("Incorrect API key provided.", "invalid_api_key")
+        if not key.is_active:
+            raise _unauthorized("This API key has been revoked.", "invalid_api_key")
+        if key.expires_at is not None and now >= key.expires_at:
+            raise _unauthorized(
+                f"This API key expired at {iso_utc(key.expires_at)}.", "invalid_api_key"
+            )
+        return key
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request carries, from `Authorization: Bearer` or `x-api-key`."""
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized(
+                "Malformed Authorization header: expected 'Authorization: Bearer YOUR_KEY'.",
+                "invalid_api_key",
+            )
+        return token.strip()
+    return x_api_key.strip() if x_api_key else None
+
+
+def _unauthorized(message: str, code: str | None) -> GatewayError:
+    return GatewayError(401, message, type_="invalid_request_error", code=code)
