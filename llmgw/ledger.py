@@ -1,0 +1,148 @@
+"""The usage ledger: one record per authenticated request, written in batches.
+
+The request path only appends to an in-memory buffer and never waits on SQLite. One
+writer task takes what has gathered (at most every `flush_interval`, or at once when a
+batch is full) and hands it to the store in one transaction. When the database fails,
+the batch goes back to the front of the buffer and is retried; the buffer is bounded,
+and a record that does not fit is counted and logged, never dropped silently. Closing
+writes everything still buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger("llmgw.ledger")
+
+UsageSource = Literal["reported", "estimated", "partial"]
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One row of `request_logs`."""
+
+    request_id: str
+    user_id: str
+    api_key_id: int | None
+    endpoint: str
+    method: str
+    status_code: int
+    duration_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    usage_source: UsageSource
+    model: str | None
+    upstream: str | None
+    timestamp: float  # epoch seconds at the start of the request
+
+
+Writer = Callable[[list[UsageRecord]], Awaitable[None]]
+
+
+class Ledger:
+    def __init__(
+        self,
+        write: Writer,
+        *,
+        flush_interval: float = 0.25,
+        batch_size: int = 1000,
+        max_pending: int = 100_000,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._write = write
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._max_pending = max_pending
+        self._retry_interval = retry_interval
+        self._pending: deque[UsageRecord] = deque()
+        self._wakeup = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._close_attempts = 5
+        self._writing = 0
+        self._last_drop_log = 0.0
+        self.written = 0
+        self.dropped = 0
+        self.failed_writes = 0
+        self.last_error: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Records not yet committed, including a batch being written."""
+        return len(self._pending) + self._writing
+
+    def record(self, record: UsageRecord) -> None:
+        """Queue one record; never blocks."""
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= 1.0:  # one line a second, not one per request
+                self._last_drop_log = now
+                log.error(
+                    "ledger buffer full (%d records waiting for the database): "
+                    "%d usage records dropped so far",
+                    len(self._pending),
+                    self.dropped,
+                )
+            return
+        self._pending.append(record)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """The writer task: runs until `close()` has flushed everything."""
+        while True:
+            await self._wakeup.wait()
+            if len(self._pending) < self._batch_size:
+                await self._pause(self._flush_interval)  # let a batch gather
+            self._wakeup.clear()
+            await self._drain()
+            if self._closing.is_set():
+                return
+
+    async def close(self, task: asyncio.Task[None], attempts: int = 5) -> None:
+        """Stop the writer task after it has written everything buffered."""
+        self._close_attempts = attempts
+        self._closing.set()
+        self._wakeup.set()
+        await task
+
+    async def _drain(self) -> None:
+        failures = 0
+        while self._pending:
+            batch = [
+                self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))
+            ]
+            self._writing = len(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:  # the database is away: keep the rows, try again
+                self._pending.extendleft(reversed(batch))
+                self._writing = 0
+                self.failed_writes += 1
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("ledger write of %d records failed: %s", len(batch), self.last_error)
+                if self._closing.is_set() and failures >= self._close_attempts:
+                    self.dropped += len(self._pending)
+                    log.error("shutting down with %d usage records unwritten", len(self._pending))
+                    self._pending.clear()
+                    return
+                await self._pause(self._retry_interval)
+                continue
+            self._writing = 0
+            self.written += len(batch)
+            self.last_error = None
+
+    async def _pause(self, seconds: float) -> None:
+        # Closing cuts a pause short: shutdown should not wait out a flush interval.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
