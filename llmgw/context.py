@@ -1,0 +1,78 @@
+"""What the gateway learns about one request as it handles it.
+
+The accounting middleware creates a `RequestContext`, the handlers fill it in (key,
+model, upstream, usage, how the response ended), and the middleware turns it into the
+request's one ledger record and one access-log line, whichever way the request ended.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .keys import ApiKey
+from .ledger import UsageRecord, UsageSource
+from .streaming import SseRelay
+from .usage import Usage, estimate_prompt_tokens
+
+CLIENT_CLOSED = 499  # nginx's status for "the client went away first"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    method: str
+    path: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timestamp: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    key: ApiKey | None = None
+    rate_headers: dict[str, str] | None = None
+    payload: dict[str, Any] | None = None
+    model: str | None = None
+    upstream: str | None = None
+    ttft_ms: float | None = None
+    usage: Usage | None = None  # as vLLM reported it in a response body
+    relay: SseRelay | None = None
+    status: int | None = None  # overrides the response's status (a stream cut short)
+    cut: bool = False  # the response was cut off after its first byte
+
+    def mark_first_byte(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    def record(self, status: int) -> UsageRecord | None:
+        """The ledger row for this request; None when no key was recognised."""
+        if self.key is None:
+            return None
+        prompt, completion, source = self._usage(status)
+        return UsageRecord(
+            request_id=self.request_id,
+            user_id=self.key.user_id,
+            api_key_id=self.key.id,
+            endpoint=self.path,
+            method=self.method,
+            status_code=status,
+            duration_ms=(time.perf_counter() - self.started) * 1000,
+            ttft_ms=self.ttft_ms,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            usage_source=source,
+            model=self.model,
+            upstream=self.upstream,
+            timestamp=self.timestamp,
+        )
+
+    def _usage(self, status: int) -> tuple[int, int, UsageSource]:
+        reported = self.usage or (self.relay.usage if self.relay else None)
+        if reported is not None:
+            return reported.prompt_tokens, reported.completion_tokens, "reported"
+        if self.upstream is None or self.payload is None:
+            return 0, 0, "estimated"  # no upstream saw it: nothing was generated
+        completion = self.relay.completion_events if self.relay else 0
+        if status == CLIENT_CLOSED or self.cut:
+            return estimate_prompt_tokens(self.payload), completion, "partial"
+        if status >= 400:
+            return 0, 0, "estimated"  # the upstream refused the request
+        return estimate_prompt_tokens(self.payload), completion, "estimated"

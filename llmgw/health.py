@@ -1,0 +1,72 @@
+"""`GET /health` and `GET /metrics`: what operators and load balancers watch.
+
+`/health` answers 200 while the gateway can serve (at least one healthy upstream, not
+shutting down) and 503 otherwise; its body says what is wrong, database and ledger
+included, so one request tells an operator where to look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .state import KEYS, LEDGER, METRICS, STORE, UPSTREAMS
+
+DB_CHECK_TIMEOUT = 2.0
+
+
+async def health(request: web.Request) -> web.Response:
+    cfg = request.config_dict
+    pool, ledger, metrics = cfg[UPSTREAMS], cfg[LEDGER], cfg[METRICS]
+    db_error = await _database_error(request)
+    serving = pool.any_healthy and not metrics.draining
+    if not serving:
+        status = "unavailable"
+    elif db_error or ledger.dropped or ledger.last_error:
+        status = "degraded"  # still serving: keys are in memory, the ledger buffers
+    else:
+        status = "ok"
+    body: dict[str, Any] = {
+        "status": status,
+        "draining": metrics.draining,
+        "uptime_s": round(time.time() - metrics.started_at, 1),
+        "in_flight": metrics.in_flight,
+        "keys": len(cfg[KEYS]),
+        "database": {"ok": db_error is None, "error": db_error},
+        "ledger": {
+            "pending": ledger.pending,
+            "written": ledger.written,
+            "dropped": ledger.dropped,
+            "last_error": ledger.last_error,
+        },
+        "upstreams": [u.status() for u in pool.upstreams],
+    }
+    return web.Response(
+        status=200 if serving else 503, body=orjson.dumps(body), content_type="application/json"
+    )
+
+
+async def _database_error(request: web.Request) -> str | None:
+    try:
+        async with asyncio.timeout(DB_CHECK_TIMEOUT):
+            await request.config_dict[STORE].ping()
+    except TimeoutError:
+        return f"no answer within {DB_CHECK_TIMEOUT:g} s"
+    except Exception as exc:  # any database failure is reported, not raised
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    cfg = request.config_dict
+    text = cfg[METRICS].render(cfg[LEDGER], cfg[UPSTREAMS])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,348 @@
+"""The `/v1/*` request path: auth, limits, body checks, forwarding, relaying.
+
+Only the routes in `ROUTES` exist; everything else under `/v1` is a 404 that never
+reaches vLLM (its development routes in particular). The body goes upstream as the
+bytes received, with one exception: a streaming chat or text completion is made to
+ask for the usage chunk, which is removed again on the way back if the client did not
+ask for it itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .context import RequestContext
+from .errors import GatewayError, normalise_upstream_error
+from .keys import ApiKey, presented_key
+from .limits import RequestLimits
+from .state import CLIENT, CONTEXT, KEYS, LIMITER, SETTINGS, UPSTREAMS
+from .streaming import SseRelay, error_event
+from .upstreams import Upstream
+from .usage import usage_from_body
+
+RouteKind = Literal["chat", "completion", "embedding", "models"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    kind: RouteKind
+
+
+ROUTES = (
+    Route("POST", "/v1/chat/completions", "chat"),
+    Route("POST", "/v1/completions", "completion"),
+    Route("POST", "/v1/embeddings", "embedding"),
+    Route("GET", "/v1/models", "models"),
+)
+_STREAMABLE = frozenset({"chat", "completion"})
+# Request headers worth passing on; everything else (the client's key above all) stays.
+_FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
+_FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "retry-after-ms")
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_USAGE_OPTIONS = b',"stream_options":{"include_usage":true}}'
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _handler(route))
+
+
+def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request[CONTEXT]
+        key = _authorize(request, ctx)
+        if route.kind == "models":
+            return await _list_models(request, ctx, key)
+        body, stream, strip_usage = await _read_request(request, ctx, route, key)
+        return await _forward(request, ctx, route, body, stream, strip_usage)
+
+    handle.__name__ = f"proxy_{route.kind}"
+    return handle
+
+
+def _authorize(request: web.Request, ctx: RequestContext) -> ApiKey:
+    app = request.app
+    headers = request.headers
+    presented = presented_key(headers.get("Authorization"), headers.get("x-api-key"))
+    key = app[KEYS].authenticate(presented, time.time())
+    ctx.key = key
+    settings = app[SETTINGS]
+    tier = settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
+    limits = RequestLimits(tier.requests_per_minute, tier.requests_per_hour)
+    decision = app[LIMITER].acquire(key.id, limits)
+    ctx.rate_headers = decision.headers()
+    if not decision.allowed:
+        window, limit = (
+            ("minute", limits.per_minute)
+            if decision.minute.remaining == 0
+            else ("hour", limits.per_hour)
+        )
+        raise GatewayError(
+            429,
+            f"Rate limit reached for requests per {window} (tier {key.tier}): limit {limit}. "
+            f"Please try again in {math.ceil(decision.retry_after)}s.",
+            type_="requests",
+            code="rate_limit_exceeded",
+        )
+    return key
+
+
+async def _read_request(
+    request: web.Request, ctx: RequestContext, route: Route, key: ApiKey
+) -> tuple[bytes, bool, bool]:
+    """The body to send upstream, whether it streams, and whether to strip usage."""
+    limit = request.app[SETTINGS].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise GatewayError(400, "The request body must be a JSON object.")
+    ctx.payload = payload
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise GatewayError(400, "'model' must be a string.", param="model")
+    ctx.model = model
+    if key.allowed_models is not None and model not in key.allowed_models:
+        raise GatewayError(
+            403,
+            f"This API key may not use the model {model!r}; "
+            f"it may use: {', '.join(key.allowed_models)}.",
+            type_="permission_error",
+            code="model_not_allowed",
+            param="model",
+        )
+    if route.kind not in _STREAMABLE or payload.get("stream") is not True:
+        return body, False, False
+    body, strip_usage = _ask_for_usage(body, payload)
+    return body, True, strip_usage
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413,
+        f"The request body is larger than this gateway accepts ({limit} bytes).",
+        code="request_too_large",
+    )
+
+
+def _ask_for_usage(body: bytes, payload: dict[str, Any]) -> tuple[bytes, bool]:
+    """The body with `stream_options.include_usage` on; and whether the client lacked it.
+
+    When the client did not send `stream_options`, the option is spliced onto the end
+    of the received bytes, so everything it did send goes upstream unchanged.
+    """
+    options = payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return body, False
+    if "stream_options" not in payload:
+        end = body.rstrip().rfind(b"}")
+        return body[:end] + _USAGE_OPTIONS, True
+    if options is not None and not isinstance(options, dict):
+        return body, False  # malformed: let vLLM reject it in its own words
+    # Continuous usage only applies with include_usage; the client would not have seen it.
+    patched = {**(options or {}), "include_usage": True, "continuous_usage_stats": False}
+    return orjson.dumps({**payload, "stream_options": patched}), True
+
+
+def _upstream_headers(request: web.Request, upstream: Upstream, request_id: str) -> dict[str, str]:
+    headers = {
+        name: value
+        for name in _FORWARDED_REQUEST_HEADERS
+        if (value := request.headers.get(name)) is not None
+    }
+    headers["X-Request-Id"] = request_id
+    headers["Accept-Encoding"] = "identity"  # the relay reads the stream as text
+    headers.update(upstream.auth_headers())
+    return headers
+
+
+async def _forward(
+    request: web.Request,
+    ctx: RequestContext,
+    route: Route,
+    body: bytes,
+    stream: bool,
+    strip_usage: bool,
+) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS].server
+    target = route.path + (f"?{request.query_string}" if request.query_string else "")
+    for upstream in app[UPSTREAMS].candidates(ctx.model):
+        upstream.in_flight += 1
+        ctx.upstream = upstream.url
+        try:
+            try:
+                async with asyncio.timeout(settings.upstream_timeout):
+                    response = await app[CLIENT].request(
+                        route.method,
+                        upstream.url + target,
+                        data=body,
+                        headers=_upstream_headers(request, upstream, ctx.request_id),
+                    )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                upstream.mark_down(str(exc))
+                ctx.upstream = None
+                continue  # nothing reached this upstream: try the next
+            except TimeoutError:
+                raise GatewayError(
+                    504,
+                    f"The model server did not answer within {settings.upstream_timeout:g} s.",
+                    code="upstream_timeout",
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise GatewayError(
+                    502, f"The model server failed: {exc}.", code="upstream_error"
+                ) from None
+            try:
+                if stream and response.status == 200:
+                    relay = SseRelay(strip_usage=strip_usage, role_chunk=route.kind == "chat")
+                    ctx.relay = relay
+                    return await _relay_stream(request, ctx, response, relay)
+                return await _answer(ctx, response, settings.stream_idle_timeout)
+            except BaseException:
+                # The client went away or the handler failed: closing (not releasing)
+                # the connection is what makes vLLM abort the generation.
+                response.close()
+                raise
+            finally:
+                response.release()  # back to the pool if complete, else closed
+        finally:
+            upstream.in_flight -= 1
+    if ctx.key is not None:
+        app[LIMITER].refund(ctx.key.id)
+    raise GatewayError(502, "No model server is reachable right now.", code="upstream_unavailable")
+
+
+async def _answer(
+    ctx: RequestContext, response: aiohttp.ClientResponse, read_timeout: float
+) -> web.Response:
+    try:
+        async with asyncio.timeout(read_timeout):
+            data = await response.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise GatewayError(
+            502, f"The model server's answer broke off: {exc or 'timeout'}.", code="upstream_error"
+        ) from None
+    ctx.mark_first_byte()
+    if response.status >= 400:
+        data = normalise_upstream_error(response.status, data)
+    else:
+        ctx.usage = usage_from_body(data)
+    headers = _response_headers(response)
+    if response.status >= 400:
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=response.status, body=data, headers=headers)
+
+
+def _response_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {
+        name: value
+        for name in _FORWARDED_RESPONSE_HEADERS
+        if (value := response.headers.get(name)) is not None
+    }
+
+
+async def _relay_stream(
+    request: web.Request,
+    ctx: RequestContext,
+    response: aiohttp.ClientResponse,
+    relay: SseRelay,
+) -> web.StreamResponse:
+    out = web.StreamResponse(status=200, headers=_response_headers(response) | _SSE_HEADERS)
+    await out.prepare(request)
+    idle = request.app[SETTINGS].server.stream_idle_timeout
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle) as timer:
+            async for chunk in response.content.iter_any():
+                if data := relay.feed(chunk):
+                    ctx.mark_first_byte()
+                    timer.reschedule(None)  # a slow client is not an idle upstream
+                    await out.write(data)
+                timer.reschedule(loop.time() + idle)
+        if tail := relay.finish():
+            await out.write(tail)
+    except TimeoutError:
+        await _cut(
+            out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
+        )
+    except aiohttp.ClientError as exc:
+        await _cut(
+            out, ctx, 502, f"The model server broke off the stream: {exc}.", "upstream_error"
+        )
+    if relay.error_status is not None:
+        ctx.status, ctx.cut = relay.error_status, True
+    with contextlib.suppress(ConnectionError):
+        await out.write_eof()
+    return out
+
+
+async def _cut(
+    out: web.StreamResponse, ctx: RequestContext, status: int, message: str, code: str
+) -> None:
+    """End a stream that has already begun with an error event: its status is sent."""
+    ctx.status, ctx.cut = status, True
+    with contextlib.suppress(ConnectionError):
+        await out.write(error_event(message, "server_error", code))
+
+
+async def _list_models(request: web.Request, ctx: RequestContext, key: ApiKey) -> web.Response:
+    """The models of every reachable upstream, as one list, limited to the key's."""
+    app = request.app
+    upstreams = app[UPSTREAMS].upstreams
+    results = await asyncio.gather(
+        *(_fetch_models(app, u) for u in upstreams), return_exceptions=True
+    )
+    seen: dict[str, Any] = {}
+    answered = []
+    for upstream, result in zip(upstreams, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, aiohttp.ClientConnectorError):
+                upstream.mark_down(str(result))
+            continue
+        answered.append(upstream.url)
+        for model in result:
+            if isinstance(model, dict) and isinstance(model.get("id"), str):
+                seen.setdefault(model["id"], model)
+    if not answered:
+        app[LIMITER].refund(key.id)
+        raise GatewayError(
+            502, "No model server is reachable right now.", code="upstream_unavailable"
+        )
+    ctx.upstream = ",".join(answered)
+    ctx.mark_first_byte()
+    allowed = key.allowed_models
+    data = [m for name, m in seen.items() if allowed is None or name in allowed]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
+
+
+async def _fetch_models(app: web.Application, upstream: Upstream) -> list[Any]:
+    async with asyncio.timeout(app[SETTINGS].server.upstream_timeout):
+        async with app[CLIENT].get(
+            f"{upstream.url}/v1/models", headers=upstream.auth_headers()
+        ) as response:
+            response.raise_for_status()
+            listing = await response.json()
+    data = listing.get("data") if isinstance(listing, dict) else None
+    return data if isinstance(data, list) else []

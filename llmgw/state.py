@@ -1,0 +1,25 @@
+"""The typed keys under which the app factory puts each resource on the application."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .config import Settings
+from .context import RequestContext
+from .keys import KeyTable
+from .ledger import Ledger
+from .limits import RateLimiter
+from .metrics import Metrics
+from .store import Store
+from .upstreams import UpstreamPool
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+KEYS = web.AppKey("keys", KeyTable)
+LIMITER = web.AppKey("limiter", RateLimiter)
+UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
+CLIENT = web.AppKey("client", aiohttp.ClientSession)
+LEDGER = web.AppKey("ledger", Ledger)
+METRICS = web.AppKey("metrics", Metrics)
+CONTEXT = web.RequestKey("context", RequestContext)

@@ -1,0 +1,137 @@
+"""Relaying vLLM's server-sent events to the client as they arrive.
+
+Bytes pass through untouched, a whole event at a time (a client cannot use half an
+event). Only events that mention `"usage"` or `"error"` are parsed: the usage chunk is
+read for the ledger and removed again when the gateway, not the client, asked for it;
+an error event is brought into OpenAI's shape. Ordinary token chunks are never parsed
+or re-encoded: JSON escapes every quote inside a string, so those keys cannot appear
+in generated text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .errors import error_body, normalise_upstream_error
+from .usage import Usage, usage_of
+
+_EVENT_END = b"\n\n"
+# An upstream that frames events differently (CRLF) must still not be buffered whole.
+_MAX_HELD = 64 * 1024
+_DONE = b"data: [DONE]"
+_FINISHED = b'"finish_reason":"'  # a chunk that ends a choice (null is unquoted)
+_FINGERPRINT = b'"system_fingerprint"'
+
+
+class SseRelay:
+    def __init__(self, *, strip_usage: bool, role_chunk: bool) -> None:
+        self._strip_usage = strip_usage
+        self._role_chunk = role_chunk
+        self._held = b""
+        # Final chunks waiting for the usage chunk that follows them (see _release).
+        self._final: list[bytes] = []
+        self._events = 0
+        self._done_events = 0
+        self.usage: Usage | None = None
+        self.error_status: int | None = None  # set when the upstream streamed an error
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What of `chunk` (after what was held back) can go to the client now."""
+        data = self._held + chunk if self._held else chunk
+        cut = data.rfind(_EVENT_END)
+        if cut < 0:
+            if len(data) <= _MAX_HELD:
+                self._held = data
+                return b""
+            cut = len(data) - len(_EVENT_END)
+        end = cut + len(_EVENT_END)
+        ready, self._held = data[:end], data[end:]
+        # Framing newlines are the only raw ones: JSON escapes those inside strings.
+        self._events += ready.count(_EVENT_END)
+        self._done_events += ready.count(_DONE)
+        if (
+            self._final
+            or b'"usage"' in ready
+            or b'"error"' in ready
+            or (self._strip_usage and _FINISHED in ready)
+        ):
+            ready = self._inspect(ready)
+        return ready
+
+    def finish(self) -> bytes:
+        """Whatever is still held when the upstream ends."""
+        rest, self._held = self._held, b""
+        tail = self.feed(rest + _EVENT_END)[: -len(_EVENT_END)] if rest.strip() else rest
+        return tail + self._release(None)
+
+    @property
+    def completion_events(self) -> int:
+        """Token chunks relayed so far: what a cut-short stream is charged for."""
+        overhead = self._done_events + (1 if self._role_chunk else 0)
+        return max(0, self._events - overhead)
+
+    def _inspect(self, block: bytes) -> bytes:
+        out = []
+        for event in block.split(_EVENT_END)[:-1]:
+            parsed = _event_json(event) if b'"usage"' in event or b'"error"' in event else None
+            if isinstance(parsed, dict):
+                if (usage := usage_of(parsed)) is not None:
+                    self.usage = usage
+                    if self._strip_usage and parsed.get("choices") == []:
+                        self._events -= 1
+                        out.append(self._release(parsed.get("system_fingerprint")))
+                        continue
+                if "error" in parsed or parsed.get("object") == "error":
+                    out.append(self._release(None))
+                    out.append(self._normalised_error(parsed) + _EVENT_END)
+                    continue
+            if self._strip_usage and (self._final or _FINISHED in event):
+                self._final.append(event)
+                continue
+            out.append(event + _EVENT_END)
+        return b"".join(out)
+
+    def _release(self, fingerprint: Any) -> bytes:
+        """The held final chunks, as vLLM sends them when no usage chunk was asked for.
+
+        vLLM stamps `system_fingerprint` on the usage chunk when there is one, and on
+        the final chunks otherwise; having removed the usage chunk, the gateway moves
+        the stamp back where the client would have found it. The field comes last in
+        those chunks, so adding it before the closing brace reproduces vLLM's bytes.
+        """
+        held, self._final = self._final, []
+        stamp = b',"system_fingerprint":' + orjson.dumps(fingerprint) + b"}"
+        out = []
+        for event in held:
+            if (
+                isinstance(fingerprint, str)
+                and _FINISHED in event
+                and _FINGERPRINT not in event
+                and event.endswith(b"}")
+            ):
+                event = event[:-1] + stamp
+            out.append(event + _EVENT_END)
+        return b"".join(out)
+
+    def _normalised_error(self, parsed: dict[str, Any]) -> bytes:
+        info = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
+        code = info.get("code") if isinstance(info, dict) else None
+        self.error_status = code if isinstance(code, int) and code >= 400 else 500
+        return b"data: " + normalise_upstream_error(self.error_status, orjson.dumps(parsed))
+
+
+def _event_json(event: bytes) -> Any:
+    payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    if not payload or payload == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def error_event(message: str, type_: str, code: str) -> bytes:
+    """The event that ends a stream the gateway had to cut off."""
+    return b"data: " + error_body(message, type_, code) + _EVENT_END
