@@ -1,0 +1,129 @@
+"""The app factory: the public application, its resources, and the admin socket.
+
+Each resource is set up and torn down by its own `cleanup_ctx` generator, in this
+order: database (and the key table loaded from it), ledger writer, upstream client and
+health prober, admin socket. Teardown runs in reverse, so the admin socket goes first
+and the ledger is flushed after the last request has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import admin_api, health, proxy
+from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
+from .config import Settings
+from .keys import KeyTable
+from .ledger import Ledger
+from .limits import RateLimiter
+from .metrics import Metrics
+from .middleware import accounting_middleware, add_response_headers, error_middleware
+from .state import CLIENT, KEYS, LEDGER, LIMITER, METRICS, SETTINGS, STORE, UPSTREAMS
+from .store import Store
+from .upstreams import UpstreamPool
+
+log = logging.getLogger("llmgw")
+
+# vLLM (uvicorn) closes idle keep-alive connections after 5 s; reusing one it is
+# closing at that moment would fail a request, so the pool lets them go first.
+UPSTREAM_KEEPALIVE = 4.0
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[accounting_middleware(), error_middleware()],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = KeyTable()
+    app[LIMITER] = RateLimiter()
+    app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.extend([_database, _ledger, _upstream_client, _admin_socket])
+    app.on_response_prepare.append(add_response_headers)
+    health.add_routes(app)
+    proxy.add_routes(app)
+    return app
+
+
+def create_admin_app(gateway: web.Application) -> web.Application:
+    """The admin API for the Unix socket, sharing the gateway's resources."""
+    settings = gateway[SETTINGS]
+    allowed = frozenset({0, os.geteuid(), *settings.admin.allowed_uids})
+    admin = web.Application(middlewares=[peer_middleware(allowed), error_middleware()])
+    admin[SETTINGS] = settings
+    admin[STORE] = gateway[STORE]
+    admin[KEYS] = gateway[KEYS]
+    admin[LIMITER] = gateway[LIMITER]
+    admin[UPSTREAMS] = gateway[UPSTREAMS]
+    admin[METRICS] = gateway[METRICS]
+    admin[LEDGER] = gateway[LEDGER]
+    admin.add_routes(admin_api.routes)
+    return admin
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    store = await Store.open(app[SETTINGS].database_path)
+    app[STORE] = store
+    for key in await store.load_keys():
+        app[KEYS].put(key)
+    log.info("database %s: %d keys", app[SETTINGS].database_path, len(app[KEYS]))
+    yield
+    await store.close()
+
+
+async def _ledger(app: web.Application) -> AsyncIterator[None]:
+    db = app[SETTINGS].database
+    ledger = Ledger(
+        app[STORE].insert_request_logs,
+        flush_interval=db.flush_interval,
+        batch_size=db.batch_size,
+        max_pending=db.max_pending,
+    )
+    app[LEDGER] = ledger
+    task = asyncio.create_task(ledger.run(), name="ledger-writer")
+    yield
+    await ledger.close(task)
+    log.info("ledger flushed: %d records written, %d dropped", ledger.written, ledger.dropped)
+
+
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
+    server = app[SETTINGS].server
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=server.upstream_connect_timeout),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+    app[CLIENT] = session
+    pool = app[UPSTREAMS]
+    await pool.probe_all(session)
+    prober = asyncio.create_task(
+        pool.run_prober(session, server.health_check_interval), name="upstream-prober"
+    )
+    yield
+    prober.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prober
+    await session.close()
+
+
+async def _admin_socket(app: web.Application) -> AsyncIterator[None]:
+    path = app[SETTINGS].socket_path
+    runner = web.AppRunner(create_admin_app(app), access_log=None)
+    sock, inode = bind_admin_socket(path)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        log.info("admin socket %s", path)
+        yield
+    finally:
+        await runner.cleanup()
+        remove_admin_socket(path, inode)
