@@ -1,0 +1,130 @@
+"""`llmgw serve`: run the gateway in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+import click
+from aiohttp import web
+
+from llmgw.admin_client import AdminClient
+from llmgw.admin_socket import AdminSocketError
+from llmgw.config import ConfigError, Settings, UpstreamSettings, find_config_file, load_settings
+from llmgw.fake_vllm import FakeVLLM, FakeVLLMBehaviour
+from llmgw.logs import configure_logging
+from llmgw.server import public_url, run_gateway
+
+from .state import CliState, pass_state
+
+DEMO_MODEL = "fake-model"
+
+
+@click.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="The llmgw.toml to read (overrides the global --config and LLMGW_CONFIG).",
+)
+@click.option("--host", help="Listen on this address (overrides [server] host).")
+@click.option("--port", type=int, help="Listen on this port (overrides [server] port).")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON."
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Also run a built-in fake vLLM and a throwaway database, and print a key to try.",
+)
+@pass_state
+def serve(
+    state: CliState,
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    log_format: Literal["text", "json"] | None,
+    demo: bool,
+) -> None:
+    """Run the gateway until SIGTERM or Ctrl-C."""
+    try:
+        settings = load_settings(find_config_file(config or state.config, os.environ))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    server = settings.server
+    settings = dataclasses.replace(
+        settings,
+        server=dataclasses.replace(
+            server, host=host or server.host, port=server.port if port is None else port
+        ),
+        logging=dataclasses.replace(settings.logging, format=log_format or settings.logging.format),
+    )
+    if state.socket:
+        settings = dataclasses.replace(
+            settings, admin=dataclasses.replace(settings.admin, socket=state.socket)
+        )
+    configure_logging(settings.logging)
+    try:
+        _run(_demo(settings) if demo else run_gateway(settings))
+    except (AdminSocketError, OSError, sqlite3.Error, RuntimeError) as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio is only slower
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _demo(settings: Settings) -> None:
+    fake = FakeVLLM(FakeVLLMBehaviour(models=[DEMO_MODEL], token_delay=0.02))
+    await fake.start()
+    workdir = tempfile.mkdtemp(prefix="llmgw-demo-")
+    settings = dataclasses.replace(
+        settings,
+        upstreams=(UpstreamSettings(fake.url),),
+        database=dataclasses.replace(settings.database, path=f"{workdir}/llmgw.db"),
+    )
+
+    async def announce(runner: web.AppRunner) -> None:
+        async with AdminClient(settings.socket_path) as admin:
+            created = await admin.create_key(
+                "demo", tier="premium", description="llmgw serve --demo"
+            )
+        _print_demo(public_url(runner), created["key"], settings)
+
+    try:
+        await run_gateway(settings, announce)
+    finally:
+        await fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print_demo(url: str, key: str, settings: Settings) -> None:
+    click.echo(
+        f"""
+llmgw demo: the gateway is in front of a built-in fake vLLM serving "{DEMO_MODEL}".
+  base URL   {url}/v1
+  API key    {key}
+  database   {settings.database_path} (deleted on exit)
+
+Try it:
+  curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{DEMO_MODEL}", "max_tokens": 8,
+         "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  or the OpenAI SDK: OpenAI(base_url="{url}/v1", api_key="{key}")
+
+Admin: llmgw --socket {settings.socket_path} key list
+Stop:  Ctrl-C
+""",
+    )
