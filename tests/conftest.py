@@ -1,0 +1,160 @@
+"""Shared fixtures: every test runs the real gateway on real sockets, in `tmp_path`.
+
+The only stand-in is the fake vLLM (`llmgw.fake_vllm`), itself a real HTTP server on
+a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from llmgw.admin_client import AdminClient
+from llmgw.app import create_app
+from llmgw.config import DatabaseSettings, Settings, TierSettings, UpstreamSettings, load_settings
+from llmgw.fake_vllm import FakeVLLM
+from llmgw.state import LEDGER, METRICS
+
+# Settings the environment could carry in from a developer's shell or .env.
+_FOREIGN_ENV = ("VLLM_BASE_URL", "DATABASE_URL", "GATEWAY_PORT", "ADMIN_SECRET_KEY")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the developer's config, database or socket."""
+    for name in list(os.environ):
+        if name.startswith(("LLMGW_", "RATE_LIMIT_")) or name in _FOREIGN_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("LLMGW_ADMIN_SOCKET", str(tmp_path / "run" / "admin.sock"))
+    monkeypatch.setenv("LLMGW_DATABASE_PATH", str(tmp_path / "data" / "llmgw.db"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeVLLM]:
+    server = FakeVLLM()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@dataclass
+class Gateway:
+    """A running gateway and the handles a test needs to look inside it."""
+
+    url: str
+    app: web.Application
+    settings: Settings
+    runner: web.AppRunner
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.settings.socket_path
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.socket_path)
+
+    async def create_key(self, user_id: str = "alice", **fields: Any) -> dict[str, Any]:
+        async with self.admin() as admin:
+            return await admin.create_key(user_id, **fields)
+
+    async def flush_ledger(self) -> None:
+        """Wait (bounded) until every finished request's row is committed."""
+        ledger, metrics = self.app[LEDGER], self.app[METRICS]
+        async with asyncio.timeout(5):
+            while ledger.pending or metrics.in_flight:
+                await asyncio.sleep(0.01)
+
+    async def ledger_rows(self) -> list[dict[str, Any]]:
+        await self.flush_ledger()
+        return read_rows(self.settings.database_path, "SELECT * FROM request_logs ORDER BY id")
+
+
+def read_rows(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(query, params)]
+
+
+def make_settings(fake_url: str, **overrides: Any) -> Settings:
+    """Settings from the (isolated) environment, pointed at `fake_url`."""
+    base = load_settings(None)
+    settings = dataclasses.replace(
+        base,
+        server=dataclasses.replace(base.server, host="127.0.0.1", port=0),
+        upstreams=(UpstreamSettings(fake_url),),
+        database=dataclasses.replace(base.database, flush_interval=0.01),
+    )
+    return dataclasses.replace(settings, **overrides)
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return Gateway(f"http://{host}:{port}", app, settings, runner)
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def gateway_factory(fake: FakeVLLM) -> AsyncIterator[GatewayFactory]:
+    """Start gateways with setting overrides; all are stopped at the end."""
+    started: list[Gateway] = []
+
+    async def start(**overrides: Any) -> Gateway:
+        gateway = await start_gateway(make_settings(fake.url, **overrides))
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        await gateway.runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    gw: Gateway = await gateway_factory()
+    return gw
+
+
+@pytest.fixture
+async def api_key(gateway: Gateway) -> str:
+    created = await gateway.create_key("alice", tier="premium")
+    key: str = created["key"]
+    return key
+
+
+def tiers(**limits: tuple[int, int]) -> dict[str, TierSettings]:
+    """Tiers for a test: name=(per_minute, per_hour)."""
+    return {name: TierSettings(m, h) for name, (m, h) in limits.items()}
+
+
+__all__ = [
+    "DatabaseSettings",
+    "Gateway",
+    "GatewayFactory",
+    "make_settings",
+    "read_rows",
+    "start_gateway",
+    "tiers",
+]

@@ -1,0 +1,397 @@
+"""The `/v1` request path at the byte level: what goes upstream, what comes back, what
+the ledger records."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from multidict import CIMultiDict
+
+from llmgw.config import ServerSettings, UpstreamSettings
+from llmgw.fake_vllm import FakeVLLM, count_prompt_tokens
+
+from .conftest import Gateway, GatewayFactory
+
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say three words"}]}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def post(
+    url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=body, headers={"Content-Type": "application/json", **headers}
+        ) as resp,
+    ):
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [e for e in raw.decode().split("\n\n") if e]
+
+
+def normalised(events: list[str]) -> list[Any]:
+    """Events with the per-request parts (id, created) blanked, to compare two streams."""
+    out: list[Any] = []
+    for event in events:
+        payload = event.removeprefix("data: ")
+        if payload == "[DONE]":
+            out.append(payload)
+            continue
+        parsed = json.loads(payload)
+        parsed.pop("id", None)
+        parsed.pop("created", None)
+        out.append(parsed)
+    return out
+
+
+async def test_non_streaming_forwards_the_body_bytes_and_records_reported_usage(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    # Odd spacing and key order: the upstream must receive exactly these bytes.
+    body = (
+        b'{ "messages": [{"role": "user", "content": "Say three words"}],'
+        b'  "model": "fake-model", "max_tokens": 3 }'
+    )
+    status, headers, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert status == 200
+    upstream = fake.behaviour.requests_to("/v1/chat/completions")[-1]
+    assert upstream.body == body
+    response = json.loads(raw)
+    assert response["object"] == "chat.completion"
+    assert response["choices"][0]["message"]["content"] == " tok0 tok1 tok2"
+    prompt = count_prompt_tokens(json.loads(body))
+    assert response["usage"]["prompt_tokens"] == prompt
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 200
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, 3)
+    assert row["usage_source"] == "reported"
+    assert row["model"] == "fake-model"
+    assert row["upstream"] == fake.url
+    assert row["user_id"] == "alice"
+    assert row["endpoint"] == "/v1/chat/completions"
+    assert row["request_id"] == headers["x-request-id"]
+    assert row["ttft_ms"] is not None and row["duration_ms"] >= row["ttft_ms"]
+
+
+async def test_the_clients_key_never_goes_upstream(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    gateway = await gateway_factory(
+        upstreams=(UpstreamSettings(fake.url, api_key="upstream-secret"),)
+    )
+    key = (await gateway.create_key())["key"]
+    status, headers, _ = await post(
+        f"{gateway.base_url}/completions?trace=1",
+        orjson.dumps({"model": "fake-model", "prompt": "hi", "max_tokens": 2}),
+        {"x-api-key": key, "Cookie": "session=1", "X-Custom": "x"},
+    )
+    assert status == 200
+    upstream = fake.behaviour.requests_to("/v1/completions")[-1]
+    sent = {k.lower(): v for k, v in upstream.headers.items()}
+    assert sent["authorization"] == "Bearer upstream-secret"
+    assert key not in repr(upstream.headers)
+    assert "x-api-key" not in sent and "cookie" not in sent and "x-custom" not in sent
+    assert sent["x-request-id"] == headers["x-request-id"]
+
+
+async def direct_stream(fake: FakeVLLM, body: bytes) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{fake.url}/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        return sse_events(await resp.read())
+
+
+async def test_stream_without_include_usage_looks_exactly_like_vllm(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    body = orjson.dumps({**CHAT, "max_tokens": 4, "stream": True})
+    status, headers, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/event-stream")
+    through_gateway = sse_events(raw)
+    # The gateway asked vLLM for usage, by splicing the option onto the client's bytes...
+    upstream = fake.behaviour.requests_to("/v1/chat/completions")[-1]
+    assert upstream.body == body[:-1] + b',"stream_options":{"include_usage":true}}'
+    # ...and removed the usage chunk again: the client sees what vLLM would send it.
+    assert normalised(through_gateway) == normalised(await direct_stream(fake, body))
+    assert through_gateway[-1] == "data: [DONE]"
+    assert not any('"usage"' in e for e in through_gateway)
+    [row] = await gateway.ledger_rows()
+    assert row["usage_source"] == "reported"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (count_prompt_tokens(CHAT), 4)
+
+
+async def test_stream_with_include_usage_is_passed_through_untouched(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    body = orjson.dumps(
+        {**CHAT, "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    _, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert fake.behaviour.requests_to("/v1/chat/completions")[-1].body == body
+    events = sse_events(raw)
+    assert normalised(events) == normalised(await direct_stream(fake, body))
+    usage_chunk = json.loads(events[-2].removeprefix("data: "))
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["completion_tokens"] == 2
+    [row] = await gateway.ledger_rows()
+    assert row["completion_tokens"] == 2 and row["usage_source"] == "reported"
+
+
+async def test_stream_options_without_usage_are_rewritten_and_the_client_sees_no_usage(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    options = {"include_usage": False, "continuous_usage_stats": True}
+    body = orjson.dumps({**CHAT, "max_tokens": 3, "stream": True, "stream_options": options})
+    _, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    sent = fake.behaviour.requests_to("/v1/chat/completions")[-1].json
+    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
+    events = sse_events(raw)
+    assert normalised(events) == normalised(await direct_stream(fake, body))
+    assert not any('"usage"' in e for e in events)
+    [row] = await gateway.ledger_rows()
+    assert row["completion_tokens"] == 3 and row["usage_source"] == "reported"
+
+
+async def test_text_completion_stream(gateway: Gateway, api_key: str, fake: FakeVLLM) -> None:
+    body = orjson.dumps(
+        {"model": "fake-model", "prompt": "one two", "max_tokens": 5, "stream": True}
+    )
+    _, _, raw = await post(f"{gateway.base_url}/completions", body, auth(api_key))
+    events = sse_events(raw)
+    texts = [json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(texts) == " tok0 tok1 tok2 tok3 tok4"
+    assert events[-1] == "data: [DONE]"
+    [row] = await gateway.ledger_rows()
+    assert row["completion_tokens"] == 5 and row["usage_source"] == "reported"
+
+
+async def test_embeddings_record_prompt_tokens(gateway: Gateway, api_key: str) -> None:
+    body = {"model": "fake-model", "input": ["alpha beta", "gamma"]}
+    status, _, raw = await post(f"{gateway.base_url}/embeddings", orjson.dumps(body), auth(api_key))
+    assert status == 200
+    response = json.loads(raw)
+    assert len(response["data"]) == 2
+    [row] = await gateway.ledger_rows()
+    assert row["prompt_tokens"] == response["usage"]["prompt_tokens"] > 0
+    assert row["completion_tokens"] == 0 and row["usage_source"] == "reported"
+
+
+async def test_vllm_errors_arrive_in_openai_shape(gateway: Gateway, api_key: str) -> None:
+    body = orjson.dumps({**CHAT, "model": "no-such-model"})
+    status, headers, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert status == 404
+    assert headers["Content-Type"].startswith("application/json")
+    error = json.loads(raw)["error"]
+    assert error["message"] == "The model `no-such-model` does not exist."
+    assert error["type"] == "invalid_request_error"  # vLLM said "NotFoundError"
+    assert error["code"] == "model_not_found"  # vLLM said 404
+    assert set(error) == {"message", "type", "param", "code"}
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 404 and row["prompt_tokens"] == 0
+
+
+async def test_upstream_down_is_a_502_and_the_request_is_given_back(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    await fake.stop()
+    body = orjson.dumps({**CHAT, "max_tokens": 1})
+    statuses = []
+    for _ in range(3):
+        status, headers, raw = await post(
+            f"{gateway.base_url}/chat/completions", body, auth(api_key)
+        )
+        statuses.append(status)
+        assert json.loads(raw)["error"]["code"] == "upstream_unavailable"
+    assert statuses == [502, 502, 502]
+    # Premium allows 100 a minute; the three refused requests were refunded.
+    assert headers["X-RateLimit-Remaining-Minute"] == "99"
+    rows = await gateway.ledger_rows()
+    assert [r["status_code"] for r in rows] == [502, 502, 502]
+    assert all(r["upstream"] is None and r["prompt_tokens"] == 0 for r in rows)
+
+
+async def test_upstream_slow_to_answer_is_a_504(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    gateway = await gateway_factory(
+        server=ServerSettings(host="127.0.0.1", port=0, upstream_timeout=0.3)
+    )
+    key = (await gateway.create_key())["key"]
+    fake.behaviour.headers_delay = 5
+    status, _, raw = await post(
+        f"{gateway.base_url}/chat/completions", orjson.dumps(CHAT), auth(key)
+    )
+    assert status == 504
+    assert json.loads(raw)["error"]["code"] == "upstream_timeout"
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 504
+
+
+async def test_upstream_reset_mid_stream_ends_with_an_error_event(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    fake.behaviour.fail = "reset"
+    fake.behaviour.fail_after_tokens = 3
+    body = orjson.dumps({**CHAT, "max_tokens": 10, "stream": True})
+    status, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert status == 200  # the headers had gone out before the failure
+    events = sse_events(raw)
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "upstream_error"
+    assert sum('"content":" tok' in e for e in events) == 3
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 502
+    assert row["usage_source"] == "partial"
+    assert row["completion_tokens"] == 3
+
+
+async def test_vllm_error_event_mid_stream_is_normalised(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    fake.behaviour.fail = "error"
+    fake.behaviour.fail_after_tokens = 2
+    body = orjson.dumps({**CHAT, "max_tokens": 10, "stream": True})
+    _, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    events = sse_events(raw)
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and error["message"]
+    assert events[-1] == "data: [DONE]"
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 500 and row["usage_source"] == "partial"
+
+
+async def test_stalled_stream_is_cut_by_the_idle_timeout(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    gateway = await gateway_factory(
+        server=ServerSettings(host="127.0.0.1", port=0, stream_idle_timeout=0.3)
+    )
+    key = (await gateway.create_key())["key"]
+    fake.behaviour.fail = "stall"
+    fake.behaviour.fail_after_tokens = 2
+    body = orjson.dumps({**CHAT, "max_tokens": 10, "stream": True})
+    _, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(key))
+    last = json.loads(sse_events(raw)[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "upstream_timeout"
+    # The gateway closed its upstream connection: the fake saw the stream aborted.
+    await fake.behaviour.wait_until(lambda: fake.behaviour.aborted == 1)
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 504 and row["completion_tokens"] == 2
+
+
+async def test_upstream_429_keeps_retry_after(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    fake.behaviour.fail = "http_error"
+    fake.behaviour.http_error_status = 429
+    fake.behaviour.http_error_retry_after = "7"
+    status, headers, raw = await post(
+        f"{gateway.base_url}/chat/completions", orjson.dumps(CHAT), auth(api_key)
+    )
+    assert status == 429
+    assert headers["Retry-After"] == "7"
+    assert set(json.loads(raw)["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_failover_to_the_next_upstream(
+    gateway_factory: GatewayFactory, fake: FakeVLLM, unused_tcp_port: int
+) -> None:
+    dead = UpstreamSettings(f"http://127.0.0.1:{unused_tcp_port}")
+    gateway = await gateway_factory(upstreams=(dead, UpstreamSettings(fake.url)))
+    key = (await gateway.create_key())["key"]
+    for _ in range(3):
+        status, _, _ = await post(
+            f"{gateway.base_url}/chat/completions", orjson.dumps(CHAT), auth(key)
+        )
+        assert status == 200
+    rows = await gateway.ledger_rows()
+    assert [r["upstream"] for r in rows] == [fake.url] * 3
+
+
+async def test_models_are_merged_and_limited_to_the_keys_models(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    other = FakeVLLM()
+    other.behaviour.models = ["other-model", "fake-model"]
+    await other.start()
+    try:
+        gateway = await gateway_factory(
+            upstreams=(UpstreamSettings(fake.url), UpstreamSettings(other.url))
+        )
+        everything = (await gateway.create_key("bob"))["key"]
+        limited = (await gateway.create_key("carol", allowed_models=["other-model"]))["key"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gateway.base_url}/models", headers=auth(everything)) as r:
+                all_ids = [m["id"] for m in (await r.json())["data"]]
+            async with session.get(f"{gateway.base_url}/models", headers=auth(limited)) as r:
+                limited_ids = [m["id"] for m in (await r.json())["data"]]
+        assert sorted(all_ids) == ["fake-model", "other-model"]
+        assert limited_ids == ["other-model"]
+        # A request for another model is refused before it reaches any upstream.
+        before = len(fake.behaviour.requests) + len(other.behaviour.requests)
+        status, _, raw = await post(
+            f"{gateway.base_url}/chat/completions", orjson.dumps(CHAT), auth(limited)
+        )
+        assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_allowed"
+        assert len(fake.behaviour.requests) + len(other.behaviour.requests) == before
+        # Routing by model: other-model only exists on the second upstream.
+        body = orjson.dumps({**CHAT, "model": "other-model", "max_tokens": 1})
+        status, _, _ = await post(f"{gateway.base_url}/chat/completions", body, auth(limited))
+        assert status == 200
+        assert other.behaviour.requests_to("/v1/chat/completions")
+    finally:
+        await other.stop()
+
+
+async def test_every_authenticated_response_carries_the_limit_headers(
+    gateway: Gateway, api_key: str
+) -> None:
+    _, headers, _ = await post(
+        f"{gateway.base_url}/chat/completions", orjson.dumps({**CHAT, "model": 5}), auth(api_key)
+    )
+    assert headers["X-RateLimit-Limit-Minute"] == "100"
+    assert headers["X-RateLimit-Limit-Hour"] == "1000"
+    assert headers["x-ratelimit-remaining-requests"] == "99"
+    assert re.fullmatch(r"\d+(ms|(\.\d+)?s)", headers["x-ratelimit-reset-requests"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_health_reports_upstreams_and_ledger(
+    gateway: Gateway, api_key: str, stream: bool
+) -> None:
+    await post(
+        f"{gateway.base_url}/chat/completions",
+        orjson.dumps({**CHAT, "max_tokens": 1, "stream": stream}),
+        auth(api_key),
+    )
+    await gateway.flush_ledger()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gateway.url}/health") as resp:
+            assert resp.status == 200
+            health = await resp.json()
+        async with session.get(f"{gateway.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert health["status"] == "ok"
+    assert health["database"]["ok"] is True
+    assert health["ledger"]["written"] == 1
+    assert health["upstreams"][0]["healthy"] is True
+    # The request, and the /health call just before.
+    assert 'llmgw_responses_total{code="200"} 2' in metrics
