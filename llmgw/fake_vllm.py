@@ -61,6 +61,7 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     json: Any | None
+    query: str = ""
 
 
 @dataclass
@@ -584,7 +585,11 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
     with contextlib.suppress(ValueError):
         parsed = json.loads(raw) if raw else None
     headers = {k.lower(): v for k, v in request.headers.items()}
-    beh.requests.append(RecordedRequest(request.method, request.path, headers, raw, parsed))
+    beh.requests.append(
+        RecordedRequest(
+            request.method, request.path, headers, raw, parsed, request.rel_url.raw_query_string
+        )
+    )
     beh.started += 1
     try:
         try:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from .context import RequestContext
 from .errors import GatewayError, normalise_upstream_error
@@ -185,7 +186,9 @@ async def _forward(
 ) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS].server
-    target = route.path + (f"?{request.query_string}" if request.query_string else "")
+    # The route's own path (never the client's spelling of it), and the query as sent.
+    query = request.rel_url.raw_query_string
+    target = route.path + (f"?{query}" if query else "")
     for upstream in app[UPSTREAMS].candidates(ctx.model):
         upstream.in_flight += 1
         ctx.upstream = upstream.url
@@ -194,7 +197,7 @@ async def _forward(
                 async with asyncio.timeout(settings.upstream_timeout):
                     response = await app[CLIENT].request(
                         route.method,
-                        upstream.url + target,
+                        URL(upstream.url + target, encoded=True),
                         data=body,
                         headers=_upstream_headers(request, upstream, ctx.request_id),
                     )

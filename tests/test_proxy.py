@@ -105,6 +105,16 @@ async def test_the_clients_key_never_goes_upstream(
     assert sent["x-request-id"] == headers["x-request-id"]
 
 
+async def test_query_string_is_forwarded(gateway: Gateway, api_key: str, fake: FakeVLLM) -> None:
+    body = orjson.dumps({"model": "fake-model", "prompt": "x", "max_tokens": 1})
+    status, _, _ = await post(
+        f"{gateway.base_url}/completions?a=1&b=two%20words", body, auth(api_key)
+    )
+    assert status == 200
+    forwarded = fake.behaviour.requests_to("/v1/completions")[-1]
+    assert forwarded.query == "a=1&b=two%20words"
+
+
 async def direct_stream(fake: FakeVLLM, body: bytes) -> list[str]:
     async with (
         aiohttp.ClientSession() as session,

@@ -1,0 +1,85 @@
+"""The schema a blank database ends with, and the store's guarantees."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llmgw.keys import hash_key
+from llmgw.migrations import MIGRATIONS
+from llmgw.store import Store
+
+from .conftest import read_rows
+
+
+def columns(path: Path, table: str) -> list[str]:
+    return [row["name"] for row in read_rows(path, f"PRAGMA table_info({table})")]
+
+
+async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db" / "llmgw.db"
+    store = await Store.open(path)
+    await store.close()
+    assert columns(path, "api_keys") == [
+        "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
+        "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models",
+    ]  # fmt: skip
+    assert columns(path, "request_logs") == [
+        "id", "request_id", "user_id", "api_key_id", "endpoint", "method", "status_code",
+        "duration_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "usage_source",
+        "model", "upstream", "timestamp",
+    ]  # fmt: skip
+    assert columns(path, "admin_users") == [
+        "id", "username", "hashed_password", "email", "is_active", "created_at", "last_login",
+    ]  # fmt: skip
+    assert columns(path, "audit_log") == [
+        "id", "timestamp", "actor", "door", "action", "target", "before", "after",
+    ]  # fmt: skip
+    applied = read_rows(path, "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in MIGRATIONS]
+    assert read_rows(path, "PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+
+
+async def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
+    path = tmp_path / "llmgw.db"
+    for _ in range(2):
+        store = await Store.open(path)
+        await store.close()
+    assert len(read_rows(path, "SELECT * FROM schema_migrations")) == len(MIGRATIONS)
+
+
+async def test_a_database_from_a_newer_llmgw_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "llmgw.db"
+    store = await Store.open(path)
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (999, 'future', '2030-01-01')")
+    with pytest.raises(RuntimeError, match="upgrade llmgw"):
+        await Store.open(path)
+
+
+async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: Path) -> None:
+    path = tmp_path / "llmgw.db"
+    store = await Store.open(path)
+    plaintext = "sk-internal-" + "x" * 43
+    fields = {
+        "key_hash": hash_key(plaintext),
+        "key_prefix": plaintext[:16],
+        "user_id": "alice",
+        "tier": "free",
+        "description": "",
+        "expires_at": None,
+        "allowed_models": ("m1",),
+    }
+    key = await store.insert_key(**fields)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.insert_key(**fields)  # type: ignore[arg-type]
+    assert (await store.get_key(key.id)) == key
+    await store.close()
+    assert plaintext.encode() not in path.read_bytes()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or plaintext.encode() not in wal.read_bytes()
