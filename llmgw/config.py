@@ -53,7 +53,7 @@ class AdminSettings:
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
     path: str = ""
-    flush_interval: float = 0.5
+    flush_interval: float = 0.25
     batch_size: int = 1000
     max_pending: int = 100_000
 
@@ -168,6 +168,14 @@ def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _section(sections: dict[str, Any], name: str, where: str = "") -> dict[str, Any]:
+    """The table `name` of the file (created if absent), to override values in."""
+    table = sections.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}{name}]: expected a table")
+    return table
+
+
 def _apply_seed_env(sections: dict[str, Any], environ: Mapping[str, str]) -> None:
     """The seed system's `.env` names, so a team can move over without rewriting it."""
     if url := environ.get("VLLM_BASE_URL"):
@@ -175,17 +183,17 @@ def _apply_seed_env(sections: dict[str, Any], environ: Mapping[str, str]) -> Non
     if db_url := environ.get("DATABASE_URL"):
         if not db_url.startswith("sqlite:///"):
             raise ConfigError(f"DATABASE_URL: only sqlite:///PATH is supported, got {db_url!r}")
-        sections.setdefault("database", {})["path"] = db_url.removeprefix("sqlite:///")
+        _section(sections, "database")["path"] = db_url.removeprefix("sqlite:///")
     if port := environ.get("GATEWAY_PORT"):
-        sections.setdefault("server", {})["port"] = _convert(port, int, "GATEWAY_PORT")
+        _section(sections, "server")["port"] = _convert(port, int, "GATEWAY_PORT")
     if secret := environ.get("ADMIN_SECRET_KEY"):
-        sections.setdefault("admin", {})["secret_key"] = secret
+        _section(sections, "admin")["secret_key"] = secret
     for name, value in environ.items():
         if name.startswith("RATE_LIMIT_") and name.endswith(("_PER_MINUTE", "_PER_HOUR")):
             tier, _, window = name.removeprefix("RATE_LIMIT_").rpartition("_PER_")
             key = "requests_per_minute" if window == "MINUTE" else "requests_per_hour"
-            tiers = sections.setdefault("tiers", {})
-            tiers.setdefault(tier.lower(), {})[key] = _convert(value, int, name)
+            tiers = _section(sections, "tiers")
+            _section(tiers, tier.lower(), "tiers.")[key] = _convert(value, int, name)
 
 
 def _apply_llmgw_env(sections: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -203,13 +211,13 @@ def _apply_llmgw_env(sections: dict[str, Any], environ: Mapping[str, str]) -> No
             tier = tier_and_key.removesuffix(f"_{key}") if key else ""
             if not key or not tier:
                 raise ConfigError(f"{name}: unknown setting (expected LLMGW_TIERS_<NAME>_<KEY>)")
-            sections.setdefault("tiers", {}).setdefault(tier, {})[key] = value
+            _section(_section(sections, "tiers"), tier, "tiers.")[key] = value
             continue
         section, _, key = rest.partition("_")
         cls = _SIMPLE_SECTIONS.get(section)
         if cls is None or key not in _field_names(cls):
             raise ConfigError(f"{name}: unknown setting")
-        sections.setdefault(section, {})[key] = value
+        _section(sections, section)[key] = value
 
 
 def _build(sections: Mapping[str, Any]) -> Settings:

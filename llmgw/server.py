@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Settings
+from .runner import make_runner
 from .state import METRICS
 
 log = logging.getLogger("llmgw")
@@ -26,14 +27,7 @@ OnReady = Callable[[web.AppRunner], Awaitable[None]]
 
 async def run_gateway(settings: Settings, on_ready: OnReady | None = None) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        # A client that disconnects cancels its handler at once, which closes the
-        # upstream connection, which is what makes vLLM stop generating.
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=settings.server.shutdown_grace_period,
-    )
+    runner = make_runner(app, settings.server.shutdown_grace_period)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port)

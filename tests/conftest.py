@@ -22,6 +22,7 @@ from llmgw.admin_client import AdminClient
 from llmgw.app import create_app
 from llmgw.config import DatabaseSettings, Settings, TierSettings, UpstreamSettings, load_settings
 from llmgw.fake_vllm import FakeVLLM
+from llmgw.runner import make_runner
 from llmgw.state import LEDGER, METRICS
 
 # Settings the environment could carry in from a developer's shell or .env.
@@ -105,7 +106,7 @@ def make_settings(fake_url: str, **overrides: Any) -> Settings:
 
 async def start_gateway(settings: Settings) -> Gateway:
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
