@@ -9,7 +9,7 @@ the exception class name in `type` and the status number in `code`) all pass thr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import orjson
 from aiohttp import web
@@ -41,53 +41,38 @@ def error_body(
     )
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    type_: str | None = None,
-    code: str | None = None,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
+class ErrorFields(TypedDict, total=False):
+    type_: str | None  # OpenAI's category; from the status when absent
+    code: str | None
+    param: str | None
+    headers: Mapping[str, str] | None
+
+
+def error_response(status: int, message: str, **fields: Unpack[ErrorFields]) -> web.Response:
     return web.Response(
         status=status,
-        body=error_body(message, type_ or default_type(status), code, param),
+        body=error_body(
+            message,
+            fields.get("type_") or default_type(status),
+            fields.get("code"),
+            fields.get("param"),
+        ),
         content_type="application/json",
-        headers=headers,
+        headers=fields.get("headers"),
     )
 
 
 class GatewayError(Exception):
     """Raised inside a handler to answer with an OpenAI-shaped error."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type_: str | None = None,
-        code: str | None = None,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, status: int, message: str, **fields: Unpack[ErrorFields]) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type_ = type_
-        self.code = code
-        self.param = param
-        self.headers = dict(headers or {})
+        self._fields = fields
 
     def response(self) -> web.Response:
-        return error_response(
-            self.status,
-            self.message,
-            type_=self.type_,
-            code=self.code,
-            param=self.param,
-            headers=self.headers,
-        )
+        return error_response(self.status, self.message, **self._fields)
 
 
 def normalise_upstream_error(status: int, body: bytes) -> bytes:

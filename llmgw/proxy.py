@@ -123,10 +123,10 @@ async def _read_request(
         raise GatewayError(400, "'model' must be a string.", param="model")
     ctx.model = model
     if key.allowed_models is not None and model not in key.allowed_models:
+        wanted = "a request without a model" if model is None else f"the model {model!r}"
         raise GatewayError(
             403,
-            f"This API key may not use the model {model!r}; "
-            f"it may use: {', '.join(key.allowed_models)}.",
+            f"This API key may not use {wanted}; it may use: {', '.join(key.allowed_models)}.",
             type_="permission_error",
             code="model_not_allowed",
             param="model",
@@ -216,7 +216,7 @@ async def _forward(
                     502, f"The model server failed: {exc}.", code="upstream_error"
                 ) from None
             try:
-                if stream and response.status == 200:
+                if stream and response.content_type == "text/event-stream":
                     relay = SseRelay(strip_usage=strip_usage, role_chunk=route.kind == "chat")
                     ctx.relay = relay
                     return await _relay_stream(request, ctx, response, relay)

@@ -33,14 +33,6 @@ CHAT_PATH = "/v1/chat/completions"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeVLLM]:
-    server = FakeVLLM()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def client(fake: FakeVLLM) -> AsyncIterator[openai.AsyncOpenAI]:
     sdk = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="x", max_retries=0, timeout=5)
     yield sdk
