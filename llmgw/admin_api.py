@@ -78,9 +78,7 @@ async def _existing_key(request: web.Request) -> ApiKey:
     return key
 
 
-@routes.get("/health")
-async def get_health(request: web.Request) -> web.Response:
-    return await health(request)
+routes.get("/health")(health)
 
 
 @routes.get("/keys")

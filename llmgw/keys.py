@@ -16,10 +16,11 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from .errors import GatewayError
+from .times import iso_utc, parse_iso
 
 KEY_PREFIX = "sk-internal-"
 DISPLAY_PREFIX_LEN = len(KEY_PREFIX) + 4
@@ -35,18 +36,6 @@ def hash_key(key: str) -> str:
 
 def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
-
-
-def iso_utc(epoch: float) -> str:
-    """The one timestamp format of the database and the admin API (sorts as text)."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_iso(text: str) -> float:
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -112,11 +101,6 @@ class KeyTable:
             del self._by_hash[old_hash]
         self._by_hash[key.key_hash] = key
         self._hash_by_id[key.id] = key.key_hash
-
-    def remove(self, key_id: int) -> None:
-        key_hash = self._hash_by_id.pop(key_id, None)
-        if key_hash is not None:
-            del self._by_hash[key_hash]
 
     def authenticate(self, presented: str | None, now: float) -> ApiKey:
         """The active key `presented` names, or a 401 `GatewayError`.

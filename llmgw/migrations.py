@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from .keys import iso_utc
+from .times import iso_utc
 
 
 @dataclass(frozen=True, slots=True)

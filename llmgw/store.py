@@ -15,9 +15,10 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from .keys import ApiKey, iso_utc, parse_iso
+from .keys import ApiKey
 from .ledger import UsageRecord
 from .migrations import migrate
+from .times import iso_utc, parse_iso
 
 _KEY_COLUMNS = (
     "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
@@ -137,14 +138,6 @@ class Store:
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
-
-    async def request_logs(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ledger rows, newest first."""
-        async with self._db.execute(
-            "SELECT * FROM request_logs ORDER BY id DESC LIMIT ?", (limit,)
-        ) as cursor:
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) async for row in cursor]
 
     # --- audit --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from .config import UpstreamSettings
+from .times import iso_utc
 
 log = logging.getLogger("llmgw.upstreams")
 
@@ -57,6 +58,7 @@ class Upstream:
             "latency_ms": self.latency_ms,
             "models": sorted(self.configured_models or self.discovered_models),
             "last_error": self.last_error,
+            "checked_at": iso_utc(self.checked_at) if self.checked_at else None,
         }
 
 

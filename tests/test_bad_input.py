@@ -23,7 +23,7 @@ import pytest
 
 from llmgw.config import ServerSettings
 from llmgw.fake_vllm import FakeVLLM
-from llmgw.keys import iso_utc
+from llmgw.times import iso_utc
 
 from .conftest import Gateway, GatewayFactory, tiers
 
