@@ -15,7 +15,9 @@ def emit_json(data: Any) -> None:
 
 def emit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), max((len(r[i]) for r in cells), default=0)) for i, h in enumerate(headers)
+    ]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -157,6 +157,17 @@ async def test_key_list_table_shows_prefixes_not_keys(gateway: Gateway) -> None:
     assert created["key"] not in run.stdout
 
 
+async def test_key_list_with_no_keys_prints_the_header_only(gateway: Gateway) -> None:
+    table = await llmgw("key", "list")
+    as_json = await llmgw("key", "list", "--json")
+    assert (table.code, as_json.code) == (0, 0)
+    assert table.stdout.splitlines() == [
+        "ID  PREFIX  USER  TIER  ACTIVE  EXPIRES  LAST USED  DESCRIPTION"
+    ]
+    assert orjson.loads(as_json.stdout) == []
+    assert "Traceback" not in table.stderr
+
+
 async def test_key_revoke_refuses_the_next_request(
     gateway: Gateway, http: aiohttp.ClientSession
 ) -> None:
