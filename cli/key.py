@@ -1,15 +1,25 @@
-"""`llmgw key ...`: create, list and revoke API keys."""
+"""`llmgw key ...`: the whole life of an API key."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from .output import emit_json, emit_table, say
+from .output import cell, emit_json, emit_table, say
 from .state import CliState, pass_state
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def limit_or_tier(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A per-key limit: a whole number of at least 1, or `tier` for the tier's own."""
+    if value is None or value == "tier":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not a whole number of at least 1, nor 'tier'")
+    return int(value)
 
 
 @click.group()
@@ -23,6 +33,10 @@ def key() -> None:
 @click.option("--description", help="What the key is for.")
 @click.option("--expires", help="Expiry: 2027-01-31, an ISO datetime, or 30d / 12h / 2w.")
 @click.option("--model", "models", multiple=True, help="Allow only this model (repeatable).")
+@click.option(
+    "--rpm", type=click.IntRange(min=1), help="Requests per minute, instead of the tier's."
+)
+@click.option("--rph", type=click.IntRange(min=1), help="Requests per hour, instead of the tier's.")
 @json_option
 @pass_state
 def add(
@@ -32,6 +46,8 @@ def add(
     description: str | None,
     expires: str | None,
     models: tuple[str, ...],
+    rpm: int | None,
+    rph: int | None,
     as_json: bool,
 ) -> None:
     """Create a key and print it (shown this once only)."""
@@ -42,29 +58,103 @@ def add(
             description=description,
             expires_at=expires,
             allowed_models=list(models) or None,
+            requests_per_minute=rpm,
+            requests_per_hour=rph,
         )
     )
     if as_json:
         emit_json(created)
         return
     click.echo(created["key"])
-    say(
-        f"Created key {created['id']} for {created['user_id']} (tier {created['tier']}"
-        + (f", expires {created['expires_at']}" if created["expires_at"] else "")
-        + "). Store it now: it will not be shown again."
-    )
+    say(f"Created key {_describe(created)}. Store it now: it will not be shown again.")
 
 
 @key.command("list")
+@click.option("--user", "user_id", help="Only this user's keys.")
+@click.option("--tier", help="Only keys of this tier.")
+@click.option("--active/--inactive", default=None, help="Only active (or only revoked) keys.")
 @json_option
 @pass_state
-def list_(state: CliState, as_json: bool) -> None:
-    """List all keys (never their secrets)."""
-    keys = state.call(lambda c: c.list_keys())
+def list_(
+    state: CliState, user_id: str | None, tier: str | None, active: bool | None, as_json: bool
+) -> None:
+    """List keys (never their secrets)."""
+    keys = state.call(lambda c: c.list_keys(user_id=user_id, tier=tier, active=active))
     if as_json:
         emit_json(keys)
         return
     emit_table([_row(k) for k in keys], _HEADERS)
+
+
+@key.command("show")
+@click.argument("key_id", type=int)
+@json_option
+@pass_state
+def show(state: CliState, key_id: int, as_json: bool) -> None:
+    """Show one key's settings and when it was last used."""
+    shown = state.call(lambda c: c.get_key(key_id))
+    if as_json:
+        emit_json(shown)
+        return
+    for name, value in shown.items():
+        click.echo(f"{name:<20} {cell(value)}")
+
+
+@key.command("update")
+@click.argument("key_id", type=int)
+@click.option("--tier", help="Move the key to this tier.")
+@click.option("--description", help="New description.")
+@click.option("--expires", help="New expiry (2027-01-31, ISO datetime, 30d), or 'never'.")
+@click.option("--model", "models", multiple=True, help="Allow only these models (repeatable).")
+@click.option("--all-models", is_flag=True, help="Allow every model again.")
+@click.option(
+    "--rpm", callback=limit_or_tier, metavar="N|tier", help="Requests per minute, or 'tier'."
+)
+@click.option(
+    "--rph", callback=limit_or_tier, metavar="N|tier", help="Requests per hour, or 'tier'."
+)
+@click.option("--enable/--disable", "active", default=None, help="Re-activate or suspend the key.")
+@json_option
+@pass_state
+def update(
+    state: CliState,
+    key_id: int,
+    tier: str | None,
+    description: str | None,
+    expires: str | None,
+    models: tuple[str, ...],
+    all_models: bool,
+    rpm: int | None,
+    rph: int | None,
+    active: bool | None,
+    as_json: bool,
+) -> None:
+    """Change a key's settings; the next request sees them."""
+    ctx = click.get_current_context()
+    if models and all_models:
+        raise click.UsageError("--model and --all-models contradict each other.")
+    changes: dict[str, Any] = {}
+    for name, value in (("tier", tier), ("description", description)):
+        if value is not None:
+            changes[name] = value
+    if expires is not None:
+        changes["expires_at"] = None if expires == "never" else expires
+    if models or all_models:
+        changes["allowed_models"] = list(models) or None
+    # None from --rpm means 'tier' (clear the override); an absent option changes nothing.
+    if ctx.get_parameter_source("rpm") is click.core.ParameterSource.COMMANDLINE:
+        changes["requests_per_minute"] = rpm
+    if ctx.get_parameter_source("rph") is click.core.ParameterSource.COMMANDLINE:
+        changes["requests_per_hour"] = rph
+    if active is not None:
+        changes["is_active"] = active
+    if not changes:
+        raise click.UsageError("Nothing to change: give at least one option (see --help).")
+    updated = state.call(lambda c: c.update_key(key_id, changes))
+    if as_json:
+        emit_json(updated)
+        return
+    say(f"Updated key {_describe(updated)}.")
 
 
 @key.command("revoke")
@@ -77,7 +167,47 @@ def revoke(state: CliState, key_id: int, as_json: bool) -> None:
     if as_json:
         emit_json(revoked)
         return
-    say(f"Revoked key {revoked['id']} ({revoked['key_prefix']}…) of {revoked['user_id']}.")
+    say(f"Revoked key {_describe(revoked)}.")
+
+
+@key.command("rotate")
+@click.argument("key_id", type=int)
+@json_option
+@pass_state
+def rotate(state: CliState, key_id: int, as_json: bool) -> None:
+    """Give a key a new secret (same id and history); the old one stops working."""
+    rotated = state.call(lambda c: c.rotate_key(key_id))
+    if as_json:
+        emit_json(rotated)
+        return
+    click.echo(rotated["key"])
+    say(
+        f"Rotated key {_describe(rotated)}: the old secret is refused from now on. "
+        "Store the new one now: it will not be shown again."
+    )
+
+
+@key.command("delete")
+@click.argument("key_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def delete(state: CliState, key_id: int, yes: bool, as_json: bool) -> None:
+    """Delete a key for good (its usage history stays)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("Refusing to delete without confirmation: add --yes.")
+        click.confirm(f"Delete key {key_id} for good?", abort=True, err=True)
+    deleted = state.call(lambda c: c.delete_key(key_id))
+    if as_json:
+        emit_json(deleted)
+        return
+    say(f"Deleted key {_describe(deleted)}.")
+
+
+def _describe(k: dict[str, Any]) -> str:
+    extra = f", expires {k['expires_at']}" if k.get("expires_at") else ""
+    return f"{k['id']} ({k['key_prefix']}…) of {k['user_id']} (tier {k['tier']}{extra})"
 
 
 _HEADERS = ("ID", "PREFIX", "USER", "TIER", "ACTIVE", "EXPIRES", "LAST USED", "DESCRIPTION")

@@ -1,15 +1,18 @@
-"""`llmgw`: the admin's command line. One group per noun, each in its own module.
-
-Exit status: 0 ok, 1 error, 2 usage error, 3 gateway not reachable.
-"""
+"""`llmgw`: the admin's command line. One group per noun, each in its own module."""
 
 from __future__ import annotations
 
 import click
 
+from .admin import admin
+from .audit import audit
+from .config import config
+from .db import db
 from .key import key
 from .serve import serve
 from .state import CliState
+from .status import status
+from .usage import usage
 
 EXIT_CODES_HELP = "Exit status: 0 ok, 1 error, 2 usage error, 3 gateway not reachable."
 
@@ -27,15 +30,31 @@ EXIT_CODES_HELP = "Exit status: 0 ok, 1 error, 2 usage error, 3 gateway not reac
     type=click.Path(dir_okay=False),
     help="The llmgw.toml to read (default: ./llmgw.toml, then /etc/llmgw/llmgw.toml).",
 )
+@click.option(
+    "--url",
+    envvar="LLMGW_URL",
+    help="Manage a remote gateway through its /admin/api (e.g. https://llmgw:8000).",
+)
+@click.option(
+    "--token",
+    envvar="LLMGW_TOKEN",
+    help="Bearer token for --url, from `llmgw --url URL admin login USERNAME`.",
+)
 @click.version_option(package_name="llmgw")
 @click.pass_context
-def cli(ctx: click.Context, socket: str | None, config: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    socket: str | None,
+    config: str | None,
+    url: str | None,
+    token: str | None,
+) -> None:
     """llmgw: the company's LLM API gateway in front of vLLM."""
-    ctx.obj = CliState(socket=socket, config=config)
+    ctx.obj = CliState(socket=socket, config=config, url=url, token=token)
 
 
-cli.add_command(key)
-cli.add_command(serve)
+for command in (key, usage, status, audit, admin, config, db, serve):
+    cli.add_command(command)
 
 
 def main() -> None:

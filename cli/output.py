@@ -14,7 +14,7 @@ def emit_json(data: Any) -> None:
 
 
 def emit_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[cell(v) for v in row] for row in rows]
     widths = [
         max(len(h), max((len(r[i]) for r in cells), default=0)) for i, h in enumerate(headers)
     ]
@@ -27,11 +27,12 @@ def say(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """One value as a person reads it in a table."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "-"
+        return ", ".join(map(str, value)) or "-"
     return str(value)

@@ -1,4 +1,8 @@
-"""What every command shares: finding the gateway, calling it, and saying what failed."""
+"""What every command shares: finding the gateway, calling it, and saying what failed.
+
+Exit status: 0 ok, 1 error, 2 usage error (a bad option, or a value the gateway
+refused), 3 gateway not reachable.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,23 @@ from llmgw.config import ConfigError, Settings, find_config_file, load_settings
 
 T = TypeVar("T")
 
+# The option that sets each admin API field, to name it when the gateway refuses it.
+OPTION_FOR_FIELD = {
+    "user_id": "--user",
+    "tier": "--tier",
+    "description": "--description",
+    "expires_at": "--expires",
+    "allowed_models": "--model",
+    "requests_per_minute": "--rpm",
+    "requests_per_hour": "--rph",
+    "username": "USERNAME",
+    "password": "password",
+    "email": "--email",
+    "older_than_days": "--older-than",
+    "days": "--days",
+    "by": "--by",
+}
+
 
 class GatewayNotReachable(click.ClickException):
     """Exit status 3: scripts can tell "gateway down" from "request refused"."""
@@ -27,6 +48,8 @@ class GatewayNotReachable(click.ClickException):
 class CliState:
     socket: str | None
     config: str | None
+    url: str | None = None
+    token: str | None = None
 
     def settings(self) -> Settings:
         try:
@@ -37,11 +60,17 @@ class CliState:
     def socket_path(self) -> Path:
         return Path(self.socket) if self.socket else self.settings().socket_path
 
+    def client(self) -> AdminClient:
+        """The remote gateway at --url when given, else the local admin socket."""
+        if self.url:
+            return AdminClient(url=self.url, token=self.token)
+        return AdminClient(self.socket_path())
+
     def call(self, action: Callable[[AdminClient], Awaitable[T]]) -> T:
         """Run `action` against the gateway, turning its failures into CLI errors."""
 
         async def run() -> T:
-            async with AdminClient(self.socket_path()) as client:
+            async with self.client() as client:
                 return await action(client)
 
         try:
@@ -49,6 +78,9 @@ class CliState:
         except GatewayUnreachable as exc:
             raise GatewayNotReachable(str(exc)) from None
         except AdminApiError as exc:
+            if exc.status == 400 and exc.param:
+                hint = OPTION_FOR_FIELD.get(exc.param, exc.param)
+                raise click.BadParameter(exc.message, param_hint=hint) from None
             raise click.ClickException(exc.message) from None
 
 

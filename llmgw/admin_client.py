@@ -1,11 +1,14 @@
 """`AdminClient`: how the CLI and the TUI talk to a running gateway.
 
-Through the admin Unix socket (no login; the gateway checks the caller's uid). It is
-the only way in for `cli/` and `tui/`: neither opens the database.
+Through the admin Unix socket (no login; the gateway checks the caller's uid), or,
+given a URL and a token, through `/admin/api` on a remote gateway's public port: the
+same routes either way. It is the only way in for `cli/` and `tui/`: neither opens the
+database.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -13,30 +16,58 @@ from typing import Any
 import aiohttp
 import orjson
 
+# Changes to a key the admin API accepts (None clears expires_at, allowed_models and
+# the limit overrides).
+KEY_FIELDS = (
+    "tier",
+    "description",
+    "expires_at",
+    "allowed_models",
+    "requests_per_minute",
+    "requests_per_hour",
+    "is_active",
+)
+
 
 class GatewayUnreachable(Exception):
-    """No gateway answers at the socket; the message says what to check."""
+    """No gateway answers; the message says what to check."""
 
 
 class AdminApiError(Exception):
-    """The gateway refused the request; `message` is its explanation."""
+    """The gateway refused the request; `message` is its explanation, `param` the
+    field it objected to, if any."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
 
 
 class AdminClient:
-    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
-        self.socket_path = socket_path
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if (socket_path is None) == (url is None):
+            raise ValueError("give either a socket path or a URL")
+        self.where = str(socket_path) if socket_path else str(url)
+        self._socket = socket_path
+        self._base = f"{url.rstrip('/')}/admin/api" if url else "http://llmgw"
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
+        connector = aiohttp.UnixConnector(path=str(self._socket)) if self._socket else None
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.socket_path)),
+            connector=connector,
             timeout=self._timeout,
+            headers=self._headers,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         return self
@@ -54,80 +85,172 @@ class AdminClient:
             await self._session.close()
             self._session = None
 
+    # --- gateway --------------------------------------------------------------------
+
     async def health(self) -> dict[str, Any]:
         # /health answers 503 with a full body when the gateway cannot serve.
-        result: dict[str, Any] = await self._request("GET", "/health", ok=(200, 503))
-        return result
+        return await self._json("GET", "/health", ok=(200, 503))
 
-    async def create_key(
-        self,
-        user_id: str,
-        *,
-        tier: str | None = None,
-        description: str | None = None,
-        expires_at: str | None = None,
-        allowed_models: list[str] | None = None,
-    ) -> dict[str, Any]:
-        body = {
-            "user_id": user_id,
-            "tier": tier,
-            "description": description,
-            "expires_at": expires_at,
-            "allowed_models": allowed_models,
+    async def usage(self, days: int = 7, by: str = "user") -> dict[str, Any]:
+        return await self._json("GET", "/usage", params={"days": days, "by": by})
+
+    async def stats(self, seconds: int = 300) -> dict[str, Any]:
+        return await self._json("GET", "/stats", params={"seconds": seconds})
+
+    async def stream_stats(self, seconds: int = 60) -> AsyncIterator[dict[str, Any]]:
+        """One snapshot a second from `/stats/stream`, until the gateway goes away."""
+        session = self._open()
+        try:
+            async with session.get(
+                self._base + "/stats/stream",
+                params={"seconds": seconds},
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=10),
+            ) as resp:
+                if resp.status != 200:
+                    raise _api_error(resp.status, await resp.read())
+                async for line in resp.content:
+                    if line.startswith(b"data: "):
+                        yield orjson.loads(line[6:])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unreachable(exc) from None
+
+    # --- keys -----------------------------------------------------------------------
+
+    async def create_key(self, user_id: str, **fields: Any) -> dict[str, Any]:
+        body = {"user_id": user_id} | {k: v for k, v in fields.items() if v is not None}
+        return await self._json("POST", "/keys", json=body)
+
+    async def list_keys(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {
+            k: str(v).lower() if isinstance(v, bool) else v
+            for k, v in filters.items()
+            if v is not None
         }
-        result: dict[str, Any] = await self._request("POST", "/keys", json=body)
-        return result
-
-    async def list_keys(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (await self._request("GET", "/keys"))["data"]
-        return result
+        return await self._list("/keys", params)
 
     async def get_key(self, key_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", f"/keys/{key_id}")
-        return result
+        return await self._json("GET", f"/keys/{key_id}")
+
+    async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._json("PUT", f"/keys/{key_id}", json=dict(changes))
 
     async def revoke_key(self, key_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/keys/{key_id}/revoke")
-        return result
+        return await self._json("POST", f"/keys/{key_id}/revoke")
 
-    async def _request(
-        self, method: str, path: str, *, json: Any = None, ok: tuple[int, ...] = (200, 201)
-    ) -> Any:
+    async def rotate_key(self, key_id: int) -> dict[str, Any]:
+        return await self._json("POST", f"/keys/{key_id}/rotate")
+
+    async def delete_key(self, key_id: int) -> dict[str, Any]:
+        return await self._json("DELETE", f"/keys/{key_id}")
+
+    # --- admin users, audit, database -------------------------------------------------
+
+    async def login(self, username: str, password: str) -> dict[str, Any]:
+        return await self._json("POST", "/login", json={"username": username, "password": password})
+
+    async def list_admins(self) -> list[dict[str, Any]]:
+        return await self._list("/admins")
+
+    async def add_admin(
+        self, username: str, password: str, email: str | None = None
+    ) -> dict[str, Any]:
+        body = {"username": username, "password": password, "email": email}
+        return await self._json("POST", "/admins", json={k: v for k, v in body.items() if v})
+
+    async def update_admin(self, username: str, **changes: Any) -> dict[str, Any]:
+        return await self._json("PUT", f"/admins/{username}", json=changes)
+
+    async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit} | ({"action": action} if action else {})
+        return await self._list("/audit", params)
+
+    async def prune(self, older_than_days: int) -> dict[str, Any]:
+        return await self._json("POST", "/db/prune", json={"older_than_days": older_than_days})
+
+    async def backup(self, target: Path) -> int:
+        """Stream an online backup of the gateway's database into `target`; its size."""
+        session = self._open()
+        size = 0
+        try:
+            async with session.get(
+                self._base + "/db/backup", timeout=aiohttp.ClientTimeout(total=None)
+            ) as resp:
+                if resp.status != 200:
+                    raise _api_error(resp.status, await resp.read())
+                with target.open("wb") as file:
+                    async for chunk in resp.content.iter_chunked(256 * 1024):
+                        file.write(chunk)
+                        size += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unreachable(exc) from None
+        return size
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("use AdminClient as an async context manager")
+        return self._session
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        ok: tuple[int, ...] = (200, 201),
+    ) -> dict[str, Any]:
+        session = self._open()
         try:
-            async with self._session.request(method, f"http://llmgw{path}", json=json) as resp:
-                data = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            raise GatewayUnreachable(self._unreachable(exc)) from None
+            async with session.request(method, self._base + path, json=json, params=params) as resp:
+                data, status = await resp.read(), resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayUnreachable(
-                f"the gateway at {self.socket_path} did not answer properly: {exc or 'timeout'}"
-            ) from None
+            raise self._unreachable(exc) from None
+        if status not in ok:
+            raise _api_error(status, data)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             parsed = None
-        if status not in ok:
-            raise AdminApiError(status, _error_message(parsed, status))
+        if not isinstance(parsed, dict):
+            raise GatewayUnreachable(
+                f"{self.where} answered, but not like an llmgw gateway (status {status})"
+            )
         return parsed
 
-    def _unreachable(self, exc: aiohttp.ClientConnectorError) -> str:
-        os_error = exc.os_error
+    async def _list(
+        self, path: str, params: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = (await self._json("GET", path, params=params))["data"]
+        return data
+
+    def _unreachable(self, exc: BaseException) -> GatewayUnreachable:
+        os_error = getattr(exc, "os_error", None)
         if isinstance(os_error, PermissionError):
-            return (
-                f"permission denied on {self.socket_path}: run as the gateway's user or root, "
+            return GatewayUnreachable(
+                f"permission denied on {self.where}: run as the gateway's user or root, "
                 "or ask for your uid in [admin] allowed_uids"
             )
-        return (
-            f"no gateway is running at {self.socket_path}: start it with `llmgw serve`, "
-            "or point --socket / LLMGW_ADMIN_SOCKET at its admin socket"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if self._socket:
+                return GatewayUnreachable(
+                    f"no gateway is running at {self.where}: start it with `llmgw serve`, "
+                    "or point --socket / LLMGW_ADMIN_SOCKET at its admin socket"
+                )
+            return GatewayUnreachable(f"cannot connect to {self.where}: {exc.os_error}")
+        return GatewayUnreachable(
+            f"the gateway at {self.where} did not answer properly: {exc or 'timeout'}"
         )
 
 
-def _error_message(parsed: Any, status: int) -> str:
+def _api_error(status: int, data: bytes) -> AdminApiError:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return f"the gateway answered with status {status}"
+        param = error.get("param")
+        return AdminApiError(status, error["message"], param if isinstance(param, str) else None)
+    return AdminApiError(status, f"the gateway answered with status {status}")

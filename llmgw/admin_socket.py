@@ -20,7 +20,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .admin.common import ACTOR
 from .errors import error_response
+from .store import Actor
 
 
 class AdminSocketError(RuntimeError):
@@ -127,6 +129,7 @@ def peer_middleware(allowed_uids: frozenset[int]) -> Middleware:
                 code="admin_peer_refused",
             )
         request[PEER] = peer
+        request[ACTOR] = Actor(peer.name, "socket")
         return await handler(request)
 
     return check_peer

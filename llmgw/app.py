@@ -17,15 +17,17 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import admin_api, health, proxy
+from . import admin, health, proxy
+from .admin.remote import create_remote_app
 from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
 from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
 from .limits import RateLimiter
+from .live import LiveStats
 from .metrics import Metrics
 from .middleware import accounting_middleware, add_response_headers, error_middleware
-from .state import CLIENT, KEYS, LEDGER, LIMITER, METRICS, SETTINGS, STORE, UPSTREAMS
+from .state import CLIENT, KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, STORE, UPSTREAMS
 from .store import Store
 from .upstreams import UpstreamPool
 
@@ -46,10 +48,15 @@ def create_app(settings: Settings) -> web.Application:
     app[LIMITER] = RateLimiter()
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
+    app[LIVE] = LiveStats()
     app.cleanup_ctx.extend([_database, _ledger, _upstream_client, _admin_socket])
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
     proxy.add_routes(app)
+    # Subapp resources are found through the gateway's (request.config_dict).
+    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key))
+    if not settings.admin.secret_key:
+        log.info("no [admin] secret_key: remote admin tokens end when the gateway stops")
     return app
 
 
@@ -57,16 +64,17 @@ def create_admin_app(gateway: web.Application) -> web.Application:
     """The admin API for the Unix socket, sharing the gateway's resources."""
     settings = gateway[SETTINGS]
     allowed = frozenset({0, os.geteuid(), *settings.admin.allowed_uids})
-    admin = web.Application(middlewares=[peer_middleware(allowed), error_middleware()])
-    admin[SETTINGS] = settings
-    admin[STORE] = gateway[STORE]
-    admin[KEYS] = gateway[KEYS]
-    admin[LIMITER] = gateway[LIMITER]
-    admin[UPSTREAMS] = gateway[UPSTREAMS]
-    admin[METRICS] = gateway[METRICS]
-    admin[LEDGER] = gateway[LEDGER]
-    admin.add_routes(admin_api.routes)
-    return admin
+    door = web.Application(middlewares=[peer_middleware(allowed), error_middleware()])
+    door[SETTINGS] = settings
+    door[STORE] = gateway[STORE]
+    door[KEYS] = gateway[KEYS]
+    door[LIMITER] = gateway[LIMITER]
+    door[UPSTREAMS] = gateway[UPSTREAMS]
+    door[METRICS] = gateway[METRICS]
+    door[LEDGER] = gateway[LEDGER]
+    door[LIVE] = gateway[LIVE]
+    admin.add_routes(door)
+    return door
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

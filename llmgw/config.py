@@ -48,6 +48,7 @@ class AdminSettings:
     allowed_uids: tuple[int, ...] = ()
     default_tier: str = "free"
     secret_key: str = field(default="", repr=False)
+    token_ttl: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +342,8 @@ def _validate(settings: Settings) -> None:
     for name, tier in settings.tiers.items():
         if tier.requests_per_minute < 1 or tier.requests_per_hour < 1:
             raise ConfigError(f"[tiers.{name}]: request limits must be at least 1")
+    if settings.admin.token_ttl <= 0:
+        raise ConfigError("[admin] token_ttl: must be greater than 0")
     if settings.admin.default_tier not in settings.tiers:
         raise ConfigError(
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "

@@ -71,6 +71,8 @@ class ApiKey:
     expires_at: float | None = None
     last_used_at: float | None = None
     allowed_models: tuple[str, ...] | None = None
+    requests_per_minute: int | None = None  # overrides the tier's
+    requests_per_hour: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The admin API's view: everything but the hash, times as ISO text."""
@@ -101,6 +103,11 @@ class KeyTable:
             del self._by_hash[old_hash]
         self._by_hash[key.key_hash] = key
         self._hash_by_id[key.id] = key.key_hash
+
+    def remove(self, key_id: int) -> None:
+        key_hash = self._hash_by_id.pop(key_id, None)
+        if key_hash is not None:
+            del self._by_hash[key_hash]
 
     def authenticate(self, presented: str | None, now: float) -> ApiKey:
         """The active key `presented` names, or a 401 `GatewayError`.

@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .config import Settings
+from .keys import ApiKey
+
 MINUTE = 60.0
 HOUR = 3600.0
 # Refill is floating-point arithmetic: 6 s at 10/min must count as one whole token.
@@ -23,6 +26,16 @@ _EPSILON = 1e-9
 class RequestLimits:
     per_minute: int
     per_hour: int
+
+
+def limits_for(key: ApiKey, settings: Settings) -> RequestLimits:
+    """The key's own limits where it has them, else its tier's (else the default tier's,
+    should its tier have been removed from the config)."""
+    tier = settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
+    return RequestLimits(
+        key.requests_per_minute or tier.requests_per_minute,
+        key.requests_per_hour or tier.requests_per_hour,
+    )
 
 
 @dataclass(slots=True)
@@ -122,6 +135,14 @@ class RateLimiter:
         else:
             retry_after = max(minute.seconds_until(1), hour.seconds_until(1))
         return Decision(allowed, retry_after, minute.state(), hour.state())
+
+    def peek(self, key_id: int, limits: RequestLimits) -> tuple[WindowState, WindowState]:
+        """The key's minute and hour windows now, without taking anything."""
+        now = self._clock()
+        minute, hour = self._buckets_for(key_id, limits, now)
+        minute.refill(now)
+        hour.refill(now)
+        return minute.state(), hour.state()
 
     def refund(self, key_id: int) -> None:
         """Give back the request a key was charged for but the upstream never served."""

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .context import CLIENT_CLOSED, RequestContext
 from .errors import GatewayError, error_response
 from .ledger import UsageRecord
-from .state import CONTEXT, LEDGER, METRICS
+from .state import CONTEXT, LEDGER, LIVE, METRICS
 
 access_log = logging.getLogger("llmgw.access")
 log = logging.getLogger("llmgw")
@@ -46,6 +46,7 @@ def accounting_middleware() -> Middleware:
                 metrics.prompt_tokens += record.prompt_tokens
                 metrics.completion_tokens += record.completion_tokens
                 request.app[LEDGER].record(record)
+                request.app[LIVE].observe(record)
             _log_access(ctx, record, status)
 
     return accounting

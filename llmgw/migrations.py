@@ -88,6 +88,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX idx_audit_log_timestamp ON audit_log (timestamp);
         """,
     ),
+    Migration(
+        2,
+        "per-key request limits; admin password change time",
+        """
+        ALTER TABLE api_keys ADD COLUMN requests_per_minute INTEGER;
+        ALTER TABLE api_keys ADD COLUMN requests_per_hour INTEGER;
+        ALTER TABLE admin_users ADD COLUMN password_changed_at TEXT;
+        """,
+    ),
 )
 
 

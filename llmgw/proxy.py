@@ -25,8 +25,8 @@ from yarl import URL
 from .context import RequestContext
 from .errors import GatewayError, normalise_upstream_error
 from .keys import ApiKey, presented_key
-from .limits import RequestLimits
-from .state import CLIENT, CONTEXT, KEYS, LIMITER, SETTINGS, UPSTREAMS
+from .limits import limits_for
+from .state import CLIENT, CONTEXT, KEYS, LIMITER, LIVE, SETTINGS, UPSTREAMS
 from .streaming import SseRelay, error_event
 from .upstreams import Upstream
 from .usage import usage_from_body
@@ -79,9 +79,7 @@ def _authorize(request: web.Request, ctx: RequestContext) -> ApiKey:
     presented = presented_key(headers.get("Authorization"), headers.get("x-api-key"))
     key = app[KEYS].authenticate(presented, time.time())
     ctx.key = key
-    settings = app[SETTINGS]
-    tier = settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
-    limits = RequestLimits(tier.requests_per_minute, tier.requests_per_hour)
+    limits = limits_for(key, app[SETTINGS])
     decision = app[LIMITER].acquire(key.id, limits)
     ctx.rate_headers = decision.headers()
     if not decision.allowed:
@@ -92,7 +90,7 @@ def _authorize(request: web.Request, ctx: RequestContext) -> ApiKey:
         )
         raise GatewayError(
             429,
-            f"Rate limit reached for requests per {window} (tier {key.tier}): limit {limit}. "
+            f"Rate limit reached for requests per {window}: limit {limit}. "
             f"Please try again in {math.ceil(decision.retry_after)}s.",
             type_="requests",
             code="rate_limit_exceeded",
@@ -272,7 +270,23 @@ async def _relay_stream(
 ) -> web.StreamResponse:
     out = web.StreamResponse(status=200, headers=_response_headers(response) | _SSE_HEADERS)
     await out.prepare(request)
-    idle = request.app[SETTINGS].server.stream_idle_timeout
+    live, key_id = request.app[LIVE], ctx.key.id if ctx.key else 0
+    live.stream_opened(key_id)
+    try:
+        return await _relay(
+            out, ctx, response, relay, request.app[SETTINGS].server.stream_idle_timeout
+        )
+    finally:
+        live.stream_closed(key_id)
+
+
+async def _relay(
+    out: web.StreamResponse,
+    ctx: RequestContext,
+    response: aiohttp.ClientResponse,
+    relay: SseRelay,
+    idle: float,
+) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(idle) as timer:

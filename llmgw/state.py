@@ -10,6 +10,7 @@ from .context import RequestContext
 from .keys import KeyTable
 from .ledger import Ledger
 from .limits import RateLimiter
+from .live import LiveStats
 from .metrics import Metrics
 from .store import Store
 from .upstreams import UpstreamPool
@@ -22,4 +23,5 @@ UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 LEDGER = web.AppKey("ledger", Ledger)
 METRICS = web.AppKey("metrics", Metrics)
+LIVE = web.AppKey("live", LiveStats)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -201,10 +201,11 @@ async def test_key_revoke_without_json_talks_on_stderr(gateway: Gateway) -> None
     assert str(created["id"]) in run.stderr
 
 
-async def test_unknown_tier_exits_1_naming_the_tiers(gateway: Gateway) -> None:
+async def test_unknown_tier_exits_2_naming_the_option_and_the_tiers(gateway: Gateway) -> None:
     run = await llmgw("key", "add", "--user", "judy", "--tier", "gold")
-    assert run.code == 1
+    assert run.code == 2
     assert run.stdout == ""
+    assert "--tier" in run.stderr
     assert "gold" in run.stderr
     for tier in ("free", "standard", "premium"):
         assert tier in run.stderr
@@ -213,11 +214,13 @@ async def test_unknown_tier_exits_1_naming_the_tiers(gateway: Gateway) -> None:
         assert await admin.list_keys() == []
 
 
-async def test_past_expiry_exits_1(gateway: Gateway) -> None:
-    run = await llmgw("key", "add", "--user", "kim", "--expires", "2001-01-01")
-    assert run.code == 1
+@pytest.mark.parametrize("expires", ["2001-01-01", "next tuesday"])
+async def test_bad_expiry_exits_2_naming_the_option(gateway: Gateway, expires: str) -> None:
+    run = await llmgw("key", "add", "--user", "kim", "--expires", expires)
+    assert run.code == 2
     assert run.stdout == ""
-    assert "past" in run.stderr
+    assert "--expires" in run.stderr
+    assert ("past" if expires.startswith("2001") else "cannot read expiry") in run.stderr
     no_traceback(run)
 
 

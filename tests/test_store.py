@@ -27,6 +27,7 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     assert columns(path, "api_keys") == [
         "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
         "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models",
+        "requests_per_minute", "requests_per_hour",
     ]  # fmt: skip
     assert columns(path, "request_logs") == [
         "id", "request_id", "user_id", "api_key_id", "endpoint", "method", "status_code",
@@ -35,6 +36,7 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     ]  # fmt: skip
     assert columns(path, "admin_users") == [
         "id", "username", "hashed_password", "email", "is_active", "created_at", "last_login",
+        "password_changed_at",
     ]  # fmt: skip
     assert columns(path, "audit_log") == [
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",

@@ -1,0 +1,44 @@
+"""`llmgw audit`: who changed what, through which door."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .output import emit_json, emit_table
+from .state import CliState, pass_state
+
+
+@click.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="How many entries.",
+)
+@click.option("--action", help="Only actions starting with this (key., key.revoke, admin.).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_state
+def audit(state: CliState, limit: int, action: str | None, as_json: bool) -> None:
+    """Show the audit log of admin changes, newest first."""
+    entries = state.call(lambda c: c.audit(limit, action))
+    if as_json:
+        emit_json(entries)
+        return
+    emit_table(
+        [
+            [e["timestamp"], e["actor"], e["door"], e["action"], e["target"], _changes(e)]
+            for e in entries
+        ],
+        ("TIME", "ACTOR", "DOOR", "ACTION", "TARGET", "CHANGES"),
+    )
+
+
+def _changes(entry: dict[str, Any]) -> str:
+    before, after = entry["before"] or {}, entry["after"] or {}
+    if not before or not after:
+        return "created" if after else "deleted" if before else ""
+    changed = [name for name in after if before.get(name) != after[name] and name != "updated_at"]
+    return ", ".join(f"{name}: {before.get(name)} -> {after[name]}" for name in changed)

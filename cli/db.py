@@ -1,0 +1,73 @@
+"""`llmgw db ...`: back up the gateway's database while it serves; prune old usage rows."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from pathlib import Path
+
+import click
+
+from .output import emit_json, say
+from .state import CliState, pass_state
+
+
+@click.group()
+def db() -> None:
+    """Back up or prune the gateway's database."""
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_state
+def backup(state: CliState, path: Path, as_json: bool) -> None:
+    """Write an online backup of the database to PATH (the gateway keeps serving)."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        size = state.call(lambda c: c.backup(partial))
+        problem = _integrity_problem(partial)
+        if problem:
+            raise click.ClickException(f"The backup failed its integrity check: {problem}")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    if as_json:
+        emit_json({"path": str(path), "bytes": size})
+        return
+    say(f"Backed up the database to {path} ({size} bytes, integrity checked).")
+
+
+def _integrity_problem(path: Path) -> str | None:
+    with contextlib.closing(sqlite3.connect(path)) as copy:
+        result = copy.execute("PRAGMA integrity_check").fetchone()[0]
+    return None if result == "ok" else str(result)
+
+
+def days(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A number of days: `90d` or `90`."""
+    match = re.fullmatch(r"\s*(\d+)\s*d?\s*", value)
+    if not match or int(match[1]) < 1:
+        raise click.BadParameter(f"{value!r} is not a number of days such as 90d")
+    return int(match[1])
+
+
+@db.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    callback=days,
+    required=True,
+    metavar="DAYS",
+    help="Delete usage rows older than this, e.g. 90d.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_state
+def prune(state: CliState, older_than: int, as_json: bool) -> None:
+    """Delete request_logs rows older than --older-than (the seed's log retention)."""
+    result = state.call(lambda c: c.prune(older_than))
+    if as_json:
+        emit_json(result)
+        return
+    say(f"Deleted {result['deleted']} usage rows older than {result['before']}.")

@@ -1,0 +1,207 @@
+"""API keys through the admin API: create, list, show, update, revoke, rotate, delete.
+
+Each change is one transaction holding the change and its audit row; the in-memory key
+table follows on commit, so the very next request sees it, and two concurrent changes
+land in the database and in memory in the same order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import GatewayError
+from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
+from ..state import KEYS, LIMITER, SETTINGS, STORE
+from ..store import Store, Transaction
+from .common import actor, field, json_response, read_json
+
+routes = web.RouteTableDef()
+
+_CHANGEABLE = frozenset(
+    {
+        "tier",
+        "description",
+        "expires_at",
+        "allowed_models",
+        "requests_per_minute",
+        "requests_per_hour",
+    }
+)
+_CREATE_FIELDS = _CHANGEABLE | {"user_id"}
+_UPDATE_FIELDS = _CHANGEABLE | {"is_active"}
+
+
+@routes.get("/keys")
+async def list_keys(request: web.Request) -> web.Response:
+    query = request.query
+    active = query.get("active")
+    if active not in (None, "true", "false"):
+        raise GatewayError(400, "'active' must be true or false.", param="active")
+    keys = await request.config_dict[STORE].load_keys(
+        user_id=query.get("user_id"),
+        tier=query.get("tier"),
+        active=None if active is None else active == "true",
+    )
+    return json_response({"data": [k.public() for k in keys]})
+
+
+@routes.get("/keys/{key_id}")
+async def get_key(request: web.Request) -> web.Response:
+    return json_response((await _existing(request.config_dict[STORE], request)).public())
+
+
+@routes.post("/keys")
+async def create_key(request: web.Request) -> web.Response:
+    body = await read_json(request, _CREATE_FIELDS)
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise GatewayError(400, "'user_id' is required: who the key is for.", param="user_id")
+    changes = _key_fields(request, body)
+    changes.setdefault("tier", request.config_dict[SETTINGS].admin.default_tier)
+    plaintext = generate_key()
+    store = request.config_dict[STORE]
+    async with store.transaction() as tx:
+        key = await store.insert_key(
+            key_hash=hash_key(plaintext),
+            key_prefix=display_prefix(plaintext),
+            user_id=user_id.strip(),
+            tier=changes.pop("tier"),
+            description=changes.pop("description", ""),
+            **changes,
+        )
+        await store.record_audit(actor(request), "key.create", f"key:{key.id}", None, key.public())
+        _follow(request, tx, key)
+    return json_response({"key": plaintext, **key.public()}, status=201)
+
+
+@routes.put("/keys/{key_id}")
+async def update_key(request: web.Request) -> web.Response:
+    body = await read_json(request, _UPDATE_FIELDS)
+    changes = _key_fields(request, body)
+    if "is_active" in body:
+        changes["is_active"] = field(body, "is_active", _boolean, "true or false")
+    if not changes:
+        raise GatewayError(400, f"Nothing to change; fields: {', '.join(sorted(_UPDATE_FIELDS))}.")
+    return json_response((await _change(request, "key.update", changes)).public())
+
+
+@routes.post("/keys/{key_id}/revoke")
+async def revoke_key(request: web.Request) -> web.Response:
+    return json_response((await _change(request, "key.revoke", {"is_active": False})).public())
+
+
+@routes.post("/keys/{key_id}/rotate")
+async def rotate_key(request: web.Request) -> web.Response:
+    plaintext = generate_key()
+    changes = {"key_hash": hash_key(plaintext), "key_prefix": display_prefix(plaintext)}
+    key = await _change(request, "key.rotate", changes)
+    return json_response({"key": plaintext, **key.public()})
+
+
+@routes.delete("/keys/{key_id}")
+async def delete_key(request: web.Request) -> web.Response:
+    store = request.config_dict[STORE]
+    async with store.transaction() as tx:
+        key = await _existing(store, request)
+        await store.delete_key(key.id)
+        await store.record_audit(actor(request), "key.delete", f"key:{key.id}", key.public(), None)
+        keys, limiter = request.config_dict[KEYS], request.config_dict[LIMITER]
+        tx.on_commit(lambda: keys.remove(key.id))
+        tx.on_commit(lambda: limiter.forget(key.id))
+    return json_response({"deleted": True, **key.public()})
+
+
+async def _change(request: web.Request, action: str, changes: dict[str, Any]) -> ApiKey:
+    store = request.config_dict[STORE]
+    async with store.transaction() as tx:
+        before = await _existing(store, request)
+        after = await store.update_key(before.id, changes)
+        assert after is not None  # the row exists: we hold the write lock
+        await store.record_audit(
+            actor(request), action, f"key:{after.id}", before.public(), after.public()
+        )
+        _follow(request, tx, after)
+    return after
+
+
+def _follow(request: web.Request, tx: Transaction, key: ApiKey) -> None:
+    keys = request.config_dict[KEYS]
+    tx.on_commit(lambda: keys.put(key))
+
+
+async def _existing(store: Store, request: web.Request) -> ApiKey:
+    raw = request.match_info["key_id"]
+    key = await store.get_key(int(raw)) if raw.isdigit() else None
+    if key is None:
+        raise GatewayError(404, f"No API key with id {raw}.", code="key_not_found")
+    return key
+
+
+def _key_fields(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a create or update, checked and in the store's types."""
+    settings = request.config_dict[SETTINGS]
+    out: dict[str, Any] = {}
+    if "tier" in body:
+        tiers = settings.tiers
+
+        def known_tier(value: Any) -> str:
+            if value not in tiers:
+                raise ValueError(f"no tier named {value!r}; tiers: {', '.join(tiers)}")
+            return str(value)
+
+        out["tier"] = field(body, "tier", known_tier, "a tier name")
+    if "description" in body:
+        out["description"] = field(body, "description", _string, "a string")
+    if "expires_at" in body:
+        out["expires_at"] = field(body, "expires_at", _expiry, "a future date, or null")
+    if "allowed_models" in body:
+        out["allowed_models"] = field(
+            body, "allowed_models", _models, "a list of model names, or null for all"
+        )
+    for name in ("requests_per_minute", "requests_per_hour"):
+        if name in body:
+            out[name] = field(body, name, _limit, "a whole number of at least 1, or null")
+    return out
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _expiry(value: Any) -> float | None:
+    if value is None:
+        return None
+    now = time.time()
+    expires = parse_expiry(_string(value), now)
+    if expires <= now:
+        raise ValueError(f"{value!r} is in the past")
+    return expires
+
+
+def _models(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise TypeError
+    if not all(isinstance(m, str) and m.strip() for m in value):
+        raise TypeError
+    return tuple(dict.fromkeys(m.strip() for m in value))
+
+
+def _limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError
+    return value

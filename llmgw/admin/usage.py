@@ -1,0 +1,7 @@
+"""`GET /usage`: usage statistics from the ledger (being built)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+routes = web.RouteTableDef()
