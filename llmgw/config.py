@@ -30,53 +30,118 @@ class ConfigError(ValueError):
     """A setting is unknown or has a bad value; the message names it."""
 
 
+def setting(default: T, text: str, *, secret: bool = False) -> T:
+    """A field with a default and its documentation, which `llmgw config init` writes out.
+
+    Secret fields stay out of `repr` (so out of logs and tracebacks) and are masked by
+    `llmgw config check`.
+    """
+    return field(default=default, repr=not secret, metadata=doc(text, secret=secret))
+
+
+def doc(text: str, *, secret: bool = False) -> dict[str, Any]:
+    """Field metadata: the help written above the setting, and whether to hide its value."""
+    return {"help": text, "secret": secret}
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    host: str = "0.0.0.0"  # noqa: S104 - a gateway is meant to be reached from the network
-    port: int = 8000
-    max_body_bytes: int = 16 * 1024 * 1024
-    upstream_connect_timeout: float = 5.0
-    upstream_timeout: float = 600.0
-    stream_idle_timeout: float = 300.0
-    shutdown_grace_period: float = 30.0
-    health_check_interval: float = 10.0
+    host: str = setting(
+        "0.0.0.0",  # noqa: S104 - a gateway is meant to be reached from the network
+        "Address the OpenAI-compatible API, /health and /metrics listen on.",
+    )
+    port: int = setting(8000, "Port the OpenAI-compatible API, /health and /metrics listen on.")
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024, "Largest request body accepted (bytes); larger ones get 413."
+    )
+    upstream_connect_timeout: float = setting(
+        5.0, "Seconds to open a connection to an upstream before trying the next one."
+    )
+    upstream_timeout: float = setting(
+        600.0,
+        "Seconds to wait for an upstream's response headers (a non-streaming answer comes "
+        "with its headers, so this bounds a whole generation); then 504.",
+    )
+    stream_idle_timeout: float = setting(
+        300.0, "Seconds a stream may go without a byte from the upstream before it is cut off."
+    )
+    shutdown_grace_period: float = setting(
+        30.0, "Seconds SIGTERM waits for in-flight requests (streams included) to finish."
+    )
+    health_check_interval: float = setting(
+        10.0, "Seconds between upstream health checks (GET /health and /v1/models)."
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
-    socket: str = ""
-    allowed_uids: tuple[int, ...] = ()
-    default_tier: str = "free"
-    secret_key: str = field(default="", repr=False)
-    token_ttl: float = 3600.0
+    socket: str = setting(
+        "",
+        "The admin Unix socket used by `llmgw` and `llmgw-tui`. Empty: /run/llmgw/admin.sock "
+        "for root, else $XDG_RUNTIME_DIR/llmgw/admin.sock (or /tmp/llmgw-<uid>/admin.sock).",
+    )
+    allowed_uids: tuple[int, ...] = setting(
+        (), "Uids besides root and the gateway's own that may use the admin socket."
+    )
+    default_tier: str = setting("free", "The tier of a key created without one.")
+    secret_key: str = setting(
+        "",
+        "Signs remote admin API tokens (ADMIN_SECRET_KEY works too); keep it secret. Empty: "
+        "a random one each start, so tokens end with the process (`llmgw config init "
+        "--secret` writes a lasting one).",
+        secret=True,
+    )
+    token_ttl: float = setting(3600.0, "Seconds a remote admin API token stays valid.")
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    path: str = ""
-    flush_interval: float = 0.25
-    batch_size: int = 1000
-    max_pending: int = 100_000
+    path: str = setting(
+        "",
+        "SQLite file. Empty: /var/lib/llmgw/llmgw.db for root, else "
+        "$XDG_DATA_HOME/llmgw/llmgw.db (~/.local/share/llmgw/llmgw.db).",
+    )
+    flush_interval: float = setting(
+        0.25, "Seconds usage records gather before they are written in one transaction."
+    )
+    batch_size: int = setting(1000, "Most usage records written in one transaction.")
+    max_pending: int = setting(
+        100_000,
+        "Most usage records held while the database is unavailable; beyond that they are "
+        "counted as dropped, logged, and shown in /health.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
-    url: str
-    models: tuple[str, ...] = ()
-    api_key: str = field(default="", repr=False)
+    url: str = field(metadata=doc("The vLLM server's base URL (http:// or https://), without /v1."))
+    models: tuple[str, ...] = setting(
+        (),
+        "Models routed to it; empty: the models its /v1/models lists (checked every "
+        "health_check_interval).",
+    )
+    api_key: str = setting(
+        "", "Sent upstream as a bearer token when vLLM runs with --api-key.", secret=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class TierSettings:
-    requests_per_minute: int
-    requests_per_hour: int
+    requests_per_minute: int = field(metadata=doc("Requests a key of this tier may make a minute."))
+    requests_per_hour: int = field(metadata=doc("Requests a key of this tier may make an hour."))
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["text", "json"] = "text"
-    file: str = ""
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "debug, info, warning or error."
+    )
+    format: Literal["text", "json"] = setting(
+        "text", "text (key=value) or json (one object per line, for log shippers)."
+    )
+    file: str = setting(
+        "", "Log file; empty logs to stderr. The seed system kept logs/gateway.log."
+    )
 
 
 DEFAULT_TIERS: Mapping[str, TierSettings] = types.MappingProxyType(
@@ -90,12 +155,35 @@ DEFAULT_TIERS: Mapping[str, TierSettings] = types.MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    server: ServerSettings = ServerSettings()
-    admin: AdminSettings = AdminSettings()
-    database: DatabaseSettings = DatabaseSettings()
-    upstreams: tuple[UpstreamSettings, ...] = (UpstreamSettings("http://127.0.0.1:8100"),)
-    tiers: Mapping[str, TierSettings] = field(default_factory=lambda: DEFAULT_TIERS)
-    logging: LoggingSettings = LoggingSettings()
+    """Everything the gateway reads at start-up; the help of each field describes a section."""
+
+    server: ServerSettings = field(
+        default=ServerSettings(),
+        metadata=doc("The OpenAI-compatible API: where it listens, what it waits for."),
+    )
+    admin: AdminSettings = field(
+        default=AdminSettings(),
+        metadata=doc("Administration: the local admin socket and remote admin API tokens."),
+    )
+    database: DatabaseSettings = field(
+        default=DatabaseSettings(),
+        metadata=doc("The SQLite database of keys, admin users, audit and usage records."),
+    )
+    upstreams: tuple[UpstreamSettings, ...] = setting(
+        (UpstreamSettings("http://127.0.0.1:8100"),),
+        "One [[upstreams]] table per vLLM server, at least one. A request goes to the least "
+        "busy healthy upstream that serves its model.",
+    )
+    tiers: Mapping[str, TierSettings] = field(
+        default_factory=lambda: DEFAULT_TIERS,
+        metadata=doc(
+            "Rate-limit tiers: requests per minute and per hour, per key. These three are the "
+            "defaults; a partial table changes only what it names, and new tiers may be added."
+        ),
+    )
+    logging: LoggingSettings = field(
+        default=LoggingSettings(), metadata=doc("How and where the gateway logs.")
+    )
 
     @property
     def socket_path(self) -> Path:

@@ -21,11 +21,13 @@ from llmgw.config import (
     DatabaseSettings,
     LoggingSettings,
     ServerSettings,
+    Settings,
     TierSettings,
     UpstreamSettings,
     find_config_file,
     load_settings,
 )
+from llmgw.config_file import masked, render_config, settings_dict
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "llmgw.toml.example"
@@ -414,3 +416,89 @@ def test_serve_with_a_missing_config_file_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert "absent.toml" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --- the documentation on the fields, and the file rendered from it -----------------------
+
+
+def test_every_setting_and_section_has_help() -> None:
+    # `llmgw config init` writes this help above each key: a field without it would be
+    # a setting nobody can find out about.
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in (*SETTINGS_CLASSES, Settings)
+        for f in dataclasses.fields(cls)
+        if not str(f.metadata.get("help", "")).strip()
+    ]
+    assert missing == []
+
+
+def test_example_file_is_what_config_init_writes() -> None:
+    # The example is generated, so its comments and values cannot drift from the code.
+    assert EXAMPLE.read_text(encoding="utf-8") == render_config(), (
+        "llmgw.toml.example is stale: run `llmgw config init --force llmgw.toml.example`"
+    )
+
+
+def test_rendered_defaults_load_back_as_the_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, render_config())
+    assert load_settings(path, {}) == load_settings(None, {})
+
+
+def test_rendered_settings_load_back_unchanged(tmp_path: Path) -> None:
+    # Every section and every kind of value (lists, two upstreams, an added tier,
+    # secrets) survives the trip through tomli-w, with and without the comments.
+    settings = load_settings(write(tmp_path, FULL_TOML), {})
+    for comments in (True, False):
+        text = render_config(settings, comments=comments)
+        assert load_settings(write(tmp_path, text, name="again.toml"), {}) == settings
+
+
+def test_rendered_file_puts_the_help_above_each_key() -> None:
+    lines = render_config().splitlines()
+    helps = {
+        f.name: str(f.metadata["help"]).split()
+        for cls in SETTINGS_CLASSES
+        for f in dataclasses.fields(cls)
+    }
+    checked = set()
+    for i, line in enumerate(lines):
+        key = line.partition(" = ")[0]
+        if key not in helps:
+            continue
+        comment: list[str] = []
+        for above in reversed(lines[:i]):
+            if not above.startswith("# "):
+                break
+            comment[:0] = above.removeprefix("# ").split()
+        assert comment == helps[key], f"{key}: {comment} is not its help"
+        checked.add(key)
+    assert checked == set(helps)
+
+
+def test_masked_hides_every_secret_that_is_set() -> None:
+    secret_fields = [
+        (cls.__name__, f.name)
+        for cls in SETTINGS_CLASSES
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("secret")
+    ]
+    assert ("AdminSettings", "secret_key") in secret_fields
+    assert ("UpstreamSettings", "api_key") in secret_fields
+    settings = load_settings(
+        None,
+        {"ADMIN_SECRET_KEY": "admin-s3cret", "LLMGW_UPSTREAMS": "http://a:1,http://b:2"},
+    )
+    upstreams = (
+        dataclasses.replace(settings.upstreams[0], api_key="upstream-s3cret"),
+        settings.upstreams[1],
+    )
+    shown = masked(dataclasses.replace(settings, upstreams=upstreams))
+    for text in (render_config(shown), str(settings_dict(shown))):
+        assert "s3cret" not in text
+    assert shown.admin.secret_key == "***"
+    assert [u.api_key for u in shown.upstreams] == ["***", ""]  # an unset one stays empty
+    assert [u.url for u in shown.upstreams] == ["http://a:1", "http://b:2"]
+    assert dataclasses.replace(shown, admin=settings.admin, upstreams=settings.upstreams) == (
+        settings
+    ), "masking changed something besides the secrets"
