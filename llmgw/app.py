@@ -125,7 +125,9 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _admin_socket(app: web.Application) -> AsyncIterator[None]:
     path = app[SETTINGS].socket_path
-    runner = web.AppRunner(create_admin_app(app), access_log=None)
+    # Admin requests are short but for backups and live-stats streams (which end
+    # themselves on shutdown): no reason to hold a stopping gateway for long.
+    runner = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=5.0)
     sock, inode = bind_admin_socket(path)
     try:
         await runner.setup()

@@ -104,6 +104,11 @@ class KeyTable:
         self._by_hash[key.key_hash] = key
         self._hash_by_id[key.id] = key.key_hash
 
+    def get(self, key_id: int) -> ApiKey | None:
+        """The key with this id (revoked or expired included); None once deleted."""
+        key_hash = self._hash_by_id.get(key_id)
+        return None if key_hash is None else self._by_hash[key_hash]
+
     def remove(self, key_id: int) -> None:
         key_hash = self._hash_by_id.pop(key_id, None)
         if key_hash is not None:

@@ -20,7 +20,14 @@ from aiohttp import web
 
 from llmgw.admin_client import AdminClient
 from llmgw.app import create_app
-from llmgw.config import DatabaseSettings, Settings, TierSettings, UpstreamSettings, load_settings
+from llmgw.config import (
+    AdminSettings,
+    DatabaseSettings,
+    Settings,
+    TierSettings,
+    UpstreamSettings,
+    load_settings,
+)
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.runner import make_runner
 from llmgw.state import LEDGER, METRICS
@@ -143,6 +150,11 @@ async def api_key(gateway: Gateway) -> str:
     created = await gateway.create_key("alice", tier="premium")
     key: str = created["key"]
     return key
+
+
+def with_secret(secret: str) -> AdminSettings:
+    """The (isolated) admin settings with a token secret: keeps the test's socket path."""
+    return dataclasses.replace(load_settings(None).admin, secret_key=secret)
 
 
 def tiers(**limits: tuple[int, int]) -> dict[str, TierSettings]:

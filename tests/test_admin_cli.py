@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from llmgw.config import AdminSettings
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 
-from .conftest import Gateway, GatewayFactory, read_rows
+from .conftest import Gateway, GatewayFactory, read_rows, with_secret
 
 LLMGW = str(Path(sys.executable).parent / "llmgw")
 PASSWORD = "correct horse battery staple"
@@ -77,7 +76,7 @@ async def test_admin_users_lifecycle(gateway: Gateway) -> None:
 
 
 async def test_remote_cli_with_url_and_token(gateway_factory: GatewayFactory) -> None:
-    gateway = await gateway_factory(admin=AdminSettings(secret_key="s" * 32))
+    gateway = await gateway_factory(admin=with_secret("s" * 32))
     await cli(gateway, "admin", "add", "ops", "--password-stdin", stdin=PASSWORD)
     code, out, err = await cli(
         None, "--url", gateway.url, "admin", "login", "ops", "--password-stdin", stdin=PASSWORD

@@ -10,9 +10,8 @@ import aiohttp
 import pytest
 
 from llmgw import tokens
-from llmgw.config import AdminSettings
 
-from .conftest import Gateway, GatewayFactory, read_rows
+from .conftest import Gateway, GatewayFactory, read_rows, with_secret
 
 SECRET = "a-test-secret-of-enough-length"
 PASSWORD = "correct horse battery staple"
@@ -20,7 +19,7 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 async def remote(gateway_factory: GatewayFactory) -> Gateway:
-    gateway: Gateway = await gateway_factory(admin=AdminSettings(secret_key=SECRET))
+    gateway: Gateway = await gateway_factory(admin=with_secret(SECRET))
     return gateway
 
 

@@ -17,3 +17,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     for module in (keys, users, audit, db, usage, stats):
         app.add_routes(module.routes)
+    stats.end_streams_on_shutdown(app)

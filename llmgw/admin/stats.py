@@ -1,7 +1,129 @@
-"""`GET /stats` and `GET /stats/stream`: live per-second figures (being built)."""
+"""`GET /stats` and `GET /stats/stream`: the live view of the last few minutes.
+
+`/stats` answers one snapshot (see `LiveStats.snapshot`) with what the gateway knows
+besides: requests in flight, each busy key's owner, tier and remaining budget, and the
+upstreams. `/stats/stream` sends the same as server-sent events, one at once and then
+one at every whole second of the wall clock, until the client goes away or the door
+shuts down: `end_streams_on_shutdown` makes a door's shutdown end its open streams
+first, since a stream that never ends would otherwise hold the shutdown for its full
+timeout (60 s on the admin socket, the grace period on the public port).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import orjson
 from aiohttp import web
 
+from ..config import Settings
+from ..keys import ApiKey
+from ..limits import RateLimiter, WindowState, limits_for
+from ..state import KEYS, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
+from .common import int_query, json_response
+
 routes = web.RouteTableDef()
+
+TOP_KEYS = 50
+# A client that cannot take one snapshot in this long is dropped, so a stalled reader
+# neither piles up buffered snapshots nor keeps a shutdown waiting.
+WRITE_TIMEOUT = 5.0
+# Ticks land just after the second turns, so the snapshot's newest slot is the new one.
+_TICK_OFFSET = 0.005
+# Set when a door shuts down: its open streams end.
+_CLOSING = web.AppKey("stats_streams_closing", asyncio.Event)
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx in front would otherwise hold the events back
+}
+
+
+def end_streams_on_shutdown(app: web.Application) -> None:
+    """Make `app`'s shutdown end its open `/stats/stream` responses (before it waits
+    for the requests in flight to finish)."""
+    app[_CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[_CLOSING].set()
+
+
+@routes.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    return json_response(snapshot(request, _seconds(request)))
+
+
+@routes.get("/stats/stream")
+async def stats_stream(request: web.Request) -> web.StreamResponse:
+    seconds = _seconds(request)
+    # A door set up without `end_streams_on_shutdown` gets an event nothing sets.
+    closing = request.app.get(_CLOSING) or asyncio.Event()
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    await response.prepare(request)
+    try:
+        while True:
+            event = b"data: " + orjson.dumps(snapshot(request, seconds)) + b"\n\n"
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await response.write(event)
+            if closing.is_set() or await _closing_before_next_tick(closing):
+                break
+    except (ConnectionError, TimeoutError):
+        return response  # the client went away or stopped reading
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
+
+
+def snapshot(request: web.Request, seconds: int) -> dict[str, Any]:
+    cfg = request.config_dict
+    snap = cfg[LIVE].snapshot(seconds, top=TOP_KEYS)
+    snap["total"]["in_flight"] = cfg[METRICS].in_flight
+    keys, limiter, settings = cfg[KEYS], cfg[LIMITER], cfg[SETTINGS]
+    for row in snap["keys"]:
+        row.update(_key_view(keys.get(row["key_id"]), limiter, settings))
+    snap["upstreams"] = [u.status() for u in cfg[UPSTREAMS].upstreams]
+    return snap
+
+
+def _seconds(request: web.Request) -> int:
+    window = request.config_dict[LIVE].window
+    return int_query(request, "seconds", window, 1, window)
+
+
+async def _closing_before_next_tick(closing: asyncio.Event) -> bool:
+    """Wait for the next tick; True if the door began to shut down first."""
+    try:
+        async with asyncio.timeout(_until_next_tick(time.time())):
+            await closing.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def _until_next_tick(now: float) -> float:
+    """Seconds to the next whole second at least half a second away, so the first
+    tick after the immediate snapshot does not follow it at once."""
+    wait = 1.0 - now % 1.0 + _TICK_OFFSET
+    return wait + 1.0 if wait < 0.5 else wait
+
+
+def _key_view(key: ApiKey | None, limiter: RateLimiter, settings: Settings) -> dict[str, Any]:
+    """Who the key is and what is left of its budget; all null for a deleted key."""
+    if key is None:
+        return {"key_prefix": None, "user_id": None, "tier": None, "budget": None}
+    minute, hour = limiter.peek(key.id, limits_for(key, settings))
+    return {
+        "key_prefix": key.key_prefix,
+        "user_id": key.user_id,
+        "tier": key.tier,
+        "budget": {"minute": _budget(minute), "hour": _budget(hour)},
+    }
+
+
+def _budget(state: WindowState) -> dict[str, Any]:
+    return {"limit": state.limit, "remaining": state.remaining, "reset_s": round(state.reset, 1)}

@@ -1,0 +1,541 @@
+"""Live stats: `LiveStats` alone with a fake clock, then `/stats`, `/stats/stream` and
+`llmgw status` against a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from llmgw.admin_client import AdminApiError, AdminClient
+from llmgw.config import load_settings
+from llmgw.fake_vllm import FakeVLLM
+from llmgw.ledger import UsageRecord
+from llmgw.live import LiveStats
+from llmgw.state import METRICS
+
+from .conftest import Gateway, GatewayFactory
+
+LLMGW = str(Path(sys.executable).parent / "llmgw")
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+PASSWORD = "correct horse battery staple"
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(key_id: int | None = 1, status: int = 200, prompt: int = 3, completion: int = 5) -> Any:
+    return UsageRecord(
+        "r", "u", key_id, "/v1/chat/completions", "POST", status, 1.0, None,
+        prompt, completion, "reported", "fake-model", None, 0.0,
+    )  # fmt: skip
+
+
+def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
+    rows = [k for k in snapshot["keys"] if k["key_id"] == key_id]
+    assert len(rows) == 1, f"key {key_id} is not among {snapshot['keys']}"
+    return rows[0]
+
+
+# --- LiveStats with a fake clock ----------------------------------------------------------
+
+
+def test_a_request_counts_in_the_second_it_finished() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=10, clock=clock)
+    clock.now = 1003.7
+    live.observe(record(prompt=3, completion=5))
+    clock.now = 1005.2
+    snap = live.snapshot(5)
+    assert snap["start"] == 1001
+    assert snap["now"] == 1005.2
+    total = snap["total"]
+    assert total["requests"] == [0, 0, 1, 0, 0]
+    assert total["prompt_tokens"] == [0, 0, 3, 0, 0]
+    assert total["completion_tokens"] == [0, 0, 5, 0, 0]
+    assert total["tokens"] == [0, 0, 8, 0, 0]
+    row = key_row(snap, 1)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (1, 3, 5)
+    assert (row["tokens"], row["errors"], row["rate_limited"], row["streams"]) == (8, 0, 0, 0)
+    # One request since the start 5.2 s ago.
+    assert row["requests_per_s"] == pytest.approx(1 / 5.2, abs=1e-3)
+    assert row["tokens_per_s"] == pytest.approx(8 / 5.2, abs=1e-3)
+
+
+def test_429_is_rate_limited_and_other_failures_are_errors() -> None:
+    live = LiveStats(window=10, clock=Clock())
+    for status in (200, 201, 400, 404, 429, 429, 499, 500, 503):
+        live.observe(record(status=status))
+    snap = live.snapshot(1)
+    assert snap["total"]["requests"] == [9]
+    assert snap["total"]["errors"] == [5]
+    assert snap["total"]["rate_limited"] == [2]
+    row = key_row(snap, 1)
+    assert (row["requests"], row["errors"], row["rate_limited"]) == (9, 5, 2)
+
+
+def test_the_ring_wraps_and_the_window_edge_is_exact() -> None:
+    clock = Clock(100.0)
+    live = LiveStats(window=5, clock=clock)
+    for second in range(100, 113):  # more than two laps of a 5-slot ring
+        clock.now = second + 0.5
+        live.observe(record(prompt=second, completion=0))
+    snap = live.snapshot(5)
+    assert snap["start"] == 108
+    assert snap["total"]["prompt_tokens"] == [108, 109, 110, 111, 112]
+    assert live.snapshot(1)["total"]["prompt_tokens"] == [112]
+    clock.now = 114.0  # two quiet seconds: 110..112 are still in, 108..109 have left
+    assert live.snapshot(5)["total"]["prompt_tokens"] == [110, 111, 112, 0, 0]
+    row = key_row(live.snapshot(5), 1)
+    assert row["prompt_tokens"] == 110 + 111 + 112
+    clock.now = 117.0  # 112 was exactly a window ago: gone
+    assert live.snapshot(5)["total"]["prompt_tokens"] == [0] * 5
+    assert live.snapshot(5)["keys"] == []
+
+
+def test_a_gap_longer_than_the_window_clears_every_slot() -> None:
+    clock = Clock(100.0)
+    live = LiveStats(window=5, clock=clock)
+    for second in range(100, 105):
+        clock.now = float(second)
+        live.observe(record())
+    clock.now = 100.0 + 5 * 7 + 2  # lands on an old slot index after many laps
+    live.observe(record(prompt=1, completion=1))
+    snap = live.snapshot(5)
+    assert snap["total"]["requests"] == [0, 0, 0, 0, 1]
+    assert snap["total"]["tokens"] == [0, 0, 0, 0, 2]
+    row = key_row(snap, 1)
+    assert row["requests"] == 1
+
+
+def test_a_clock_stepping_back_counts_in_the_newest_second() -> None:
+    clock = Clock(200.0)
+    live = LiveStats(window=5, clock=clock)
+    clock.now = 205.5
+    live.observe(record())
+    clock.now = 203.0  # NTP stepped the clock back
+    live.observe(record())
+    snap = live.snapshot(3)
+    assert snap["start"] == 203
+    assert snap["total"]["requests"] == [0, 0, 2]
+
+
+def test_rates_over_10_and_60_seconds() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=300, clock=clock)
+    for second in range(1000, 1100):  # one request of 10 tokens a second
+        clock.now = second + 0.25
+        live.observe(record(prompt=4, completion=6))
+    clock.now = 1099.5
+    rates = live.snapshot(60)["rates"]
+    # 10 s: the seconds 1090..1099, the newest half elapsed: 10 requests in 9.5 s.
+    assert rates["10s"]["requests"] == 10
+    assert rates["10s"]["tokens"] == 100
+    assert rates["10s"]["requests_per_s"] == pytest.approx(10 / 9.5, abs=1e-3)
+    assert rates["10s"]["tokens_per_s"] == pytest.approx(100 / 9.5, abs=1e-3)
+    assert rates["60s"]["requests"] == 60
+    assert rates["60s"]["requests_per_s"] == pytest.approx(60 / 59.5, abs=1e-3)
+
+
+def test_rates_right_after_start_are_not_diluted_nor_inflated() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=300, clock=clock)
+    clock.now = 1002.0
+    for _ in range(6):
+        live.observe(record())
+    assert live.snapshot(10)["rates"]["10s"]["requests_per_s"] == pytest.approx(3.0)
+    early = LiveStats(window=300, clock=Clock(1000.0))
+    early.observe(record())
+    assert early.snapshot(10)["rates"]["10s"]["requests_per_s"] == pytest.approx(1.0)
+
+
+def test_keys_are_busiest_first_and_cut_to_top() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=60, clock=clock)
+    live.observe(record(key_id=7))
+    clock.now = 1020.0
+    for key_id, requests in ((1, 1), (2, 3), (3, 2)):
+        for _ in range(requests):
+            live.observe(record(key_id=key_id))
+    live.stream_opened(4)
+    live.observe(record(key_id=None))  # counted in the total only
+    snap = live.snapshot(60, top=3)
+    assert [k["key_id"] for k in snap["keys"]] == [2, 3, 1]
+    assert snap["keys_active"] == 5
+    assert sum(snap["total"]["requests"]) == 8
+    everything = live.snapshot(60, top=10)["keys"]
+    # Key 4 has an open stream and no request; key 7 was active 20 s ago only.
+    assert [k["key_id"] for k in everything] == [2, 3, 1, 4, 7]
+    assert [k["key_id"] for k in live.snapshot(10, top=10)["keys"]] == [2, 3, 1, 4]
+
+
+def test_streams_are_counted_per_key_and_in_total() -> None:
+    live = LiveStats(window=10, clock=Clock())
+    live.stream_opened(1)
+    live.stream_opened(1)
+    live.stream_opened(2)
+    snap = live.snapshot(10)
+    assert snap["total"]["streams"] == 3
+    assert {k["key_id"]: k["streams"] for k in snap["keys"]} == {1: 2, 2: 1}
+    for key_id in (1, 2, 1):
+        live.stream_closed(key_id)
+    live.stream_closed(1)  # one close too many never makes a negative gauge
+    live.stream_closed(99)
+    snap = live.snapshot(10)
+    assert snap["total"]["streams"] == 0
+    assert snap["keys"] == []
+
+
+def test_a_quiet_key_is_dropped_after_a_whole_window_unless_it_streams() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=60, clock=clock)
+    live.observe(record(key_id=1))
+    live.observe(record(key_id=2))
+    live.stream_opened(2)
+    clock.now = 1030.0
+    live.observe(record(key_id=3))
+    clock.now = 1059.9
+    live.snapshot(1)
+    assert live.tracked_keys == 3
+    clock.now = 1060.0  # a whole window since keys 1 and 2 last did anything
+    live.snapshot(1)
+    assert live.tracked_keys == 2  # key 2 stays: its stream is open
+    clock.now = 1500.0  # long-running stream: still there
+    assert [k["key_id"] for k in live.snapshot(60)["keys"]] == [2]
+    live.stream_closed(2)
+    clock.now = 1560.0
+    live.snapshot(1)
+    assert live.tracked_keys == 0
+
+
+def test_memory_stays_bounded_as_keys_come_and_go() -> None:
+    clock = Clock(1000.0)
+    live = LiveStats(window=60, clock=clock)
+
+    def busy_window(first_key: int) -> None:
+        # 60 seconds of traffic from 500 keys, a new set of keys every window.
+        for second in range(60):
+            clock.now += 1.0
+            for key_id in range(first_key + second * 10, first_key + second * 10 + 10):
+                live.observe(record(key_id=key_id))
+                live.observe(record(key_id=key_id - 5))
+
+    tracemalloc.start()
+    try:
+        busy_window(0)
+        baseline = tracemalloc.get_traced_memory()[0]
+        for lap in range(1, 6):
+            busy_window(lap * 100_000)
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert live.tracked_keys <= 605 + 5
+    assert grown < 1_000_000, f"memory grew by {grown} bytes over five windows"
+    clock.now += 60
+    live.snapshot(1)
+    assert live.tracked_keys == 0
+
+
+def test_seconds_outside_the_window_are_refused() -> None:
+    live = LiveStats(window=10, clock=Clock())
+    for seconds in (0, 11):
+        with pytest.raises(ValueError, match="from 1 to 10"):
+            live.snapshot(seconds)
+
+
+# --- through a running gateway ---------------------------------------------------------
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def chat(
+    http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(
+        f"{gateway.base_url}/chat/completions",
+        json=CHAT | body,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        answer: dict[str, Any] = await resp.json()
+        return resp.status, answer
+
+
+async def stats_until(
+    gateway: Gateway, done: Callable[[dict[str, Any]], bool], seconds: int = 300
+) -> dict[str, Any]:
+    """The first `/stats` answer that satisfies `done` (polled, within 5 s)."""
+    async with gateway.admin() as admin, asyncio.timeout(5):
+        while True:
+            snap = await admin.stats(seconds)
+            if done(snap):
+                return snap
+            await asyncio.sleep(0.02)
+
+
+def window_requests(snap: dict[str, Any]) -> int:
+    return sum(snap["total"]["requests"])
+
+
+async def test_requests_move_the_numbers_of_the_right_key(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    alice = await gateway.create_key("alice", tier="premium")
+    bob = await gateway.create_key("bob", tier="free")
+    tokens = 0
+    for _ in range(3):
+        status, answer = await chat(http, gateway, alice["key"])
+        assert status == 200
+        tokens += answer["usage"]["total_tokens"]
+    assert (await chat(http, gateway, bob["key"]))[0] == 200
+
+    snap = await stats_until(gateway, lambda s: window_requests(s) == 4)
+    assert snap["seconds"] == snap["window"] == 300
+    assert len(snap["total"]["requests"]) == 300
+    assert sum(snap["total"]["errors"]) == sum(snap["total"]["rate_limited"]) == 0
+    assert snap["rates"]["60s"]["requests"] == 4
+    assert snap["rates"]["10s"]["requests_per_s"] > 0
+    assert snap["total"]["in_flight"] == 0
+    assert snap["total"]["streams"] == 0
+    assert snap["keys_active"] == 2
+    row = key_row(snap, alice["id"])
+    assert snap["keys"][0] is row  # busiest first
+    assert (row["user_id"], row["tier"]) == ("alice", "premium")
+    assert row["key_prefix"] == alice["key"][:16]
+    assert (row["requests"], row["tokens"], row["errors"]) == (3, tokens, 0)
+    minute, hour = row["budget"]["minute"], row["budget"]["hour"]
+    assert (minute["limit"], minute["remaining"]) == (100, 97)
+    assert (hour["limit"], hour["remaining"]) == (1000, 997)
+    bob_row = key_row(snap, bob["id"])
+    assert (bob_row["user_id"], bob_row["requests"]) == ("bob", 1)
+    assert bob_row["budget"]["minute"] == {
+        "limit": 10,
+        "remaining": 9,
+        "reset_s": pytest.approx(6, abs=1),  # one request back every 6 s
+    }
+    assert [u["url"] for u in snap["upstreams"]] == [gateway.settings.upstreams[0].url]
+    assert snap["upstreams"][0]["healthy"] is True
+
+
+async def test_a_429_is_rate_limited_and_an_unknown_model_is_an_error(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    key = await gateway.create_key("carol", requests_per_minute=2)
+    assert (await chat(http, gateway, key["key"], model="no-such-model"))[0] == 404
+    assert (await chat(http, gateway, key["key"]))[0] == 200
+    assert (await chat(http, gateway, key["key"]))[0] == 429
+    snap = await stats_until(gateway, lambda s: window_requests(s) == 3)
+    assert sum(snap["total"]["errors"]) == 1
+    assert sum(snap["total"]["rate_limited"]) == 1
+    row = key_row(snap, key["id"])
+    assert (row["requests"], row["errors"], row["rate_limited"]) == (3, 1, 1)
+    assert row["budget"]["minute"]["remaining"] == 0
+
+
+async def test_a_deleted_key_still_shows_by_id(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    key = await gateway.create_key("dave")
+    assert (await chat(http, gateway, key["key"]))[0] == 200
+    async with gateway.admin() as admin:
+        await admin.delete_key(key["id"])
+    snap = await stats_until(gateway, lambda s: window_requests(s) == 1)
+    row = key_row(snap, key["id"])
+    assert row["requests"] == 1
+    assert row["user_id"] is row["tier"] is row["key_prefix"] is row["budget"] is None
+
+
+async def test_an_open_stream_shows_while_it_is_open(
+    gateway: Gateway, api_key: str, fake: FakeVLLM, http: aiohttp.ClientSession
+) -> None:
+    fake.behaviour.token_delay = 0.05
+    async with http.post(
+        f"{gateway.base_url}/chat/completions",
+        json=CHAT | {"max_tokens": 40, "stream": True},
+        headers={"Authorization": f"Bearer {api_key}"},
+    ) as resp:
+        assert resp.status == 200
+        await resp.content.readany()
+        snap = await stats_until(gateway, lambda s: s["total"]["streams"] == 1)
+        assert [(k["user_id"], k["streams"], k["requests"]) for k in snap["keys"]] == [
+            ("alice", 1, 0)  # counted as a request once it finishes
+        ]
+        body = await resp.read()
+    assert body.endswith(b"data: [DONE]\n\n")
+    snap = await stats_until(
+        gateway, lambda s: s["total"]["streams"] == 0 and window_requests(s) == 1
+    )
+    assert [(k["streams"], k["requests"], k["completion_tokens"]) for k in snap["keys"]] == [
+        (0, 1, 40)
+    ]
+
+
+async def test_stats_stream_is_sse_ticking_every_second(gateway: Gateway) -> None:
+    snapshots: list[tuple[float, dict[str, Any]]] = []
+    connector = aiohttp.UnixConnector(path=str(gateway.socket_path))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get("http://llmgw/stats/stream?seconds=10") as resp,
+        asyncio.timeout(5),
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.headers["Cache-Control"] == "no-cache"
+        while len(snapshots) < 3:
+            event = await resp.content.readuntil(b"\n\n")
+            assert event.startswith(b"data: {")
+            snapshots.append((time.monotonic(), orjson.loads(event[6:])))
+    (t0, first), (t1, second), (t2, third) = snapshots
+    assert first["now"] < second["now"] < third["now"]
+    assert 0.5 <= t1 - t0 <= 1.6  # the first tick waits for a whole second to turn
+    assert 0.8 <= t2 - t1 <= 1.2
+    assert third["now"] % 1 < 0.3  # ticks follow the wall clock's seconds
+    assert third["seconds"] == len(third["total"]["requests"]) == 10
+    assert third["start"] == int(third["now"]) - 9
+    assert "in_flight" in third["total"]
+    assert third["upstreams"]
+
+
+async def stop_within(gateway: Gateway, seconds: float, stream: Any) -> float:
+    """How long the gateway took to stop with `stream` open; fails past `seconds`,
+    and unless the client then sees the stream end cleanly."""
+    started = time.monotonic()
+    stopping = asyncio.create_task(gateway.runner.cleanup())
+    done, _ = await asyncio.wait({stopping}, timeout=seconds)
+    if not done:
+        # Let it finish (the stream's client goes away) before failing, so the
+        # gateway's resources are not left half torn down.
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        await stopping
+        pytest.fail(f"an open /stats/stream held the shutdown for over {seconds} s")
+    await stopping
+    elapsed = time.monotonic() - started
+    async with asyncio.timeout(2):
+        rest = [snap async for snap in stream]  # no GatewayUnreachable: a clean end
+    assert len(rest) <= 1
+    return elapsed
+
+
+async def test_an_open_stats_stream_does_not_hold_up_shutdown(gateway: Gateway) -> None:
+    async with gateway.admin() as admin:
+        stream = admin.stream_stats(seconds=5)
+        async with asyncio.timeout(5):
+            await anext(stream)
+        await stop_within(gateway, 3.0, stream)
+    assert not gateway.socket_path.exists()
+
+
+async def test_a_remote_stats_stream_does_not_hold_up_shutdown(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    # Only the secret changes: the admin socket stays where the isolation put it.
+    admin_settings = dataclasses.replace(load_settings(None).admin, secret_key="s" * 32)
+    gateway: Gateway = await gateway_factory(admin=admin_settings)
+    assert gateway.socket_path.is_relative_to(tmp_path)
+    async with gateway.admin() as admin:
+        await admin.add_admin("ops", PASSWORD)
+    async with AdminClient(url=gateway.url) as anonymous:
+        token = (await anonymous.login("ops", PASSWORD))["access_token"]
+    async with AdminClient(url=gateway.url, token=token) as remote:
+        assert (await remote.stats(60))["seconds"] == 60
+        stream = remote.stream_stats(seconds=5)
+        async with asyncio.timeout(5):
+            await anext(stream)
+        # The public door's shutdown would wait its grace period (2 s here) for it.
+        assert await stop_within(gateway, 1.5, stream) < 1.5
+    assert gateway.app[METRICS].in_flight == 0
+
+
+@pytest.mark.parametrize("seconds", ["0", "301", "-1", "ten", "1.5"])
+async def test_bad_seconds_are_400_naming_the_parameter(gateway: Gateway, seconds: Any) -> None:
+    async with gateway.admin() as admin:
+        with pytest.raises(AdminApiError) as stats_error:
+            await admin.stats(seconds)
+        with pytest.raises(AdminApiError) as stream_error:
+            async with asyncio.timeout(5):
+                await anext(admin.stream_stats(seconds))
+    for error in (stats_error.value, stream_error.value):
+        assert error.status == 400
+        assert error.param == "seconds"
+        assert "1 to 300" in error.message
+
+
+# --- llmgw status ---------------------------------------------------------------------------
+
+
+async def llmgw(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        LLMGW, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSession) -> None:
+    key = await gateway.create_key("frank", tier="standard")
+    for _ in range(2):
+        assert (await chat(http, gateway, key["key"]))[0] == 200
+    assert (await chat(http, gateway, key["key"], model="nope"))[0] == 404
+    await stats_until(gateway, lambda s: window_requests(s) == 3)
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "status")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("gateway    ok")
+    upstream = next(line for line in lines if line.startswith(gateway.settings.upstreams[0].url))
+    assert upstream.split()[1] == "yes"
+    assert "fake-model" in upstream
+    assert "errors     1" in lines
+    assert "429s       0" in lines
+    assert any(line.startswith("requests   ") and "3 in all" in line for line in lines)
+    frank = next(line for line in lines if " frank " in line)
+    assert frank.split()[:4] == [str(key["id"]), key["key"][:16], "frank", "standard"]
+    assert frank.split()[-2:] == ["27/30", "297/300"]
+    assert "Traceback" not in out + err
+
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "status", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)  # the whole of stdout is one JSON document
+    assert set(report) == {"health", "stats"}
+    assert report["health"]["status"] == "ok"
+    assert report["stats"]["seconds"] == 60
+    assert report["stats"]["rates"]["60s"]["errors"] == 1
+    assert [(k["user_id"], k["requests"]) for k in report["stats"]["keys"]] == [("frank", 3)]
+
+
+async def test_status_of_an_unhealthy_gateway_says_so_and_exits_0(gateway: Gateway) -> None:
+    gateway.app[METRICS].draining = True  # /health answers 503 while shutting down
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "status")
+    assert code == 0, err
+    assert out.startswith("gateway    UNHEALTHY (unavailable)")
+    assert "shutting down" in out.splitlines()[0]
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "status", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["health"]["status"] == "unavailable"
+
+
+async def test_status_without_a_gateway_exits_3(tmp_path: Path) -> None:
+    code, out, err = await llmgw("--socket", str(tmp_path / "none.sock"), "status")
+    assert code == 3
+    assert out == ""
+    assert "llmgw serve" in err
