@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from . import rollups
 from .times import iso_utc
 
 
@@ -96,6 +97,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE api_keys ADD COLUMN requests_per_hour INTEGER;
         ALTER TABLE admin_users ADD COLUMN password_changed_at TEXT;
         """,
+    ),
+    Migration(
+        3,
+        "hourly usage rollups, backfilled from request_logs",
+        # No NULL in a primary key (SQLite would let duplicates in): a row without a
+        # key is key 0, without a model ''. WITHOUT ROWID: the key is the whole row's
+        # address, and the hour leads it, so a window is one range scan.
+        """
+        CREATE TABLE usage_hourly (
+            hour TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            api_key_id INTEGER NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            requests INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            rate_limited INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            duration_ms_sum REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, user_id, api_key_id, model)
+        ) WITHOUT ROWID;
+        CREATE TABLE usage_hourly_latency (
+            hour TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            api_key_id INTEGER NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            bucket INTEGER NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, user_id, api_key_id, model, bucket)
+        ) WITHOUT ROWID;
+        """
+        + rollups.backfill_sql(),
     ),
 )
 

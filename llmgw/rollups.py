@@ -1,13 +1,251 @@
-"""Usage rollups: hourly aggregates of the ledger, for fast statistics (being built)."""
+"""Usage rollups: hourly aggregates of the ledger, so statistics never scan it.
+
+The ledger writer folds every batch into two tables in the batch's own transaction
+(`add`), so the rollups are always exactly the committed `request_logs`:
+
+- `usage_hourly`: per hour, user, key and model: requests, errors, rate-limited
+  requests, prompt and completion tokens, and the summed latency;
+- `usage_hourly_latency`: the same cells split by latency bucket, for percentiles.
+
+Definitions (the same in `add`, in the backfill SQL and in `bench/README.md`):
+
+- `errors`: status >= 400 except 429: 4xx the gateway or vLLM answered, 5xx, and 499
+  (the client went away);
+- `rate_limited`: status 429;
+- latency: the row's `duration_ms`, over every request except the 429s: the gateway
+  refuses those within microseconds, and counting them would pull a throttled user's
+  p50 towards zero, telling nothing about how fast the models answer;
+- `hour`: the first 13 characters of the row's timestamp (`2026-11-27T18`), text in the
+  format family of `llmgw.times`, so ranges compare as text.
+
+Percentiles come from a histogram whose buckets grow by 25 %: bucket 0 is [0, 1 ms),
+bucket i is [1.25^(i-1), 1.25^i) ms up to 1.25^60 ms (about 10.9 minutes), and one
+overflow bucket holds everything longer. p50 and p95 are interpolated linearly within
+the bucket that holds the true (nearest-rank) percentile, so they are within 25 % of
+it (within 1 ms below 1 ms); beyond 10.9 minutes the figure is that bound, a floor.
+
+Statistics are read on a connection of their own, in a worker thread: in WAL mode a
+reader never holds up the ledger writer, and the writer never holds up the reader.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import bisect
+import contextlib
+import sqlite3
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import aiosqlite
 
 from .ledger import UsageRecord
+from .times import iso_utc
+
+Grouping = Literal["user", "key", "model", "day"]
+GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
+
+GROWTH = 1.25
+# Upper bounds of the latency buckets in whole nanoseconds. Integers, so that Python
+# (`add`) and SQLite (the backfill) compare `duration_ms * 1e6` against exactly the
+# same numbers and put every row in the same bucket. Changing them needs a migration
+# that rebuilds usage_hourly_latency: migration 3's backfill is generated from them.
+BOUNDS_NS: tuple[int, ...] = tuple(round(1e6 * GROWTH**i) for i in range(61))
+OVERFLOW = len(BOUNDS_NS)  # the bucket of everything from BOUNDS_NS[-1] up
+
+_Cell = tuple[str, str, int, str]  # hour, user_id, api_key_id (0: none), model ('' none)
+
+
+def bucket_of(duration_ms: float) -> int:
+    """The bucket of a duration as stored in request_logs (rounded to the microsecond);
+    `add` does the same inline."""
+    return bisect.bisect_right(BOUNDS_NS, round(duration_ms, 3) * 1_000_000)
+
+
+def bucket_range(bucket: int) -> tuple[float, float | None]:
+    """A bucket's [low, high) in milliseconds; high is None for the overflow bucket."""
+    low = 0.0 if bucket == 0 else BOUNDS_NS[bucket - 1] / 1e6
+    return low, (BOUNDS_NS[bucket] / 1e6 if bucket < OVERFLOW else None)
 
 
 async def add(db: aiosqlite.Connection, records: Sequence[UsageRecord]) -> None:
     """Fold `records` into the rollups; called inside the ledger's transaction."""
+    # Aggregate in Python first: one UPSERT per cell, not per record, keeps a batch's
+    # cost small (a batch mostly falls in one hour, for few keys).
+    totals: dict[_Cell, list[float]] = {}
+    latency: Counter[tuple[str, str, int, str, int]] = Counter()
+    hours: dict[int, str] = {}
+    for r in records:
+        cell = (_hour(r.timestamp, hours), r.user_id, r.api_key_id or 0, r.model or "")
+        sums = totals.get(cell)
+        if sums is None:
+            sums = totals[cell] = [0, 0, 0, 0, 0, 0.0]
+        status = r.status_code
+        sums[0] += 1
+        sums[3] += r.prompt_tokens
+        sums[4] += r.completion_tokens
+        if status == 429:
+            sums[2] += 1
+            continue
+        if status >= 400:
+            sums[1] += 1
+        duration = round(r.duration_ms, 3)  # as request_logs stores it
+        sums[5] += duration
+        latency[(*cell, bisect.bisect_right(BOUNDS_NS, duration * 1_000_000))] += 1
+    await db.executemany(
+        "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+        " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+        " requests = requests + excluded.requests, errors = errors + excluded.errors,"
+        " rate_limited = rate_limited + excluded.rate_limited,"
+        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = completion_tokens + excluded.completion_tokens,"
+        " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
+        [(*cell, *sums) for cell, sums in totals.items()],
+    )
+    await db.executemany(
+        "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+        " count = count + excluded.count",
+        [(*key, count) for key, count in latency.items()],
+    )
+
+
+def _hour(timestamp: float, known: dict[int, str]) -> str:
+    """The hour `iso_utc(timestamp)` shows, formatted once per hour of a batch
+    (formatting each record's timestamp would cost more than all the rest of `add`)."""
+    number = int(timestamp // 3600)
+    if timestamp - number * 3600 >= 3599.999:
+        # iso_utc rounds to the microsecond, which may carry into the next hour.
+        return iso_utc(timestamp)[:13]
+    hour = known.get(number)
+    if hour is None:
+        hour = known[number] = iso_utc(number * 3600)[:13]
+    return hour
+
+
+def backfill_sql() -> str:
+    """SQL that folds all of `request_logs` into the empty rollup tables, exactly as
+    `add` would have: the same cells, sums and buckets."""
+    cell = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, '')"
+    bucket = " ".join(
+        f"WHEN duration_ms * 1000000 < {bound} THEN {i}" for i, bound in enumerate(BOUNDS_NS)
+    )
+    return f"""
+        INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,
+            rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)
+        SELECT {cell}, count(*), sum(status_code >= 400 AND status_code != 429),
+            sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),
+            total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END)
+        FROM request_logs GROUP BY 1, 2, 3, 4;
+        INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)
+        SELECT {cell}, CASE {bucket} ELSE {OVERFLOW} END, count(*)
+        FROM request_logs WHERE status_code != 429 GROUP BY 1, 2, 3, 4, 5;
+    """
+
+
+# --- reading ------------------------------------------------------------------------
+
+# What each grouping groups by, as a column expression of both rollup tables.
+_GROUP_BY: Mapping[Grouping, str] = {
+    "user": "user_id",
+    "key": "api_key_id",
+    "model": "model",
+    "day": "substr(hour, 1, 10)",
+}
+_COUNTS = ("requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens")
+
+
+def grouping(value: str) -> Grouping:
+    for known in GROUPINGS:
+        if value == known:
+            return known
+    raise ValueError(f"{value!r} is not one of {', '.join(GROUPINGS)}")
+
+
+def window_start(days: int, now: float) -> float:
+    """The start of the window `days` covers: the start of the hour days×24 hours ago."""
+    return (now // 3600) * 3600 - days * 86400
+
+
+async def summary(path: Path, *, days: int, by: Grouping, now: float) -> dict[str, Any]:
+    """The usage of the last `days` (see `window_start`) per group, and in total:
+    the body of `GET /usage`."""
+    return await asyncio.to_thread(_summary, path, days, by, now)
+
+
+def _summary(path: Path, days: int, by: Grouping, now: float) -> dict[str, Any]:
+    since = window_start(days, now)
+    hour = iso_utc(since)[:13]
+    group = _GROUP_BY[by]
+    uri = path.resolve().as_uri() + "?mode=ro"  # read-only: statistics never write
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        rows = db.execute(
+            f"SELECT {group}, sum(requests), sum(errors), sum(rate_limited),"
+            " sum(prompt_tokens), sum(completion_tokens), total(duration_ms_sum),"
+            " max(user_id)"  # by key: the key's user (a key never changes hands)
+            " FROM usage_hourly WHERE hour >= ? GROUP BY 1",
+            (hour,),
+        ).fetchall()
+        histograms: dict[Any, Counter[int]] = {}
+        for name, bucket, count in db.execute(
+            f"SELECT {group}, bucket, sum(count) FROM usage_hourly_latency"
+            " WHERE hour >= ? GROUP BY 1, 2",
+            (hour,),
+        ):
+            histograms.setdefault(name, Counter())[bucket] = count
+        prefixes = (
+            dict(db.execute("SELECT id, key_prefix FROM api_keys").fetchall())
+            if by == "key"
+            else {}
+        )
+    data = []
+    overall: Counter[int] = Counter()
+    for name, *counts, duration_sum, user_id in rows:
+        histogram = histograms.get(name, Counter())
+        overall.update(histogram)
+        entry = {"group": name or None, **_figures(counts, duration_sum, histogram)}
+        if by == "key":
+            entry["group"] = entry["key_id"] = name or None
+            entry |= {"key_prefix": prefixes.get(name), "user_id": user_id}
+        data.append(entry)
+    if by == "day":
+        data.sort(key=lambda e: e["group"])  # a calendar reads in date order
+    else:  # the biggest first; ties in a stable order, the unnamed group last
+        data.sort(key=lambda e: (-e["requests"], e["group"] is None, e["group"] or 0))
+    sums = [sum(row[i] for row in rows) for i in range(1, 6)]
+    total = _figures(sums, sum(row[6] for row in rows), overall)
+    return {"days": days, "by": by, "since": iso_utc(since), "data": data, "total": total}
+
+
+def _figures(
+    counts: Sequence[int], duration_sum: float, histogram: Mapping[int, int]
+) -> dict[str, Any]:
+    figures: dict[str, Any] = dict(zip(_COUNTS, counts, strict=True))
+    figures["total_tokens"] = figures["prompt_tokens"] + figures["completion_tokens"]
+    timed = figures["requests"] - figures["rate_limited"]
+    figures["latency_mean_ms"] = round(duration_sum / timed, 3) if timed else None
+    figures["latency_p50_ms"] = percentile(histogram, 0.50)
+    figures["latency_p95_ms"] = percentile(histogram, 0.95)
+    return figures
+
+
+def percentile(histogram: Mapping[int, int], q: float) -> float | None:
+    """The q-quantile of a bucket histogram, interpolated within its bucket."""
+    rank = q * sum(histogram.values())
+    if rank <= 0:
+        return None
+    seen = 0
+    for bucket in sorted(histogram):
+        count = histogram[bucket]
+        if count and seen + count >= rank:
+            low, high = bucket_range(bucket)
+            if high is None:
+                return low  # nothing known above the last bound: report it as a floor
+            return round(low + (high - low) * (rank - seen) / count, 3)
+        seen += count
+    return None  # unreachable: the ranks add up to the total

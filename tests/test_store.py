@@ -41,6 +41,20 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     assert columns(path, "audit_log") == [
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",
     ]  # fmt: skip
+    assert columns(path, "usage_hourly") == [
+        "hour", "user_id", "api_key_id", "model", "requests", "errors", "rate_limited",
+        "prompt_tokens", "completion_tokens", "duration_ms_sum",
+    ]  # fmt: skip
+    assert columns(path, "usage_hourly_latency") == [
+        "hour", "user_id", "api_key_id", "model", "bucket", "count",
+    ]  # fmt: skip
+    for table, key in (
+        ("usage_hourly", ["hour", "user_id", "api_key_id", "model"]),
+        ("usage_hourly_latency", ["hour", "user_id", "api_key_id", "model", "bucket"]),
+    ):
+        info = read_rows(path, f"PRAGMA table_info({table})")
+        assert [r["name"] for r in sorted(info, key=lambda r: r["pk"]) if r["pk"]] == key
+        assert all(r["notnull"] for r in info if r["pk"])  # a NULL would defeat the UPSERT
     applied = read_rows(path, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in MIGRATIONS]
     assert read_rows(path, "PRAGMA journal_mode")[0]["journal_mode"] == "wal"

@@ -52,8 +52,9 @@ def _backup(source: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=".llmgw-backup-", suffix=".db", dir=source.parent)
     os.close(fd)
     # A connection of its own: the gateway's connection keeps serving meanwhile.
+    read_only = f"{source.resolve().as_uri()}?mode=ro"
     with (
-        contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+        contextlib.closing(sqlite3.connect(read_only, uri=True)) as src,
         contextlib.closing(sqlite3.connect(name)) as dst,
     ):
         src.backup(dst, pages=1024)

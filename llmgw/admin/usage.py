@@ -1,7 +1,33 @@
-"""`GET /usage`: usage statistics from the ledger (being built)."""
+"""`GET /usage?days=7&by=user|key|model|day`: usage statistics from the hourly rollups.
+
+The figures and their definitions are `llmgw.rollups`'; this handler only checks the
+query and says which window and grouping were asked for.
+"""
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
+from .. import rollups
+from ..errors import GatewayError
+from ..state import SETTINGS
+from .common import int_query, json_response
+
 routes = web.RouteTableDef()
+
+
+@routes.get("/usage")
+async def usage(request: web.Request) -> web.Response:
+    days = int_query(request, "days", 7, 1, 3650)
+    try:
+        by = rollups.grouping(request.query.get("by", "user"))
+    except ValueError:
+        raise GatewayError(
+            400, f"'by' must be one of: {', '.join(rollups.GROUPINGS)}.", param="by"
+        ) from None
+    body = await rollups.summary(
+        request.config_dict[SETTINGS].database_path, days=days, by=by, now=time.time()
+    )
+    return json_response(body)
