@@ -1,0 +1,84 @@
+"""A fake vLLM OpenAI-compatible server: the only upstream stand-in for llmgw.
+
+It owns vLLM's wire format as the gateway sees it, copied from vllm-project/vllm
+(newest tree in the index, where ``vllm/entrypoints/*`` are shims to
+``vllm/frontend/entrypoints/*``): ``entrypoints/openai/{chat_completion,completion}/
+{serving,protocol}.py`` (bodies; chunks are ``model_dump_json(exclude_unset=True)``,
+usage chunks add ``exclude_none``), ``entrypoints/generate/base/serving.py``
+(``create_streaming_error_response``: ``json.dumps``, then ``[DONE]``),
+``frontend/entrypoints/serve/exception_handling/{error_response,handlers/validation}.py``
+and ``serve/engine/serving.py`` (error JSON, unknown-model 404, 400 "Bad Request" for
+request validation), ``frontend/processing/renderers/params.py``, ``sampling_params.py``
+and ``vllm/exceptions.py`` (length errors), ``entrypoints/serve/engine/protocol.py`` and
+``frontend/entrypoints/openai/models/serving.py`` (model list; responses name the first
+served model), ``frontend/entrypoints/pooling/embed/*``, ``serve/middleware/
+x_request_id.py``, ``serve/instrumentator/health.py`` and ``vllm/v1/engine/async_llm.py``
+("Aborted request(s) %s." when a client disconnects).
+
+Token accounting is trivial so tests can predict it (``count_prompt_tokens``,
+``count_completion_tokens``); generated token ``i`` is ``" tok{i}"``.
+
+The modules, each importing only those above it:
+
+- ``tokens``: token accounting and embeddings, pure functions tests use to predict usage.
+- ``behaviour``: ``FakeVLLMBehaviour`` (the knobs and what the fake observed) and its app key.
+- ``errors``: vLLM's error shapes, and request validation in FastAPI's and vLLM's order.
+- ``plan``: what a chat or completion request will produce, fixed once after validation.
+- ``bodies``: response bodies and stream events in vLLM's field order.
+- ``server``: handlers, pacing and injected failures, ``create_fake_vllm_app``, ``FakeVLLM``.
+- ``cli``: ``python -m llmgw.fake_vllm`` (``__main__`` only calls ``cli.main``).
+"""
+
+from __future__ import annotations
+
+from .behaviour import (
+    BEHAVIOUR_KEY,
+    FAKE_VLLM_VERSION,
+    FailMode,
+    FakeVLLMBehaviour,
+    RecordedRequest,
+)
+from .cli import main
+from .errors import error_body, streaming_error_event
+from .server import FakeVLLM, create_fake_vllm_app, embeddings, health, list_models, version
+from .tokens import (
+    BOS_TOKENS,
+    CHAT_GENERATION_PROMPT_TOKENS,
+    CHAT_TOKENS_PER_MESSAGE,
+    EMBEDDING_DIM,
+    Kind,
+    completion_text,
+    count_completion_tokens,
+    count_prompt_tokens,
+    embedding_vector,
+    prompt_token_counts,
+    token_text,
+)
+
+__all__ = [
+    "BEHAVIOUR_KEY",
+    "BOS_TOKENS",
+    "CHAT_GENERATION_PROMPT_TOKENS",
+    "CHAT_TOKENS_PER_MESSAGE",
+    "EMBEDDING_DIM",
+    "FAKE_VLLM_VERSION",
+    "FailMode",
+    "FakeVLLM",
+    "FakeVLLMBehaviour",
+    "Kind",
+    "RecordedRequest",
+    "completion_text",
+    "count_completion_tokens",
+    "count_prompt_tokens",
+    "create_fake_vllm_app",
+    "embedding_vector",
+    "embeddings",
+    "error_body",
+    "health",
+    "list_models",
+    "main",
+    "prompt_token_counts",
+    "streaming_error_event",
+    "token_text",
+    "version",
+]

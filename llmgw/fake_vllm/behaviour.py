@@ -1,0 +1,69 @@
+"""What a test controls and observes: the behaviour knobs, the recorded requests, and the
+app key the handlers find them under. One ``FakeVLLMBehaviour`` per app, never a global,
+so a test can run several fakes at once and flip each between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+FAKE_VLLM_VERSION = "0.32.0"
+
+FailMode = Literal["reset", "stall", "error", "http_error"]
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    json: Any | None
+    query: str = ""
+
+
+@dataclass
+class FakeVLLMBehaviour:
+    """Knobs tests flip between requests, plus what the fake observed.
+
+    ``fail`` and ``headers_delay`` apply to the inference routes (chat, completions,
+    embeddings); ``/v1/models`` and ``/health`` keep answering so health checks pass.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["fake-model"])
+    max_model_len: int = 2048
+    default_max_tokens: int = 16
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    headers_delay: float = 0.0
+    fail: FailMode | None = None
+    fail_after_tokens: int = 0
+    http_error_status: int = 503
+    http_error_retry_after: str | None = None
+    http_error_times: int | None = None  # None: every request while fail == "http_error"
+    system_fingerprint: str | None = f"vllm-{FAKE_VLLM_VERSION}-fake0000"
+    enable_request_id_headers: bool = False  # vLLM's --enable-request-id-headers
+    requests: list[RecordedRequest] = field(default_factory=list)
+    started: int = 0
+    finished: int = 0
+    aborted: int = 0
+    resets: int = 0
+    open_streams: int = 0
+    aborted_request_ids: list[str] = field(default_factory=list)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    async def wait_until(self, predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+        """Poll ``predicate`` until true; TimeoutError after ``seconds``."""
+        async with asyncio.timeout(seconds):
+            while not predicate():  # noqa: ASYNC110 -- predicates are arbitrary, so poll
+                await asyncio.sleep(0.005)
+
+
+BEHAVIOUR_KEY = web.AppKey("fake_vllm_behaviour", FakeVLLMBehaviour)

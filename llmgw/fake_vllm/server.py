@@ -1,0 +1,266 @@
+"""The fake on HTTP: handlers, the middleware that records and renders errors, the app
+factory and ``FakeVLLM``, the app on a real socket that can stop and start again.
+
+Handlers pace tokens and inject the failures ``FakeVLLMBehaviour`` asks for; what they send
+comes from ``bodies``. Follows ``serve/middleware/x_request_id.py``,
+``serve/instrumentator/health.py`` and ``vllm/v1/engine/async_llm.py`` (the
+"Aborted request(s) %s." log line when a client disconnects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .behaviour import BEHAVIOUR_KEY, FAKE_VLLM_VERSION, FakeVLLMBehaviour, RecordedRequest
+from .bodies import embedding_response, full_response, model_list, stream_events
+from .errors import ApiError, check_model, error_body, one_error, parse_json, streaming_error_event
+from .plan import Plan, plan_generation
+from .tokens import Kind, count_prompt_tokens, prompt_items
+
+# The package's name, as when it was one module: log lines and caplog filters use it.
+logger = logging.getLogger("llmgw.fake_vllm")
+
+
+class _LiveStreams(set[asyncio.Transport]):
+    """Transports of responses still streaming, so stop() can cut them."""
+
+
+_LIVE_KEY = web.AppKey("fake_vllm_live_streams", _LiveStreams)
+_REQUEST_ID = web.RequestKey("fake_vllm_request_id", str)
+_RESET = web.RequestKey("fake_vllm_reset", bool)  # the fake cut the connection itself
+_CLIENT_GONE = web.RequestKey("fake_vllm_client_gone", bool)
+
+
+def _json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    # Starlette's JSONResponse is compact json, like orjson.
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers)
+
+
+# --- handlers ------------------------------------------------------------------
+
+
+async def _injected_failure(beh: FakeVLLMBehaviour) -> None:
+    await asyncio.sleep(beh.headers_delay)
+    if beh.fail != "http_error":
+        return
+    if beh.http_error_times is not None:
+        beh.http_error_times -= 1
+        if beh.http_error_times <= 0:
+            beh.fail, beh.http_error_times = None, None
+    status = beh.http_error_status
+    phrase = HTTPStatus(status).phrase
+    err_type = phrase.replace(" ", "") + ("" if phrase.endswith("Error") else "Error")
+    retry = {"Retry-After": beh.http_error_retry_after} if beh.http_error_retry_after else {}
+    raise ApiError(status, error_body(phrase, err_type, status), retry)
+
+
+def _reset_connection(request: web.Request, beh: FakeVLLMBehaviour) -> None:
+    request[_RESET] = True
+    beh.resets += 1
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _stream(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> web.StreamResponse:
+    events = stream_events(plan, beh, int(time.time()))
+    token_events = sum(plan.n_tokens) + (plan.kind == "chat")  # role chunk counts as sent
+    first_paced = 1 + (plan.kind == "chat")
+    fail_at = min(beh.fail_after_tokens + (plan.kind == "chat"), token_events) if beh.fail else None
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    transport, live = request.transport, request.app[_LIVE_KEY]
+    beh.open_streams += 1
+    try:
+        if transport is not None:
+            live.add(transport)
+        await resp.prepare(request)
+        await asyncio.sleep(beh.first_token_delay)
+        for i, event in enumerate(events):
+            if i == fail_at:
+                break
+            if first_paced <= i < token_events:
+                await asyncio.sleep(beh.token_delay)
+            await resp.write(event)
+        if fail_at is not None and beh.fail == "reset":
+            _reset_connection(request, beh)
+            return resp
+        if fail_at is not None and beh.fail == "stall":
+            await asyncio.Future()  # until the client leaves or the server stops
+        if fail_at is not None and beh.fail == "error":
+            await resp.write(streaming_error_event())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionResetError:
+        request[_CLIENT_GONE] = True
+    finally:
+        beh.open_streams -= 1
+        live.discard(transport)
+    return resp
+
+
+async def _respond(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> web.Response:
+    n = max(plan.n_tokens)
+    if beh.fail in ("reset", "stall", "error"):
+        n = min(n, beh.fail_after_tokens)
+    await asyncio.sleep(beh.first_token_delay + max(n - 1, 0) * beh.token_delay)
+    if beh.fail == "reset":
+        _reset_connection(request, beh)
+    if beh.fail in ("reset", "stall"):
+        await asyncio.Future()  # a reset cancels us right away via handler_cancellation
+    if beh.fail == "error":  # GenerationError -> 500 before anything was sent
+        raise ApiError(500, error_body("Internal server error", "InternalServerError", 500))
+    return _json_response(full_response(plan, beh))
+
+
+async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    beh = request.app[BEHAVIOUR_KEY]
+    await _injected_failure(beh)
+    body = parse_json(request, await request.read())
+    plan = plan_generation(request, body, kind, beh)
+    request[_REQUEST_ID] = plan.request_id
+    return await (_stream(request, plan, beh) if plan.stream else _respond(request, plan, beh))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    beh = request.app[BEHAVIOUR_KEY]
+    await _injected_failure(beh)
+    body = parse_json(request, await request.read())
+    texts = prompt_items(body.get("input"))
+    if not texts or not all(isinstance(t, str) for t in texts):
+        msg = "Input should be a valid string"
+        raise one_error("string_type", ("body", "input"), msg, body.get("input"))
+    check_model(body, beh)
+    base = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    prompt_tokens = count_prompt_tokens(body)
+    return _json_response(embedding_response(texts, beh.models[0], base, prompt_tokens))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    beh = request.app[BEHAVIOUR_KEY]
+    return _json_response(model_list(beh.models, beh.max_model_len))
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def version(request: web.Request) -> web.Response:
+    return _json_response({"version": FAKE_VLLM_VERSION})
+
+
+# --- the app -------------------------------------------------------------------
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record the request, keep the counters, render errors the way vLLM does."""
+    beh = request.app[BEHAVIOUR_KEY]
+    raw = await request.read()
+    parsed: Any = None
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(raw) if raw else None
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    beh.requests.append(
+        RecordedRequest(
+            request.method, request.path, headers, raw, parsed, request.rel_url.raw_query_string
+        )
+    )
+    beh.started += 1
+    try:
+        try:
+            resp = await handler(request)
+        except ApiError as exc:
+            resp = _json_response(exc.body, exc.status, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status not in (404, 405):
+                raise
+            detail = {"detail": HTTPStatus(exc.status).phrase}  # FastAPI's own body
+            resp = _json_response(detail, exc.status)
+    except asyncio.CancelledError:
+        if not request.get(_RESET):
+            _note_abort(request, beh)
+        raise
+    if request.get(_CLIENT_GONE):
+        _note_abort(request, beh)
+    elif not request.get(_RESET):
+        beh.finished += 1
+    return resp
+
+
+def _note_abort(request: web.Request, beh: FakeVLLMBehaviour) -> None:
+    request_id = request.get(_REQUEST_ID, request.path)
+    beh.aborted += 1
+    beh.aborted_request_ids.append(request_id)
+    logger.info("Aborted request(s) %s.", request_id)
+
+
+async def _add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    if request.app[BEHAVIOUR_KEY].enable_request_id_headers:
+        response.headers["X-Request-Id"] = request.headers.get("X-Request-Id", uuid.uuid4().hex)
+
+
+def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Application:
+    app = web.Application(middlewares=[_observe])
+    app[BEHAVIOUR_KEY] = behaviour if behaviour is not None else FakeVLLMBehaviour()
+    app[_LIVE_KEY] = _LiveStreams()
+    app.on_response_prepare.append(_add_request_id_header)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/version", version)
+    app.router.add_post("/v1/chat/completions", functools.partial(_generate, kind="chat"))
+    app.router.add_post("/v1/completions", functools.partial(_generate, kind="completion"))
+    app.router.add_post("/v1/embeddings", embeddings)
+    return app
+
+
+class FakeVLLM:
+    """The fake on a real socket; it can stop and start again on the same port."""
+
+    def __init__(self, behaviour: FakeVLLMBehaviour | None = None) -> None:
+        self.behaviour = behaviour if behaviour is not None else FakeVLLMBehaviour()
+        self.host, self.port = "127.0.0.1", 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        """Listen; ``port=None`` reuses the previous port (an ephemeral one at first)."""
+        if self._runner is not None:
+            raise RuntimeError("FakeVLLM is already running")
+        # handler_cancellation: a disconnect must cancel a handler sleeping between tokens.
+        runner = web.AppRunner(
+            create_fake_vllm_app(self.behaviour), handler_cancellation=True, shutdown_timeout=0.2
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, self.port if port is None else port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.host, self.port, self._runner = host, runner.addresses[0][1], runner
+
+    async def stop(self) -> None:
+        """Stop listening and cut live streams, like a crashed upstream."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        live: _LiveStreams = runner.app[_LIVE_KEY]
+        for transport in list(live):
+            transport.abort()
+        await runner.cleanup()
