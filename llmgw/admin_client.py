@@ -143,6 +143,9 @@ class AdminClient:
     async def delete_key(self, key_id: int) -> dict[str, Any]:
         return await self._json("DELETE", f"/keys/{key_id}")
 
+    async def tiers(self) -> dict[str, Any]:
+        return await self._json("GET", "/tiers")
+
     # --- admin users, audit, database -------------------------------------------------
 
     async def login(self, username: str, password: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from . import admin, health, proxy
+from .admin import ui
 from .admin.remote import create_remote_app
 from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
 from .config import Settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     proxy.add_routes(app)
     # Subapp resources are found through the gateway's (request.config_dict).
     app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key))
+    ui.add_routes(app)
     if not settings.admin.secret_key:
         log.info("no [admin] secret_key: remote admin tokens end when the gateway stops")
     return app
