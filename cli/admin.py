@@ -6,10 +6,9 @@ import sys
 
 import click
 
-from .output import emit_json, emit_table, say
+from .output import emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 password_stdin = click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input (scripts)."
 )

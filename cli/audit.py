@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .output import emit_json, emit_table
+from .output import emit_json, emit_table, json_option
 from .state import CliState, pass_state
 
 
@@ -19,7 +19,7 @@ from .state import CliState, pass_state
     help="How many entries.",
 )
 @click.option("--action", help="Only actions starting with this (key., key.revoke, admin.).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def audit(state: CliState, limit: int, action: str | None, as_json: bool) -> None:
     """Show the audit log of admin changes, newest first."""

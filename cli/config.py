@@ -22,7 +22,7 @@ from llmgw.config import (
 )
 from llmgw.config_file import masked, render_config, settings_dict
 
-from .output import emit_json, say
+from .output import emit_json, json_option, say
 from .state import CliState, pass_state
 
 
@@ -71,7 +71,7 @@ def init(path: Path, force: bool, secret: bool) -> None:
 
 @config.command("check")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def check(state: CliState, path: str | None, as_json: bool) -> None:
     """Validate the config and print the effective settings.

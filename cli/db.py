@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .output import emit_json, say
+from .output import emit_json, json_option, say
 from .state import CliState, pass_state
 
 
@@ -20,7 +20,7 @@ def db() -> None:
 
 @db.command("backup")
 @click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def backup(state: CliState, path: Path, as_json: bool) -> None:
     """Write an online backup of the database to PATH (the gateway keeps serving)."""
@@ -62,7 +62,7 @@ def days(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="DAYS",
     help="Delete usage rows older than this, e.g. 90d.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def prune(state: CliState, older_than: int, as_json: bool) -> None:
     """Delete request_logs rows older than --older-than (the seed's log retention)."""

@@ -7,10 +7,8 @@ from typing import Any
 
 import click
 
-from .output import cell, emit_json, emit_table, say
+from .output import cell, emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 def limit_or_tier(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

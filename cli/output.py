@@ -8,6 +8,9 @@ from typing import Any
 import click
 import orjson
 
+# Every command that prints data takes --json (stdout is then one JSON document).
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
 
 def emit_json(data: Any) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())

@@ -9,7 +9,7 @@ import click
 
 from llmgw.admin_client import AdminClient
 
-from .output import cell, emit_json, emit_table
+from .output import cell, emit_json, emit_table, json_option
 from .state import CliState, pass_state
 
 # Long enough for the 60 s rates, short enough to keep the answer small.
@@ -18,7 +18,7 @@ TOP_KEYS = 5
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def status(state: CliState, as_json: bool) -> None:
     """Show health, upstreams, live rates and the busiest keys."""

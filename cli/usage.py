@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .output import emit_json, emit_table
+from .output import emit_json, emit_table, json_option
 from .state import CliState, pass_state
 
 _HEADERS = ("REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION", "TOTAL TOK", "P50 MS", "P95 MS")
@@ -27,7 +27,7 @@ _HEADERS = ("REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION", "TOTAL TOK", "
     show_default=True,
     help="What to group by.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@json_option
 @pass_state
 def usage(state: CliState, days: int, by: str, as_json: bool) -> None:
     """Show requests, errors, 429s, tokens and latency per user, key, model or day."""

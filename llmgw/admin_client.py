@@ -16,18 +16,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-# Changes to a key the admin API accepts (None clears expires_at, allowed_models and
-# the limit overrides).
-KEY_FIELDS = (
-    "tier",
-    "description",
-    "expires_at",
-    "allowed_models",
-    "requests_per_minute",
-    "requests_per_hour",
-    "is_active",
-)
-
 
 class GatewayUnreachable(Exception):
     """No gateway answers; the message says what to check."""

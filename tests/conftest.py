@@ -10,11 +10,13 @@ import asyncio
 import dataclasses
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -31,6 +33,8 @@ from llmgw.config import (
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.runner import make_runner
 from llmgw.state import LEDGER, METRICS
+
+LLMGW = str(Path(sys.executable).parent / "llmgw")
 
 # Settings the environment could carry in from a developer's shell or .env.
 _FOREIGN_ENV = ("VLLM_BASE_URL", "DATABASE_URL", "GATEWAY_PORT", "ADMIN_SECRET_KEY")
@@ -150,6 +154,37 @@ async def api_key(gateway: Gateway) -> str:
     created = await gateway.create_key("alice", tier="premium")
     key: str = created["key"]
     return key
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+@dataclass
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    def __iter__(self) -> Iterator[int | str]:  # so `code, out, err = await run_llmgw()`
+        return iter((self.code, self.stdout, self.stderr))
+
+
+async def run_llmgw(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> CliRun:
+    """The real `llmgw` in a subprocess. Asynchronous, because the gateway it talks to
+    usually runs in the test's own event loop."""
+    pipe = asyncio.subprocess.PIPE
+    process = await asyncio.create_subprocess_exec(
+        LLMGW, *args, stdin=pipe, stdout=pipe, stderr=pipe, env=env
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate(None if stdin is None else stdin.encode())
+    assert process.returncode is not None
+    return CliRun(process.returncode, out.decode(), err.decode())
 
 
 def with_secret(secret: str) -> AdminSettings:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,24 +13,16 @@ import pytest
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 
-from .conftest import Gateway, GatewayFactory, read_rows, with_secret
+from .conftest import CliRun, Gateway, GatewayFactory, read_rows, run_llmgw, with_secret
 
-LLMGW = str(Path(sys.executable).parent / "llmgw")
 PASSWORD = "correct horse battery staple"
 
 
 async def cli(
     gateway: Gateway | None, *args: str, stdin: str | None = None, remote: bool = False
-) -> tuple[int, str, str]:
+) -> CliRun:
     where = [] if remote or gateway is None else ["--socket", str(gateway.socket_path)]
-    pipe = asyncio.subprocess.PIPE
-    process = await asyncio.create_subprocess_exec(
-        LLMGW, *where, *args, stdin=pipe, stdout=pipe, stderr=pipe
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate(stdin.encode() if stdin is not None else None)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_llmgw(*where, *args, stdin=stdin)
 
 
 async def ok_json(gateway: Gateway | None, *args: str, stdin: str | None = None) -> Any:

@@ -7,13 +7,10 @@ talk; exit codes are 0 ok, 1 error, 2 usage, 3 gateway not reachable.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
-import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +21,13 @@ import pytest
 
 from cli.main import cli
 
-from .conftest import Gateway
+from .conftest import CliRun, Gateway, run_llmgw
 
-LLMGW = Path(sys.executable).parent / "llmgw"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-
-async def llmgw(*args: str, env: dict[str, str] | None = None) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        str(LLMGW),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
+async def llmgw(*args: str, env: dict[str, str] | None = None) -> CliRun:
+    return await run_llmgw(*args, env=env)
 
 
 async def chat_status(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
@@ -67,7 +40,7 @@ async def chat_status(http: aiohttp.ClientSession, gateway: Gateway, key: str, *
         return resp.status
 
 
-def no_traceback(run: Run) -> None:
+def no_traceback(run: CliRun) -> None:
     assert "Traceback" not in run.stderr
     assert "Traceback" not in run.stdout
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,10 @@ from llmgw.config import (
 )
 from llmgw.config_file import masked, render_config, settings_dict
 
+from .conftest import LLMGW
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "llmgw.toml.example"
-LLMGW = Path(sys.executable).parent / "llmgw"
 SETTINGS_CLASSES = (
     ServerSettings,
     AdminSettings,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from llmgw.config import load_settings
 from llmgw.config_file import render_config
 
-LLMGW = Path(sys.executable).parent / "llmgw"
+from .conftest import LLMGW
+
 ADMIN_SECRET = "file-admin-secret-3f9a"
 UPSTREAM_SECRET = "file-upstream-secret-77c1"
 GOOD_TOML = f"""\

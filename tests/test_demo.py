@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import sys
 from pathlib import Path
 
 import openai
 
+from .conftest import LLMGW
 from .test_shutdown import free_port
-
-LLMGW = str(Path(sys.executable).parent / "llmgw")
 
 
 async def test_demo_serves_the_openai_sdk_and_cleans_up() -> None:

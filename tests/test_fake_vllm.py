@@ -39,12 +39,6 @@ async def client(fake: FakeVLLM) -> AsyncIterator[openai.AsyncOpenAI]:
     await sdk.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield session
-
-
 async def sse_events(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[str]:
     """The raw `data:` payloads of a stream, in order, asserting the SSE framing."""
     async with session.post(url, json=body) as resp:

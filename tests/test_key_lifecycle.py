@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,16 +13,9 @@ import pytest
 from llmgw.admin_client import AdminApiError
 from llmgw.state import KEYS
 
-from .conftest import Gateway, read_rows
+from .conftest import CliRun, Gateway, read_rows, run_llmgw
 
-LLMGW = str(Path(sys.executable).parent / "llmgw")
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
 
 
 async def chat(
@@ -40,15 +30,8 @@ async def chat(
         return resp
 
 
-async def cli(gateway: Gateway, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        LLMGW, "--socket", str(gateway.socket_path), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+async def cli(gateway: Gateway, *args: str) -> CliRun:
+    return await run_llmgw("--socket", str(gateway.socket_path), *args)
 
 
 async def cli_json(gateway: Gateway, *args: str) -> Any:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +10,6 @@ import pytest
 from llmgw.ledger import UsageRecord
 from llmgw.live import LiveStats
 
-LLMGW = str(Path(sys.executable).parent / "llmgw")
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 PASSWORD = "correct horse battery staple"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,12 +20,6 @@ PASSWORD = "correct horse battery staple"
 async def remote(gateway_factory: GatewayFactory) -> Gateway:
     gateway: Gateway = await gateway_factory(admin=with_secret(SECRET))
     return gateway
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def add_admin(gateway: Gateway, username: str = "root-admin") -> None:

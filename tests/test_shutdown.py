@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,9 +16,7 @@ import pytest
 
 from llmgw.fake_vllm import FakeVLLM
 
-from .conftest import read_rows
-
-LLMGW = str(Path(sys.executable).parent / "llmgw")
+from .conftest import LLMGW, read_rows
 
 
 def free_port() -> int:

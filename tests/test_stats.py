@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from llmgw.fake_vllm import FakeVLLM
 from llmgw.state import METRICS
 
 from .conftest import Gateway, GatewayFactory
+from .conftest import run_llmgw as llmgw
 
-LLMGW = str(Path(sys.executable).parent / "llmgw")
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 PASSWORD = "correct horse battery staple"
 
@@ -34,12 +33,6 @@ def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
 
 
 # --- through a running gateway ---------------------------------------------------------
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def chat(
@@ -255,16 +248,6 @@ async def test_bad_seconds_are_400_naming_the_parameter(gateway: Gateway, second
 
 
 # --- llmgw status ---------------------------------------------------------------------------
-
-
-async def llmgw(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        LLMGW, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSession) -> None:

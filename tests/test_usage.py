@@ -3,14 +3,11 @@ the latency percentiles' precision, and migration 3's backfill of an older datab
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import sqlite3
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +23,8 @@ from llmgw.store import Store
 from llmgw.times import iso_utc
 
 from .conftest import Gateway, GatewayFactory, read_rows, tiers
+from .conftest import run_llmgw as llmgw
 
-LLMGW = Path(sys.executable).parent / "llmgw"
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 DAY = 86400.0
 FIGURES = ("requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens")
@@ -82,22 +79,6 @@ def expected(rows: list[dict[str, Any]], group: str) -> dict[Any, dict[str, int]
 def figures(entry: dict[str, Any]) -> dict[str, int]:
     assert entry["total_tokens"] == entry["prompt_tokens"] + entry["completion_tokens"]
     return {f: entry[f] for f in FIGURES}
-
-
-async def llmgw(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(LLMGW), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
 
 
 async def chat(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
