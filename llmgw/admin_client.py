@@ -102,6 +102,19 @@ class AdminClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unreachable(exc) from None
 
+    async def requests(
+        self,
+        *,
+        limit: int = 100,
+        after_id: int = 0,
+        user_id: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ledger rows, newest first; `status` is 429, 4xx or error."""
+        params: dict[str, Any] = {"limit": limit, "after_id": after_id}
+        params |= {k: v for k, v in (("user_id", user_id), ("status", status)) if v}
+        return await self._list("/requests", params)
+
     # --- keys -----------------------------------------------------------------------
 
     async def create_key(self, user_id: str, **fields: Any) -> dict[str, Any]:

@@ -306,6 +306,33 @@ class Store:
             )
             await rollups.add(self._db, records)
 
+    async def recent_requests(
+        self,
+        limit: int,
+        *,
+        after_id: int = 0,
+        user_id: str | None = None,
+        status: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ledger rows (newest first) with an id above `after_id`, optionally
+        of one user and with a status in [status[0], status[1]]."""
+        where = ["id > ?"]
+        params: list[Any] = [after_id]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if status is not None:
+            where.append("status_code BETWEEN ? AND ?")
+            params += list(status)
+        query = (
+            "SELECT id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
+            " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
+            f" FROM request_logs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        async with self._db.execute(query, [*params, limit]) as cursor:
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) async for row in cursor]
+
     # --- audit --------------------------------------------------------------------
 
     async def record_audit(
