@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -185,6 +186,69 @@ async def run_llmgw(
         out, err = await process.communicate(None if stdin is None else stdin.encode())
     assert process.returncode is not None
     return CliRun(process.returncode, out.decode(), err.decode())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Served:
+    """`llmgw serve` running as a real process (with its own config file) in front of
+    the test's fake vLLM."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, root: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.socket = root / "admin.sock"
+        self.database = root / "llmgw.db"
+        self.log = root / "gateway.log"
+
+
+@pytest.fixture
+async def served(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Served]:
+    port = free_port()
+    config = tmp_path / "llmgw.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+shutdown_grace_period = 20
+
+[admin]
+socket = "{tmp_path / "admin.sock"}"
+
+[database]
+path = "{tmp_path / "llmgw.db"}"
+
+[[upstreams]]
+url = "{fake.url}"
+"""
+    )
+    log = (tmp_path / "gateway.log").open("wb")
+    # The config file alone decides: no LLMGW_* override from the test environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+    process = await asyncio.create_subprocess_exec(
+        LLMGW, "serve", "--config", str(config), stdout=log, stderr=log, env=env
+    )
+    served = Served(process, port, tmp_path)
+    async with asyncio.timeout(15), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{served.url}/health") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    yield served
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+    log.close()
 
 
 def with_secret(secret: str) -> AdminSettings:

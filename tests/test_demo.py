@@ -9,8 +9,7 @@ from pathlib import Path
 
 import openai
 
-from .conftest import LLMGW
-from .test_shutdown import free_port
+from .conftest import LLMGW, free_port
 
 
 async def test_demo_serves_the_openai_sdk_and_cleans_up() -> None:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -16,67 +13,7 @@ import pytest
 
 from llmgw.fake_vllm import FakeVLLM
 
-from .conftest import LLMGW, read_rows
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Served:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, root: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.socket = root / "admin.sock"
-        self.database = root / "llmgw.db"
-        self.log = root / "gateway.log"
-
-
-@pytest.fixture
-async def served(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Served]:
-    port = free_port()
-    config = tmp_path / "llmgw.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-shutdown_grace_period = 20
-
-[admin]
-socket = "{tmp_path / "admin.sock"}"
-
-[database]
-path = "{tmp_path / "llmgw.db"}"
-
-[[upstreams]]
-url = "{fake.url}"
-"""
-    )
-    log = (tmp_path / "gateway.log").open("wb")
-    # The config file alone decides: no LLMGW_* override from the test environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
-    process = await asyncio.create_subprocess_exec(
-        LLMGW, "serve", "--config", str(config), stdout=log, stderr=log, env=env
-    )
-    served = Served(process, port, tmp_path)
-    async with asyncio.timeout(15), aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"{served.url}/health") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    yield served
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-    log.close()
+from .conftest import LLMGW, Served, read_rows
 
 
 async def add_key(served: Served) -> str:

@@ -16,7 +16,7 @@ import click
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from llmgw.admin_client import AdminApiError, AdminClient, GatewayUnreachable
@@ -34,7 +34,8 @@ TABS = ("dashboard", "keys", "usage", "requests")
 
 class LlmgwTui(App[None]):
     TITLE = "llmgw"
-    CSS_PATH = "llmgw.tcss"
+    # Absolute: Textual resolves a relative path from the file of the (sub)class.
+    CSS_PATH = Path(__file__).with_name("llmgw.tcss")
     BINDINGS = [
         Binding("d", "show_tab('dashboard')", "Dashboard"),
         Binding("k", "show_tab('keys')", "Keys"),
@@ -67,7 +68,8 @@ class LlmgwTui(App[None]):
                 yield UsagePane()
             with TabPane("Requests", id="requests"):
                 yield RequestsPane()
-        yield Footer()
+        # The palette (ctrl+p) still works; its footer label would crowd out the keys at 80 columns.
+        yield Footer(show_command_palette=False)
 
     async def on_mount(self) -> None:
         self.sub_title = str(self.socket_path)
@@ -112,6 +114,8 @@ class LlmgwTui(App[None]):
     @on(StatsTick)
     def stats_tick(self, event: StatsTick) -> None:
         self.query_one(DashboardPane).show(event.snapshot)
+        self.query_one(KeysPane).tick()
+        self.query_one(UsagePane).tick()
         self.query_one(RequestsPane).tick()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -120,14 +124,24 @@ class LlmgwTui(App[None]):
             return
         error = event.worker.error
         if isinstance(error, AdminApiError):
-            self.notify(error.message, title="The gateway refused", severity="error")
+            # markup=False: messages quote what the admin typed.
+            self.notify(error.message, title="The gateway refused", severity="error", markup=False)
         elif isinstance(error, GatewayUnreachable):
-            self.notify(str(error), title="Gateway not reachable", severity="error")
+            self.notify(str(error), title="Gateway not reachable", severity="error", markup=False)
         else:
-            self.notify(f"{type(error).__name__}: {error}", title="Failed", severity="error")
+            message = f"{type(error).__name__}: {error}"
+            self.notify(message, title="Failed", severity="error", markup=False)
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        # Let go of the focus first: Textual would hand it to a hidden sibling in the pane
+        # being left, and TabbedContent would switch right back to that pane.
+        self.set_focus(None)
+        tabbed = self.query_one(TabbedContent)
+        tabbed.active = tab
+        # Into the pane's table, so its bindings work (and the footer shows them) at once.
+        tables = tabbed.get_pane(tab).query(DataTable)
+        if tables:
+            tables.first().focus()
 
     def action_toggle_help(self) -> None:
         if self._help_shown:

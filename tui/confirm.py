@@ -21,6 +21,9 @@ class ConfirmScreen(ModalScreen[bool]):
         background: $surface;
         padding: 1 2;
     }
+    ConfirmScreen > Vertical > Label {
+        width: 100%;
+    }
     ConfirmScreen Horizontal {
         height: auto;
         align-horizontal: right;
@@ -42,7 +45,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._question)
+            yield Label(self._question, markup=False)  # user ids are free text
             with Horizontal():
                 yield Button("Cancel (n)", id="no")
                 yield Button(f"{self._action} (y)", id="yes", variant="error")

@@ -1,12 +1,158 @@
-"""The dashboard pane (being built)."""
+"""The dashboard ("llm-top"): the gateway's last minutes, redrawn from every `/stats` tick.
+
+Four panels (requests, tokens, errors, 429s: the current figure and a sparkline of
+the window), a line of what is open right now, the busiest keys and the upstreams.
+Everything shown comes from the snapshot, the seconds the sparklines are cut into
+included (its `start`), never from this machine's clock. `show` only updates widgets
+that exist from the start, so a tick costs no mounting and the tables keep their
+cursor and scroll position.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from textual.app import ComposeResult
+from textual.containers import Grid, Vertical
+from textual.events import Resize
 from textual.widgets import Static
 
+from .busiest_keys import BusiestKeys
+from .metric import MetricPanel, count_text, rate_text
+from .rate_sparkline import RateSparkline, seconds_per_bar
+from .upstream_table import UpstreamTable
 
-class DashboardPane(Static):
+WAITING = (
+    "[b]Waiting for the gateway...[/b]\n\n"
+    "[dim]The figures appear with the first statistics from its admin socket,\n"
+    "and are redrawn every second.[/dim]"
+)
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds // 60} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds} s"
+
+
+def _rates(snapshot: dict[str, Any]) -> tuple[int, dict[str, Any], int, dict[str, Any]]:
+    """The shortest and the longest span of `rates` (10 s and 60 s, unless the gateway's
+    window is shorter), each with its figures."""
+    spans = sorted(
+        (int(span.removesuffix("s")), figures) for span, figures in snapshot["rates"].items()
+    )
+    return *spans[0], *spans[-1]
+
+
+class DashboardPane(Vertical):
+    DEFAULT_CSS = """
+    DashboardPane {
+        height: 1fr;
+    }
+    DashboardPane > #waiting {
+        display: none;
+        width: 1fr;
+        height: 1fr;
+        content-align: center middle;
+        text-align: center;
+        color: $text-muted;
+    }
+    DashboardPane.-waiting > #waiting {
+        display: block;
+    }
+    DashboardPane.-waiting > #board {
+        display: none;
+    }
+    DashboardPane #metrics {
+        grid-size: 2 2;
+        grid-gutter: 0 1;
+        height: 30%;
+        min-height: 6;
+    }
+    DashboardPane #now {
+        height: 1;
+        padding: 0 1;
+        color: $text-muted;
+    }
+    DashboardPane UpstreamTable {
+        margin-top: 1;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.add_class("-waiting")
+        self._snapshot: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(WAITING, id="waiting")
+        with Vertical(id="board"):
+            with Grid(id="metrics"):
+                yield MetricPanel("requests", id="metric-requests", classes="-requests")
+                yield MetricPanel("tokens", id="metric-tokens", classes="-tokens")
+                yield MetricPanel("errors", id="metric-errors", classes="-errors")
+                yield MetricPanel("429s", id="metric-limited", classes="-limited")
+            yield Static(id="now")
+            yield BusiestKeys()
+            yield UpstreamTable()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether no snapshot has come yet."""
+        return self.has_class("-waiting")
+
     def show(self, snapshot: dict[str, Any]) -> None:
         """Show one `/stats` snapshot."""
+        self._snapshot = snapshot
+        self.remove_class("-waiting")
+        total, first = snapshot["total"], snapshot["start"]
+        short, recent, long, minute = _rates(snapshot)
+        for name in ("requests", "tokens"):
+            self.query_one(f"#metric-{name}", MetricPanel).show(
+                f"{rate_text(recent[f'{name}_per_s'])}/s",
+                f"{_span(long)}: {rate_text(minute[f'{name}_per_s'])}/s",
+                # The newest second is still filling: drawn, it would always be a dip.
+                total[name][:-1],
+                first,
+            )
+        for panel_id, name in (("errors", "errors"), ("limited", "rate_limited")):
+            # Rare events: a count reads better than a rate of 0.02/s.
+            count = minute[name]
+            self.query_one(f"#metric-{panel_id}", MetricPanel).show(
+                f"{count_text(count)} in {_span(long)}",
+                f"{_span(short)}: {recent[name]} · {_span(snapshot['seconds'])}: "
+                f"{sum(total[name])}",
+                total[name][:-1],
+                first,
+                alert=count > 0,
+            )
+        self._show_now()
+        if self.size.width and not self.query_one(RateSparkline).size.width:
+            # The board was hidden until now: its sparklines get their width on the
+            # next refresh, and the line says how many seconds make a bar.
+            self.call_after_refresh(self._show_now)
+        self.query_one(BusiestKeys).show(snapshot["keys"])
+        self.query_one(UpstreamTable).show(snapshot["upstreams"])
+
+    def on_resize(self, event: Resize) -> None:
+        # The seconds a bar stands for depend on the width the sparklines got.
+        if self._snapshot is not None:
+            self._show_now()
+
+    def _show_now(self) -> None:
+        """The line of what is open right now and how to read the charts, whose bars
+        are made to stand for the same seconds."""
+        snapshot = self._snapshot
+        assert snapshot is not None
+        total = snapshot["total"]
+        charts = f"charts: last {_span(snapshot['seconds'])}"
+        sparklines = list(self.query(RateSparkline))
+        widths = [s.size.width for s in sparklines if s.size.width]
+        if widths:
+            # The narrowest decides: a wider one shows an older bar or two at its left.
+            per = seconds_per_bar(len(sparklines[0].values), min(widths))
+            for sparkline in sparklines:
+                sparkline.per_bar = per
+            charts += f", {per} s a bar"
+        self.query_one("#now", Static).update(
+            f"in flight [b]{total['in_flight']}[/b] · streams [b]{total['streams']}[/b] · "
+            f"active keys [b]{snapshot['keys_active']}[/b] · {charts}"
+        )

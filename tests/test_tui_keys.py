@@ -1,0 +1,396 @@
+"""The TUI's keys tab, driven by key presses against a real gateway: create a key and
+use it with the OpenAI SDK, search, sort, edit, revoke, rotate, delete; and the look."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Input, Select, Static, TabbedContent
+from textual.worker import WorkerFailed, WorkerState
+
+from tui.app import LlmgwTui
+from tui.confirm import ConfirmScreen
+from tui.key_form import KeyFormScreen
+from tui.keys import KeysLoaded, KeysPane
+from tui.new_key import NewKeyScreen
+
+from .conftest import Gateway
+
+MESSAGES = [{"role": "user", "content": "hello from the keys tab"}]
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Let the app's workers finish and their messages land until `condition` holds.
+
+    Never waits on the app's own `/stats/stream` worker: it runs as long as the app.
+    """
+    app = pilot.app
+    async with asyncio.timeout(seconds):
+        while not condition():
+            running = [
+                w for w in app.workers if w.group != "stats" and w.state is WorkerState.RUNNING
+            ]
+            # An empty list would mean "every worker" to wait_for_complete; a failed
+            # worker is the app's to report (a notice), and tests look for that.
+            with contextlib.suppress(WorkerFailed):
+                if running:
+                    await app.workers.wait_for_complete(running)
+            await pilot.pause()
+
+
+async def open_keys_tab(pilot: Pilot[None], keys: int) -> KeysPane:
+    """Connect, show the keys tab, and wait until its table lists `keys` keys."""
+    app = pilot.app
+    assert isinstance(app, LlmgwTui)
+    await until(pilot, lambda: app.connected is True)
+    await pilot.press("k")
+    await until(pilot, lambda: table(app).row_count == keys)
+    return app.query_one(KeysPane)
+
+
+def table(app: Any) -> DataTable[Any]:
+    return app.query_one("#keys-table", DataTable)
+
+
+def column(app: Any, name: str) -> list[str]:
+    return [str(cell) for cell in table(app).get_column(name)]
+
+
+def row_of(app: Any, key_id: int) -> dict[str, str]:
+    cells = table(app).get_row(str(key_id))
+    names = [str(c.key.value) for c in table(app).ordered_columns]
+    return dict(zip(names, map(str, cells), strict=True))
+
+
+async def select_key(pilot: Pilot[None], key_id: int) -> None:
+    """Put the cursor on the key's row, as the arrow keys would."""
+    grid = table(pilot.app)
+    target = grid.get_row_index(str(key_id))
+    while grid.cursor_row != target:
+        await pilot.press("down" if grid.cursor_row < target else "up")
+
+
+async def chat(gateway: Gateway, key: str) -> str | None:
+    async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as sdk:
+        reply = await sdk.chat.completions.create(
+            model="fake-model", messages=MESSAGES, max_tokens=2
+        )
+    return reply.choices[0].message.content
+
+
+async def listed(gateway: Gateway) -> list[dict[str, Any]]:
+    async with gateway.admin() as admin:
+        return await admin.list_keys()
+
+
+def form(app: Any) -> KeyFormScreen:
+    assert isinstance(app.screen, KeyFormScreen)
+    return app.screen
+
+
+# --- with a real gateway --------------------------------------------------------------
+
+
+async def test_create_a_key_use_it_and_revoke_it(gateway: Gateway) -> None:
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=0)
+        await pilot.press("n")
+        tier = form(app).query_one("#tier", Select)
+        await until(pilot, lambda: tier.value == "free")  # the gateway's default tier
+        await pilot.press(*"alice")  # the user field has the focus
+        form(app).query_one("#description", Input).value = "notebook"
+        form(app).query_one("#allowed_models", Input).value = "fake-model"
+        await pilot.click("#save")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+
+        shown = app.screen
+        assert isinstance(shown, NewKeyScreen)
+        key = shown.secret
+        assert key.startswith("sk-internal-")
+        assert key in str(shown.query_one("#secret", Static).render())
+        assert "Copy it now: you will not see it again." in str(
+            shown.query_one("#warning", Static).render()
+        )
+        await pilot.press("c")
+        assert app.clipboard == key
+        assert any(n.message == "Copied" for n in app._notifications)
+        await pilot.press("escape")
+
+        [created] = await listed(gateway)
+        await until(pilot, lambda: table(app).row_count == 1)
+        row = row_of(app, created["id"])
+        assert (row["key_prefix"], row["user_id"], row["tier"]) == (key[:16], "alice", "free")
+        assert (row["is_active"], row["description"]) == ("yes", "notebook")
+        cells = [str(c) for r in table(app).rows for c in table(app).get_row(r)]
+        assert not any(key in c for c in cells)  # the table never shows a secret
+        assert await chat(gateway, key)
+
+        await select_key(pilot, created["id"])
+        await pilot.press("v")
+        confirm = app.screen
+        assert isinstance(confirm, ConfirmScreen)
+        question = str(confirm.query_one("Label").render())
+        assert f"Revoke key {created['id']} ({key[:16]}, alice)?" in question
+        await pilot.press("y")
+        await until(pilot, lambda: row_of(app, created["id"])["is_active"] == "no")
+        with pytest.raises(openai.AuthenticationError):
+            await chat(gateway, key)
+
+
+async def test_a_refused_field_is_shown_by_it_and_the_form_stays(gateway: Gateway) -> None:
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=0)
+        await pilot.press("n")
+        await pilot.press(*"bob")
+        expiry = form(app).query_one("#expires_at", Input)
+        expiry.value = "someday"
+        await pilot.press("ctrl+s")
+        note = form(app).query_one("#expires_at-note", Static)
+        await until(pilot, lambda: note.has_class("-error"))
+        assert "'expires_at'" in str(note.render())
+        assert "someday" in str(note.render())
+        assert app.focused is expiry
+        assert not form(app).query_one("#save", Button).disabled
+        assert await listed(gateway) == []
+
+        expiry.value = "30d"  # fixed, the same form goes through
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+        [created] = await listed(gateway)
+        assert created["user_id"] == "bob" and created["expires_at"] is not None
+
+
+async def test_search_filters_the_rows(gateway: Gateway) -> None:
+    alice = await gateway.create_key("alice", description="laptop")
+    bob = await gateway.create_key("bob", tier="premium", description="ci runner")
+    await gateway.create_key("carol", description="notebook")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=3)
+        await pilot.press("slash", *"premium")
+        assert column(app, "user_id") == ["bob"]
+        search = app.query_one("#keys-search", Input)
+        search.value = "ci RUNNER"  # every word, any case
+        await pilot.pause()
+        assert column(app, "user_id") == ["bob"]
+        search.value = alice["key_prefix"]
+        await pilot.pause()
+        assert column(app, "user_id") == ["alice"]
+        search.value = "nobody"
+        await pilot.pause()
+        assert table(app).row_count == 0
+        assert "No key matches 'nobody'" in str(app.query_one("#keys-status", Static).render())
+        search.value = ""
+        await pilot.press("enter")  # back to the table, all keys again
+        assert app.focused is table(app)
+        assert table(app).row_count == 3
+        await select_key(pilot, bob["id"])
+        await pilot.press("slash", "b")
+        assert table(app).cursor_row == 0 and row_of(app, bob["id"])["user_id"] == "bob"
+
+
+async def test_sort_by_the_cursor_column_toggles(gateway: Gateway) -> None:
+    for user in ("bob", "Carol", "alice"):
+        await gateway.create_key(user)
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=3)
+        assert column(app, "user_id") == ["bob", "Carol", "alice"]  # by id
+        await pilot.press("right", "right", "s")  # the user column
+        assert column(app, "user_id") == ["alice", "bob", "Carol"]
+        assert str(table(app).columns["user_id"].label) == "user ▲"
+        await pilot.press("s")
+        assert column(app, "user_id") == ["Carol", "bob", "alice"]
+        assert str(table(app).columns["user_id"].label) == "user ▼"
+        assert table(app).cursor_column == 2  # the cursor stays in the sorted column
+
+        # The mouse: a click on a header sorts by that column.
+        grid = table(app)
+        x = sum(c.get_render_width(grid) for c in grid.ordered_columns[:1]) + 1
+        await pilot.click(grid, offset=(x, 0))  # "prefix"
+        await pilot.pause()
+        prefixes = column(app, "key_prefix")
+        assert prefixes == sorted(prefixes, key=str.casefold)
+        assert str(grid.columns["key_prefix"].label) == "prefix ▲"
+
+
+async def test_edit_moves_a_key_to_another_tier(gateway: Gateway) -> None:
+    await gateway.create_key("alice")
+    created = await gateway.create_key("bob", description="old")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=2)
+        await select_key(pilot, created["id"])
+        await pilot.press("e")
+        tier = form(app).query_one("#tier", Select)
+        await until(pilot, lambda: tier.value == "free")  # the key's own tier
+        assert form(app).query_one("#description", Input).value == "old"
+        tier.value = "premium"
+        form(app).query_one("#requests_per_minute", Input).value = "7"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: row_of(app, created["id"])["tier"] == "premium")
+        async with gateway.admin() as admin:
+            after = await admin.get_key(created["id"])
+        assert (after["tier"], after["requests_per_minute"]) == ("premium", 7)
+        assert after["description"] == "old"  # unchanged fields are not sent
+
+
+async def test_rotate_shows_a_new_secret_and_the_old_one_stops(gateway: Gateway) -> None:
+    created = await gateway.create_key("alice")
+    old = created["key"]
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        await pilot.press("o")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+        assert isinstance(app.screen, NewKeyScreen)
+        new = app.screen.secret
+        assert new != old and new.startswith("sk-internal-")
+        await pilot.press("escape")
+        await until(pilot, lambda: row_of(app, created["id"])["key_prefix"] == new[:16])
+        assert await chat(gateway, new)
+        with pytest.raises(openai.AuthenticationError):
+            await chat(gateway, old)
+
+
+async def test_delete_removes_the_row(gateway: Gateway) -> None:
+    keep = await gateway.create_key("alice")
+    gone = await gateway.create_key("bob")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=2)
+        await select_key(pilot, gone["id"])
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(pilot, lambda: table(app).row_count == 1)
+        assert column(app, "id") == [str(keep["id"])]
+        assert [k["id"] for k in await listed(gateway)] == [keep["id"]]
+
+
+async def test_cancelling_a_confirmation_changes_nothing(gateway: Gateway) -> None:
+    created = await gateway.create_key("alice")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        for action, answer in (("v", "n"), ("o", "escape"), ("x", "n")):
+            await pilot.press(action)
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press(answer)
+            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert await listed(gateway) == [{k: v for k, v in created.items() if k != "key"}]
+        assert table(app).row_count == 1
+        assert await chat(gateway, created["key"])
+
+
+async def test_a_refusal_is_shown_and_the_table_catches_up(gateway: Gateway) -> None:
+    """A key deleted by someone else meanwhile: the gateway's 404 becomes a notice."""
+    created = await gateway.create_key("alice")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        async with gateway.admin() as admin:
+            await admin.delete_key(created["id"])
+        await pilot.press("v", "y")
+        await until(pilot, lambda: bool(app._notifications))
+        [notice] = app._notifications
+        assert notice.severity == "error"
+        assert notice.message == f"No API key with id {created['id']}."
+        await pilot.press("r")
+        await until(pilot, lambda: table(app).row_count == 0)
+
+
+async def test_the_table_catches_up_every_ten_ticks(gateway: Gateway) -> None:
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_keys_tab(pilot, keys=0)
+        await gateway.create_key("alice")  # by someone else, e.g. the CLI
+        # The app ticks the pane every second too; count from zero, without yielding.
+        pane._ticks = 0
+        for _ in range(9):
+            pane.tick()
+        assert not [w for w in app.workers if w.group == "keys-load"]  # not every second
+        pane.tick()
+        await until(pilot, lambda: table(app).row_count == 1)
+
+
+async def test_the_tab_takes_the_keys_at_once_and_lets_go_of_them(tmp_path: Path) -> None:
+    app = LlmgwTui(tmp_path / "no.sock", live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("k")
+        assert app.focused is table(app)
+        await pilot.press("u")
+        assert app.query_one(TabbedContent).active == "usage"
+        await pilot.press("k", "slash")
+        assert app.focused is app.query_one("#keys-search", Input)
+        await pilot.click("#--content-tab-requests")  # the mouse leaves from the search
+        assert app.query_one(TabbedContent).active == "requests"
+
+
+# --- the look -------------------------------------------------------------------------
+
+SOCKET = Path("/run/llmgw/admin.sock")
+CANNED: list[dict[str, Any]] = [
+    {
+        "id": id_,
+        "key_prefix": prefix,
+        "user_id": user,
+        "tier": tier,
+        "description": description,
+        "is_active": active,
+        "created_at": "2026-01-05T09:00:00.000Z",
+        "updated_at": "2026-01-05T09:00:00.000Z",
+        "expires_at": expires,
+        "last_used_at": used,
+        "allowed_models": None,
+        "requests_per_minute": None,
+        "requests_per_hour": None,
+    }
+    for id_, prefix, user, tier, description, active, expires, used in (
+        (1, "sk-internal-Qx3v", "alice", "premium", "laptop", True, None,
+         "2026-03-02T14:31:07.120Z"),
+        (2, "sk-internal-9fKd", "bob", "free", "ci runner [nightly]", True,
+         "2027-01-31T00:00:00.000Z", None),
+        (3, "sk-internal-mT0a", "carol", "standard", "notebook", False,
+         "2026-06-30T00:00:00.000Z", "2026-02-11T08:02:55.000Z"),
+        (4, "sk-internal-Lw7Z", "data-team", "premium", "batch embeddings for the search index",
+         True, None, "2026-03-02T14:35:40.900Z"),
+    )
+]  # fmt: skip
+# As long as a real key (sk-internal- and 32 bytes of URL-safe base64), but not one.
+FAKE_SECRET = "sk-internal-c25hcHNob3Qgb25seSwgbm90IGEgcmVhbCBrZXkhISE"
+
+
+async def show_canned_keys(pilot: Pilot[None]) -> None:
+    await pilot.press("k")
+    pilot.app.query_one(KeysPane).post_message(KeysLoaded(CANNED))
+    await pilot.pause()
+
+
+async def show_new_key(pilot: Pilot[None]) -> None:
+    await show_canned_keys(pilot)  # over this pane, not one that others may change
+    heading = "Created key 5 (sk-internal-c25h, alice), tier free."
+    await pilot.app.push_screen(NewKeyScreen(FAKE_SECRET, heading))
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_keys_tab_looks_right(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = LlmgwTui(SOCKET, live=False)
+    assert snap_compare(app, terminal_size=size, run_before=show_canned_keys)
+
+
+def test_the_new_key_screen_looks_right(snap_compare: Any) -> None:
+    app = LlmgwTui(SOCKET, live=False)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=show_new_key)

@@ -1,0 +1,130 @@
+"""The table of keys: filtered by a search, ordered by any column, never a secret.
+
+It holds the admin API's public view of each key. The cursor is a cell, not a row:
+its row is the selected key, and its column is the one a sort applies to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.widgets import DataTable
+
+Key = dict[str, Any]
+
+COLUMNS = (
+    ("id", "id"),
+    ("key_prefix", "prefix"),
+    ("user_id", "user"),
+    ("tier", "tier"),
+    ("is_active", "active"),
+    ("expires_at", "expires"),
+    ("last_used_at", "last used"),
+    ("description", "description"),
+)
+SEARCHED = ("user_id", "key_prefix", "tier", "description")
+
+
+def describe(key: Key) -> str:
+    """How a confirmation or a notice names a key: id, prefix and user."""
+    return f"key {key['id']} ({key['key_prefix']}, {key['user_id']})"
+
+
+def cell(key: Key, name: str) -> str:
+    value = key.get(name)
+    if name == "is_active":
+        return "yes" if value else "no"
+    if name in ("expires_at", "last_used_at"):
+        # The API's UTC text to the minute: the data's own time, never the clock's.
+        # An expiry given as a date is midnight; the date alone says it.
+        if value is None:
+            return "never"
+        return str(value)[:16].replace("T", " ").removesuffix(" 00:00")
+    return "" if value is None else str(value)
+
+
+def matching(keys: list[Key], search: str) -> list[Key]:
+    """The keys whose user, prefix, tier or description hold every word of `search`."""
+    words = search.casefold().split()
+    return [
+        key
+        for key in keys
+        if all(w in " ".join(str(key.get(f) or "") for f in SEARCHED).casefold() for w in words)
+    ]
+
+
+def ordered(keys: list[Key], column: str, reverse: bool) -> list[Key]:
+    """Sorted by `column` (text without case); keys without a value last either way."""
+
+    def value(key: Key) -> Any:
+        v = key[column]
+        return v.casefold() if isinstance(v, str) else v
+
+    present = [k for k in keys if k.get(column) is not None]
+    absent = [k for k in keys if k.get(column) is None]
+    return sorted(present, key=value, reverse=reverse) + absent
+
+
+class KeyTable(DataTable[Text]):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="cell", zebra_stripes=True)
+        self.keys: dict[int, Key] = {}
+        self.shown = 0  # how many keys match the search
+        self._search = ""
+        self._sort = ("id", False)
+
+    def show(
+        self, keys: list[Key] | None = None, search: str | None = None, select: int | None = None
+    ) -> None:
+        """Show these keys (or the same), matching this search (or the same), the
+        cursor on the key `select` (or on the one it was on)."""
+        if keys is not None:
+            self.keys = {key["id"]: key for key in keys}
+        if search is not None:
+            self._search = search
+        self._refill(select)
+
+    def sort_by(self, column: str | None = None) -> None:
+        """Sort by `column` (the cursor's if None); again on the same one reverses."""
+        column = column or COLUMNS[self.cursor_column][0]
+        by, reverse = self._sort
+        self._sort = (column, not reverse if column == by else False)
+        self._refill()
+
+    def selected(self) -> Key | None:
+        """The key in the cursor's row, if any."""
+        key_id = self._selected_id()
+        return None if key_id is None else self.keys.get(key_id)
+
+    def _selected_id(self) -> int | None:
+        if not self.row_count:
+            return None
+        row_key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        return None if row_key.value is None else int(row_key.value)
+
+    @on(DataTable.HeaderSelected)
+    def header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        self.sort_by(str(event.column_key.value))
+
+    def _refill(self, select: int | None = None) -> None:
+        """Rebuild the rows, the cursor kept in its column and on its key."""
+        select = select or self._selected_id()
+        column = self.cursor_column
+        shown = ordered(matching(list(self.keys.values()), self._search), *self._sort)
+        by, reverse = self._sort
+        self.clear(columns=True)
+        for name, label in COLUMNS:
+            arrow = (" ▼" if reverse else " ▲") if name == by else ""
+            self.add_column(label + arrow, key=name)
+        for key in shown:
+            # Text, not str: a str cell is read as markup, and users and descriptions
+            # are free text.
+            row = [Text(cell(key, name), no_wrap=True) for name, _ in COLUMNS]
+            self.add_row(*row, key=str(key["id"]))
+        ids = [key["id"] for key in shown]
+        at = ids.index(select) if select in ids else 0
+        self.move_cursor(row=at, column=column, animate=False)
+        self.shown = len(shown)
