@@ -248,7 +248,7 @@ async def test_unknown_model_is_404(
         assert resp.status == 404
         error = await error_of(resp)
     assert error == {
-        "message": "The model `nope` does not exist.",
+        "message": "The model `nope` does not exist. Valid aliases: fake-model.",
         "type": "NotFoundError",
         "param": "model",
         "code": 404,

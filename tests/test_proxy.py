@@ -210,7 +210,9 @@ async def test_vllm_errors_arrive_in_openai_shape(gateway: Gateway, api_key: str
     assert status == 404
     assert headers["Content-Type"].startswith("application/json")
     error = json.loads(raw)["error"]
-    assert error["message"] == "The model `no-such-model` does not exist."
+    assert (
+        error["message"] == "The model `no-such-model` does not exist. Valid aliases: fake-model."
+    )
     assert error["type"] == "invalid_request_error"  # vLLM said "NotFoundError"
     assert error["code"] == "model_not_found"  # vLLM said 404
     assert set(error) == {"message", "type", "param", "code"}

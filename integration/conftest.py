@@ -1,0 +1,103 @@
+"""The real vLLM for the integration suite: started once per session, in its own process
+group (all of vLLM's processes stop together), from the environment `scripts/vllm-env`
+set up. Without that environment the suite fails: it never skips."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, http, isolated  # noqa: F401  (fixtures, re-used)
+
+MODEL_NAME = "tiny-llama"
+READY_TIMEOUT = 300.0
+
+
+class VllmServer:
+    """`python -m vllm.entrypoints.openai.api_server` with the tiny model, on loopback."""
+
+    def __init__(self, python: str, model: str, log: Path) -> None:
+        self.python = python
+        self.model = model
+        self.log = log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = os.environ | {
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "VLLM_HOST_IP": "127.0.0.1",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+        }
+        command = [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model, "--served-model-name", MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+            # vLLM logs "Aborted request(s) …" only with this: the disconnect test reads it.
+            "--enable-log-requests",
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                pytest.fail(f"vLLM exited with {self._process.returncode}:\n{self.tail()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp,  # noqa: S310
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.5)
+        pytest.fail(f"vLLM was not ready within {READY_TIMEOUT:g} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    python, model = (
+        os.environ.get("INTEGRATION_VLLM_PYTHON"),
+        os.environ.get("INTEGRATION_VLLM_MODEL"),
+    )
+    if not python or not model:
+        pytest.fail("No vLLM environment: run the integration suite with scripts/test-vllm.")
+    server = VllmServer(python, model, tmp_path_factory.mktemp("vllm") / "vllm.log")
+    started = time.monotonic()
+    server.start()
+    print(f"\nvLLM ready in {time.monotonic() - started:.1f} s")
+    yield server
+    server.stop()
