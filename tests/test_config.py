@@ -109,7 +109,7 @@ def config_error(path: Path | None, environ: dict[str, str]) -> str:
 def test_defaults_without_file_or_environment() -> None:
     settings = load_settings(None, {})
     assert settings.server.port == 8000
-    assert settings.server.host == "0.0.0.0"  # noqa: S104
+    assert settings.server.host == "0.0.0.0"
     assert dict(settings.tiers) == {
         "free": TierSettings(10, 100),
         "standard": TierSettings(30, 300),
