@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from llmgw.config import UpstreamSettings
-from tests.conftest import Gateway, make_settings, start_gateway
+from tests.conftest import Gateway, make_settings, normalised, start_gateway
 
 from .conftest import MODEL_NAME, VllmServer
 
@@ -56,21 +56,6 @@ async def sse(url: str, body: dict[str, Any], headers: dict[str, str] | None = N
     ):
         assert resp.status == 200, await resp.text()
         return [e for e in (await resp.read()).decode().split("\n\n") if e]
-
-
-def comparable(events: list[str]) -> list[Any]:
-    """Events with the per-request parts (id, created) blanked."""
-    out: list[Any] = []
-    for event in events:
-        payload = event.removeprefix("data: ")
-        if payload == "[DONE]":
-            out.append(payload)
-            continue
-        parsed = json.loads(payload)
-        parsed.pop("id", None)
-        parsed.pop("created", None)
-        out.append(parsed)
-    return out
 
 
 async def test_models_list(sdk: openai.AsyncOpenAI) -> None:
@@ -120,7 +105,7 @@ async def test_a_stream_is_exactly_what_vllm_sends(
     through = await sse(
         f"{gateway.base_url}/chat/completions", body, {"Authorization": f"Bearer {key}"}
     )
-    assert comparable(through) == comparable(direct)
+    assert normalised(through) == normalised(direct)
     assert any('"usage"' in e for e in through) is include_usage
     # The ledger has vLLM's own counts even when the client did not ask for them.
     counted = await sse(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import sqlite3
@@ -161,6 +162,34 @@ async def api_key(gateway: Gateway) -> str:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+def normalised(events: list[str]) -> list[Any]:
+    """Events with the per-request parts (id, created) blanked, to compare two streams."""
+    out: list[Any] = []
+    for event in events:
+        payload = event.removeprefix("data: ")
+        if payload == "[DONE]":
+            out.append(payload)
+            continue
+        parsed = json.loads(payload)
+        parsed.pop("id", None)
+        parsed.pop("created", None)
+        out.append(parsed)
+    return out
+
+
+async def post_chat(
+    http: aiohttp.ClientSession, gateway: Gateway, key: str, body: dict[str, Any]
+) -> int:
+    """POST one chat completion through the gateway with `key`; its status."""
+    async with http.post(
+        f"{gateway.base_url}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        await resp.read()
+        return resp.status
 
 
 @dataclass

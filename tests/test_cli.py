@@ -21,7 +21,7 @@ import pytest
 
 from cli.main import cli
 
-from .conftest import CliRun, Gateway, run_llmgw
+from .conftest import CliRun, Gateway, post_chat, run_llmgw
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -31,13 +31,7 @@ async def llmgw(*args: str, env: dict[str, str] | None = None) -> CliRun:
 
 
 async def chat_status(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
-    async with http.post(
-        f"{gateway.base_url}/chat/completions",
-        json=CHAT | body,
-        headers={"Authorization": f"Bearer {key}"},
-    ) as resp:
-        await resp.read()
-        return resp.status
+    return await post_chat(http, gateway, key, CHAT | body)
 
 
 def no_traceback(run: CliRun) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import aiohttp
 import orjson
@@ -15,7 +14,7 @@ from multidict import CIMultiDict
 from llmgw.config import ServerSettings, UpstreamSettings
 from llmgw.fake_vllm import FakeVLLM, count_prompt_tokens
 
-from .conftest import Gateway, GatewayFactory
+from .conftest import Gateway, GatewayFactory, normalised
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say three words"}]}
 
@@ -38,21 +37,6 @@ async def post(
 
 def sse_events(raw: bytes) -> list[str]:
     return [e for e in raw.decode().split("\n\n") if e]
-
-
-def normalised(events: list[str]) -> list[Any]:
-    """Events with the per-request parts (id, created) blanked, to compare two streams."""
-    out: list[Any] = []
-    for event in events:
-        payload = event.removeprefix("data: ")
-        if payload == "[DONE]":
-            out.append(payload)
-            continue
-        parsed = json.loads(payload)
-        parsed.pop("id", None)
-        parsed.pop("created", None)
-        out.append(parsed)
-    return out
 
 
 async def test_non_streaming_forwards_the_body_bytes_and_records_reported_usage(

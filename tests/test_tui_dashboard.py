@@ -19,7 +19,7 @@ from tui.metric import MetricPanel
 from tui.rate_sparkline import RateSparkline, seconds_per_bar
 from tui.upstream_table import UpstreamTable
 
-from .conftest import Gateway, GatewayFactory, tiers
+from .conftest import Gateway, GatewayFactory, post_chat, tiers
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 SNAPSHOT_SOCKET = Path("/run/llmgw/admin.sock")
@@ -29,13 +29,7 @@ SNAPSHOT_SOCKET = Path("/run/llmgw/admin.sock")
 
 
 async def chat(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
-    async with http.post(
-        f"{gateway.base_url}/chat/completions",
-        json=CHAT | body,
-        headers={"Authorization": f"Bearer {key}"},
-    ) as resp:
-        await resp.read()
-        return resp.status
+    return await post_chat(http, gateway, key, CHAT | body)
 
 
 async def until(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None:

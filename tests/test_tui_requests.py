@@ -20,7 +20,7 @@ from llmgw.state import STORE
 from tui.app import LlmgwTui
 from tui.requests import RequestsLoaded, RequestsPane
 
-from .conftest import Gateway
+from .conftest import Gateway, post_chat
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -49,13 +49,7 @@ async def until(pilot: Pilot[None], check: Callable[[], bool], seconds: float = 
 
 
 async def chat(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
-    async with http.post(
-        f"{gateway.base_url}/chat/completions",
-        json=CHAT | body,
-        headers={"Authorization": f"Bearer {key}"},
-    ) as resp:
-        await resp.read()
-        return resp.status
+    return await post_chat(http, gateway, key, CHAT | body)
 
 
 async def tab(pilot: Pilot[None]) -> None:

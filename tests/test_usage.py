@@ -22,7 +22,7 @@ from llmgw.state import STORE
 from llmgw.store import Store
 from llmgw.times import iso_utc
 
-from .conftest import Gateway, GatewayFactory, read_rows, tiers
+from .conftest import Gateway, GatewayFactory, post_chat, read_rows, tiers
 from .conftest import run_llmgw as llmgw
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -82,13 +82,7 @@ def figures(entry: dict[str, Any]) -> dict[str, int]:
 
 
 async def chat(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: Any) -> int:
-    async with http.post(
-        f"{gateway.base_url}/chat/completions",
-        json=CHAT | body,
-        headers={"Authorization": f"Bearer {key}"},
-    ) as resp:
-        await resp.read()
-        return resp.status
+    return await post_chat(http, gateway, key, CHAT | body)
 
 
 # --- the figures -------------------------------------------------------------------------
