@@ -22,6 +22,9 @@ from tests.conftest import Gateway, make_settings, normalised, start_gateway
 from .conftest import MODEL_NAME, VllmServer
 
 MESSAGES = [{"role": "user", "content": "Hello there, who are you?"}]
+# The random model may pick its end-of-sequence token at any step: vLLM's ignore_eos
+# makes max_tokens decide the length, so counts (and the disconnect test) are exact.
+FULL_LENGTH = {"ignore_eos": True}
 
 
 @pytest.fixture
@@ -66,8 +69,12 @@ async def test_models_list(sdk: openai.AsyncOpenAI) -> None:
 async def test_chat_and_text_completions_record_vllms_counts(
     sdk: openai.AsyncOpenAI, gateway: Gateway
 ) -> None:
-    chat = await sdk.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=8)
-    text = await sdk.completions.create(model=MODEL_NAME, prompt="Once upon a time", max_tokens=5)
+    chat = await sdk.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, max_tokens=8, extra_body=FULL_LENGTH
+    )
+    text = await sdk.completions.create(
+        model=MODEL_NAME, prompt="Once upon a time", max_tokens=5, extra_body=FULL_LENGTH
+    )
     assert chat.usage is not None
     assert text.usage is not None
     assert chat.usage.completion_tokens == 8
@@ -96,6 +103,7 @@ async def test_a_stream_is_exactly_what_vllm_sends(
         "model": MODEL_NAME,
         "messages": MESSAGES,
         "max_tokens": 12,
+        **FULL_LENGTH,
         "temperature": 0,
         "stream": True,
     }
@@ -125,6 +133,7 @@ async def test_the_sdk_streams_with_usage(sdk: openai.AsyncOpenAI) -> None:
         model=MODEL_NAME,
         messages=MESSAGES,
         max_tokens=6,
+        extra_body=FULL_LENGTH,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -151,7 +160,13 @@ async def test_a_client_disconnect_aborts_the_generation_in_vllm(
 ) -> None:
     key = (await gateway.create_key("leaver"))["key"]
     before = vllm.log_text().count("Aborted request")
-    body = {"model": MODEL_NAME, "messages": MESSAGES, "max_tokens": 1900, "stream": True}
+    body = {
+        "model": MODEL_NAME,
+        "messages": MESSAGES,
+        "max_tokens": 1900,
+        "stream": True,
+        **FULL_LENGTH,
+    }
     async with aiohttp.ClientSession() as session:
         resp = await session.post(
             f"{gateway.base_url}/chat/completions",
