@@ -178,9 +178,12 @@ async def test_a_client_disconnect_aborts_the_generation_in_vllm(
             while received.count(b"\n\n") < 5:
                 received += await resp.content.readany()
         resp.close()
-    async with asyncio.timeout(30):
-        while vllm.log_text().count("Aborted request") == before:
-            await asyncio.sleep(0.2)
+    try:
+        async with asyncio.timeout(30):
+            while vllm.log_text().count("Aborted request") == before:
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        pytest.fail(f"vLLM never logged the abort; the end of its log:\n{vllm.tail(30)}")
     [row] = await gateway.ledger_rows()
     assert row["status_code"] == 499
     assert row["usage_source"] == "partial"
