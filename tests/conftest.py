@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from llmgw.admin_client import AdminClient
 from llmgw.app import create_app
@@ -190,6 +191,26 @@ async def post_chat(
     ) as resp:
         await resp.read()
         return resp.status
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def post(
+    url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, CIMultiDict[str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=body, headers={"Content-Type": "application/json", **headers}
+        ) as resp,
+    ):
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [e for e in raw.decode().split("\n\n") if e]
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""The failure-case suite: the real gateway broken on purpose, on loopback, bounded.
+
+Every case ends with `assert_settled`: the gateway healthy, nothing in flight (its
+own gauge and every upstream's), no usage record waiting or dropped, and exactly the
+ledger rows the case's requests must have left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import pytest
+
+from llmgw.config import ServerSettings
+from llmgw.state import LEDGER, METRICS, UPSTREAMS
+
+from ..conftest import Gateway, GatewayFactory
+
+
+async def assert_settled(gateway: Gateway, *, rows: int | None = None) -> list[dict[str, Any]]:
+    """Check the end state of a failure case; the ledger rows, oldest first."""
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/health") as resp:
+        health = await resp.json()
+    assert resp.status == 200, health
+    ledger_rows = await gateway.ledger_rows()  # waits (bounded) for in-flight and pending
+    assert gateway.app[METRICS].in_flight == 0
+    assert [u.in_flight for u in gateway.app[UPSTREAMS].upstreams] == [0] * len(
+        gateway.app[UPSTREAMS].upstreams
+    )
+    ledger = gateway.app[LEDGER]
+    assert (ledger.pending, ledger.dropped) == (0, 0)
+    if rows is not None:
+        assert len(ledger_rows) == rows, [r["status_code"] for r in ledger_rows]
+    return ledger_rows
+
+
+def open_fds() -> int:
+    """File descriptors this process holds now (sockets, the database, pipes)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def live_tasks() -> int:
+    return len(asyncio.all_tasks())
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    """A gateway that notices an upstream come back within a tenth of a second."""
+    gw: Gateway = await gateway_factory(
+        server=ServerSettings(host="127.0.0.1", port=0, health_check_interval=0.1)
+    )
+    return gw
+
+
+async def wait_healthy(gateway: Gateway) -> None:
+    """Until `/health` answers 200 (bounded): an upstream that came back was probed."""
+    async with asyncio.timeout(5), aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{gateway.url}/health") as resp:
+                if resp.status == 200:
+                    return
+            await asyncio.sleep(0.02)
