@@ -37,12 +37,7 @@ async def health(request: web.Request) -> web.Response:
         "in_flight": metrics.in_flight,
         "keys": len(cfg[KEYS]),
         "database": {"ok": db_error is None, "error": db_error},
-        "ledger": {
-            "pending": ledger.pending,
-            "written": ledger.written,
-            "dropped": ledger.dropped,
-            "last_error": ledger.last_error,
-        },
+        "ledger": ledger.status(),
         "upstreams": [u.status() for u in pool.upstreams],
     }
     return web.Response(

@@ -78,6 +78,16 @@ class Ledger:
         """Records not yet committed, including a batch being written."""
         return len(self._pending) + self._writing
 
+    def status(self) -> dict[str, int | str | None]:
+        """What `/health` and the live stats say of the ledger."""
+        return {
+            "pending": self.pending,
+            "written": self.written,
+            "dropped": self.dropped,
+            "failed_writes": self.failed_writes,
+            "last_error": self.last_error,
+        }
+
     def record(self, record: UsageRecord) -> None:
         """Queue one record; never blocks."""
         if len(self._pending) >= self._max_pending:

@@ -75,6 +75,16 @@ class DashboardPane(Vertical):
     DashboardPane UpstreamTable {
         margin-top: 1;
     }
+    DashboardPane #ledger {
+        display: none;
+        height: 1;
+        padding: 0 1;
+        color: $text-error;
+        text-style: bold;
+    }
+    DashboardPane #ledger.-shown {
+        display: block;
+    }
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
@@ -91,6 +101,7 @@ class DashboardPane(Vertical):
                 yield MetricPanel("errors", id="metric-errors", classes="-errors")
                 yield MetricPanel("429s", id="metric-limited", classes="-limited")
             yield Static(id="now")
+            yield Static(id="ledger")
             yield BusiestKeys()
             yield UpstreamTable()
 
@@ -131,11 +142,25 @@ class DashboardPane(Vertical):
             self.call_after_refresh(self._show_now)
         self.query_one(BusiestKeys).show(snapshot["keys"])
         self.query_one(UpstreamTable).show(snapshot["upstreams"])
+        self._show_ledger(snapshot.get("ledger"))
 
     def on_resize(self, event: Resize) -> None:
         # The seconds a bar stands for depend on the width the sparklines got.
         if self._snapshot is not None:
             self._show_now()
+
+    def _show_ledger(self, ledger: dict[str, Any] | None) -> None:
+        """A line that is there only while usage records are at risk: the database
+        refuses them (they wait in memory) or the buffer overflowed (they were lost)."""
+        line = self.query_one("#ledger", Static)
+        trouble = ledger is not None and (ledger["dropped"] or ledger["last_error"])
+        line.set_class(bool(trouble), "-shown")
+        if trouble:
+            assert ledger is not None
+            line.update(
+                f"usage ledger: {ledger['pending']:,} records waiting for the database · "
+                f"{ledger['dropped']:,} dropped"
+            )
 
     def _show_now(self) -> None:
         """The line of what is open right now and how to read the charts, whose bars

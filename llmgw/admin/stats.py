@@ -22,7 +22,7 @@ from aiohttp import web
 from ..config import Settings
 from ..keys import ApiKey
 from ..limits import RateLimiter, WindowState, limits_for
-from ..state import KEYS, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
+from ..state import KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
 from .common import int_query, json_response
 
 routes = web.RouteTableDef()
@@ -87,6 +87,7 @@ def snapshot(request: web.Request, seconds: int) -> dict[str, Any]:
     for row in snap["keys"]:
         row.update(_key_view(keys.get(row["key_id"]), limiter, settings))
     snap["upstreams"] = [u.status() for u in cfg[UPSTREAMS].upstreams]
+    snap["ledger"] = cfg[LEDGER].status()
     return snap
 
 
