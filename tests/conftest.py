@@ -247,58 +247,73 @@ def free_port() -> int:
 
 class Served:
     """`llmgw serve` running as a real process (with its own config file) in front of
-    the test's fake vLLM."""
+    the test's fake vLLM. `start` (again) runs it on the same config, database and port."""
 
-    def __init__(self, process: asyncio.subprocess.Process, port: int, root: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(self, root: Path, fake_url: str, extra_config: str = "") -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.socket = root / "admin.sock"
         self.database = root / "llmgw.db"
         self.log = root / "gateway.log"
+        self.config = root / "llmgw.toml"
+        self.config.write_text(
+            f"""
+[server]
+host = "127.0.0.1"
+port = {self.port}
+shutdown_grace_period = 20
+
+[admin]
+socket = "{self.socket}"
+
+[database]
+path = "{self.database}"
+
+[[upstreams]]
+url = "{fake_url}"
+"""
+            + extra_config
+        )
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        assert self._process is not None, "not started"
+        return self._process
+
+    async def start(self) -> None:
+        """Start the gateway and wait (bounded) until `/health` answers 200."""
+        # The config file alone decides: no LLMGW_* override from the test environment.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+        with self.log.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                LLMGW, "serve", "--config", str(self.config), stdout=log, stderr=log, env=env
+            )
+        async with asyncio.timeout(15), aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(f"{self.url}/health") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                if self.process.returncode is not None:
+                    raise AssertionError(f"llmgw serve exited:\n{self.log.read_text()}")
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
 
 
 @pytest.fixture
 async def served(tmp_path: Path, fake: FakeVLLM) -> AsyncIterator[Served]:
-    port = free_port()
-    config = tmp_path / "llmgw.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-shutdown_grace_period = 20
-
-[admin]
-socket = "{tmp_path / "admin.sock"}"
-
-[database]
-path = "{tmp_path / "llmgw.db"}"
-
-[[upstreams]]
-url = "{fake.url}"
-"""
-    )
-    log = (tmp_path / "gateway.log").open("wb")
-    # The config file alone decides: no LLMGW_* override from the test environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
-    process = await asyncio.create_subprocess_exec(
-        LLMGW, "serve", "--config", str(config), stdout=log, stderr=log, env=env
-    )
-    served = Served(process, port, tmp_path)
-    async with asyncio.timeout(15), aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"{served.url}/health") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    yield served
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-    log.close()
+    server = Served(tmp_path, fake.url)
+    await server.start()
+    yield server
+    await server.stop()
 
 
 def with_secret(secret: str) -> AdminSettings:
