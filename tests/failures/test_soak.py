@@ -11,7 +11,6 @@ the curve (and writes it as CSV to `LLMGW_SOAK_CSV`, when set).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import time
@@ -26,7 +25,9 @@ from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Served, auth, read_rows
 
+# Read at import: the suite's isolation fixture clears LLMGW_* variables for each test.
 SECONDS = float(os.environ.get("LLMGW_SOAK_SECONDS", "60"))
+CSV = os.environ.get("LLMGW_SOAK_CSV")
 CLIENTS = 8
 SAMPLES = 30  # points on the curve
 # Growth allowed between the end of warm-up and the end: the allocator settling, not a leak
@@ -166,9 +167,8 @@ def report(curve: list[Sample], tally: Tally) -> None:
     lines = ["seconds,rss_kb,fds,requests"] + [
         f"{s.at:.0f},{s.rss_kb},{s.fds},{s.requests}" for s in curve
     ]
-    if target := os.environ.get("LLMGW_SOAK_CSV"):
-        with contextlib.suppress(OSError):
-            Path(target).write_text("\n".join(lines) + "\n")
+    if CSV:
+        Path(CSV).write_text("\n".join(lines) + "\n")
     print(
         f"\nsoak: {tally.sent} requests {dict(sorted(tally.statuses.items()))}, "
         f"{tally.admin_changes} admin changes"
