@@ -54,6 +54,25 @@ class ServerSettings:
     max_body_bytes: int = setting(
         16 * 1024 * 1024, "Largest request body accepted (bytes); larger ones get 413."
     )
+    header_timeout: float = setting(
+        10.0,
+        "Seconds a client has to send a request's headers, from the connection's opening "
+        "(on a kept-alive connection, from the request's first byte); then 408 and the "
+        "connection is closed. This is what cuts off a client that trickles headers to "
+        "hold connections open.",
+    )
+    body_timeout: float = setting(
+        60.0,
+        "Seconds a client has to send the whole request body once its headers are in; then "
+        "408. Allow the largest body (max_body_bytes) over the slowest client's link.",
+    )
+    keepalive_timeout: float = setting(
+        75.0,
+        "Seconds an idle kept-alive client connection stays open. Keep it longer than the "
+        "idle time of the clients' own connection pools (and of nginx's upstream "
+        "keepalive_timeout, 60 s), so they close first and never reuse a connection the "
+        "gateway is closing.",
+    )
     upstream_connect_timeout: float = setting(
         5.0, "Seconds to open a connection to an upstream before trying the next one."
     )
@@ -412,6 +431,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"[server] port: must be between 0 and 65535, got {server.port}")
     for name in (
         "max_body_bytes",
+        "header_timeout",
+        "body_timeout",
+        "keepalive_timeout",
         "upstream_connect_timeout",
         "upstream_timeout",
         "stream_idle_timeout",
