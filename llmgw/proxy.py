@@ -102,13 +102,31 @@ async def _read_request(
     request: web.Request, ctx: RequestContext, route: Route, key: ApiKey
 ) -> tuple[bytes, bool, bool]:
     """The body to send upstream, whether it streams, and whether to strip usage."""
-    limit = request.app[SETTINGS].server.max_body_bytes
+    server = request.app[SETTINGS].server
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        body = await request.read()
+        # A whole-body deadline: a client trickling its body must not hold a connection
+        # (and a handler) for as long as it likes.
+        async with asyncio.timeout(server.body_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise GatewayError(
+            408,
+            f"The request body did not arrive within {server.body_timeout:g} s.",
+            code="request_timeout",
+        ) from None
+    except web.RequestPayloadError:
+        # Found only once the handler reads: a body its Content-Encoding cannot decode,
+        # or chunked framing that breaks off mid-body. The client's fault, not ours.
+        raise GatewayError(
+            400,
+            "The request body could not be read: its content or transfer encoding is malformed.",
+            code="malformed_request",
+        ) from None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
