@@ -44,7 +44,9 @@ def prompt_items(value: Any) -> list[Any]:
 
 def prompt_token_counts(body: Mapping[str, Any]) -> list[int]:
     """Per prompt: chat = words + 4 per message + 2; text = words + 1; ids = len."""
-    if "messages" in body:
+    # A completion or embedding request names its prompt; `messages` there is an extra
+    # field vLLM ignores (and may be anything at all).
+    if isinstance(body.get("messages"), list) and "prompt" not in body and "input" not in body:
         msgs = [m for m in body["messages"] if isinstance(m, dict)]
         per_message = sum(CHAT_TOKENS_PER_MESSAGE + _words(m.get("content")) for m in msgs)
         return [CHAT_GENERATION_PROMPT_TOKENS + per_message]
