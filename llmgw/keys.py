@@ -38,6 +38,23 @@ def display_prefix(key: str) -> str:
     return key[:DISPLAY_PREFIX_LEN]
 
 
+# The gateway never writes a key out on purpose, but a client can put one where a log
+# line or an error message quotes the request: a key pasted into the URL path ends up
+# in the access line's `path` and in the 404's message. Whatever follows the display
+# prefix (the part the admin API shows anyway) is cut, so no log line, of ours or of a
+# library, and no error message carries a usable key. A bare display prefix (the access
+# line's `key_prefix`) is one character too short to match.
+_SHOWN = DISPLAY_PREFIX_LEN - len(KEY_PREFIX)
+_KEY = re.compile(re.escape(KEY_PREFIX) + rf"[A-Za-z0-9_-]{{{_SHOWN + 1},}}")
+
+
+def redact_keys(text: str) -> str:
+    """`text` with every API key in it cut down to its display prefix."""
+    if KEY_PREFIX not in text:  # the common case: no regex
+        return text
+    return _KEY.sub(lambda m: m[0][:DISPLAY_PREFIX_LEN] + "[redacted]", text)
+
+
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
 _UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 

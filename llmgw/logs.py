@@ -1,7 +1,8 @@
 """Log set-up: one line per event to stderr or a file, as text or JSON.
 
 Access lines carry their facts in `extra={"fields": {...}}`; the text format renders
-them as `key=value`, the JSON format as object members, for log shippers.
+them as `key=value`, the JSON format as object members, for log shippers. Both cut any
+API key that reaches a line down to its display prefix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from .config import LoggingSettings
+from .keys import redact_keys
 
 
 class TextFormatter(logging.Formatter):
@@ -27,7 +29,7 @@ class TextFormatter(logging.Formatter):
             line += record.getMessage()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact_keys(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,7 +43,7 @@ class JsonFormatter(logging.Formatter):
         entry |= getattr(record, "fields", None) or {}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return redact_keys(orjson.dumps(entry, default=str).decode())
 
 
 def configure_logging(settings: LoggingSettings) -> None:

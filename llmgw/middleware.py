@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .context import CLIENT_CLOSED, RequestContext
 from .errors import GatewayError, error_response
+from .keys import redact_keys
 from .ledger import UsageRecord
 from .state import CONTEXT, LEDGER, LIVE, METRICS
 
@@ -109,9 +110,9 @@ def error_middleware() -> Middleware:
 
 def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
-        return f"Invalid URL ({request.method} {request.path})."
+        return f"Invalid URL ({request.method} {redact_keys(request.path)})."
     if exc.status == 405:
-        return f"Method {request.method} is not allowed for {request.path}."
+        return f"Method {request.method} is not allowed for {redact_keys(request.path)}."
     if exc.status == 413:
         return "The request body is larger than this gateway accepts."
     return exc.reason
