@@ -24,7 +24,7 @@ from yarl import URL
 
 from .context import RequestContext
 from .errors import GatewayError, normalise_upstream_error
-from .keys import ApiKey, presented_key
+from .keys import KEY_PREFIX, ApiKey, presented_key
 from .limits import limits_for
 from .state import CLIENT, CONTEXT, KEYS, LIMITER, LIVE, SETTINGS, UPSTREAMS
 from .streaming import SseRelay, error_event
@@ -64,6 +64,8 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request[CONTEXT]
         key = _authorize(request, ctx)
+        if request.query_string:
+            _refuse_key_in_query(request.query_string)
         if route.kind == "models":
             return await _list_models(request, ctx, key)
         body, stream, strip_usage = await _read_request(request, ctx, route, key)
@@ -96,6 +98,18 @@ def _authorize(request: web.Request, ctx: RequestContext) -> ApiKey:
             code="rate_limit_exceeded",
         )
     return key
+
+
+def _refuse_key_in_query(query: str) -> None:
+    """The query goes upstream as sent, and URLs end up in access logs on the way (vLLM's
+    among them): a key there would be written down. Refused, so the client learns."""
+    if KEY_PREFIX in query:  # (percent-decoded)
+        raise GatewayError(
+            400,
+            "Do not put an API key in the URL: send it in an Authorization header "
+            "(Authorization: Bearer YOUR_KEY).",
+            code="api_key_in_url",
+        )
 
 
 async def _read_request(
