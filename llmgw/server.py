@@ -28,8 +28,10 @@ OnReady = Callable[[web.AppRunner], Awaitable[None]]
 async def run_gateway(settings: Settings, on_ready: OnReady | None = None) -> None:
     app = create_app(settings)
     runner = make_runner(app, settings.server.shutdown_grace_period)
-    await runner.setup()
     try:
+        # Inside the try: a start-up that fails once the database is open must still
+        # close it, or aiosqlite's thread keeps the failed process alive.
+        await runner.setup()
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
         await site.start()
         stop = asyncio.Event()
