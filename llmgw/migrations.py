@@ -130,6 +130,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         """
         + rollups.backfill_sql(),
     ),
+    Migration(
+        4,
+        "admin tokens refused when issued before the user was disabled or changed password",
+        # password_changed_at alone let a disabled user's old tokens work again once the
+        # user was enabled again.
+        """
+        ALTER TABLE admin_users ADD COLUMN tokens_valid_after TEXT;
+        UPDATE admin_users SET tokens_valid_after = password_changed_at;
+        """,
+    ),
 )
 
 

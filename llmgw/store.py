@@ -44,7 +44,8 @@ _KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
     "key_prefix": str,
 }
 _ADMIN_COLUMNS = (
-    "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at"
+    "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
+    " tokens_valid_after"
 )
 
 
@@ -58,6 +59,7 @@ class AdminUser:
     created_at: str
     last_login: str | None
     password_changed_at: str | None
+    tokens_valid_after: str | None  # tokens issued before it are refused
 
     def public(self) -> dict[str, Any]:
         return {
@@ -268,6 +270,10 @@ class Store:
         if is_active is not None:
             sets.append("is_active = ?")
             params.append(int(is_active))
+        if hashed_password is not None or is_active is False:
+            # Every token issued so far dies, and stays dead if the user is enabled again.
+            sets.append("tokens_valid_after = ?")
+            params.append(now)
         if logged_in:
             sets.append("last_login = ?")
             params.append(now)
@@ -431,8 +437,10 @@ def _key_from_row(row: Sequence[Any]) -> ApiKey:
 
 
 def _admin_from_row(row: Sequence[Any]) -> AdminUser:
-    admin_id, username, hashed, email, active, created, last_login, changed = row
-    return AdminUser(admin_id, username, hashed, email, bool(active), created, last_login, changed)
+    admin_id, username, hashed, email, active, created, last_login, changed, valid_after = row
+    return AdminUser(
+        admin_id, username, hashed, email, bool(active), created, last_login, changed, valid_after
+    )
 
 
 def _log_row(r: UsageRecord) -> tuple[Any, ...]:

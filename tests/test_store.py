@@ -36,7 +36,7 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     ]  # fmt: skip
     assert columns(path, "admin_users") == [
         "id", "username", "hashed_password", "email", "is_active", "created_at", "last_login",
-        "password_changed_at",
+        "password_changed_at", "tokens_valid_after",
     ]  # fmt: skip
     assert columns(path, "audit_log") == [
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",

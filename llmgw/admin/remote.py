@@ -140,9 +140,11 @@ async def _authenticate(request: web.Request) -> Actor:
     admin = await store.get_admin(claims.username)
     if admin is None or not admin.is_active:
         raise _unauthorized("This admin user is disabled; log in as another.", "invalid_token")
-    if admin.password_changed_at and claims.issued_at < parse_iso(admin.password_changed_at):
+    if admin.tokens_valid_after and claims.issued_at < parse_iso(admin.tokens_valid_after):
         raise _unauthorized(
-            "The password has changed since this token; log in again.", "invalid_token"
+            "The password has changed, or the user was disabled, since this token was "
+            "issued; log in again.",
+            "invalid_token",
         )
     return Actor(f"admin:{admin.username}", f"remote:{request.remote or 'unknown'}")
 
