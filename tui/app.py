@@ -113,6 +113,8 @@ class LlmgwTui(App[None]):
 
     @on(StatsTick)
     def stats_tick(self, event: StatsTick) -> None:
+        if not self.is_running:
+            return  # shutting down: the panes may already be gone (a tick raced the exit)
         self.query_one(DashboardPane).show(event.snapshot)
         self.query_one(KeysPane).tick()
         self.query_one(UsagePane).tick()
