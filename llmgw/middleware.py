@@ -14,7 +14,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .context import CLIENT_CLOSED, RequestContext
+from .context import CLIENT_CLOSED, RequestContext, RequestIds
 from .errors import GatewayError, error_response
 from .keys import redact_keys
 from .ledger import UsageRecord
@@ -25,9 +25,11 @@ log = logging.getLogger("llmgw")
 
 
 def accounting_middleware() -> Middleware:
+    ids = RequestIds()
+
     @web.middleware
     async def accounting(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ctx = RequestContext(request.method, request.path)
+        ctx = RequestContext(request.method, request.path, ids.next())
         request[CONTEXT] = ctx
         metrics = request.app[METRICS]
         metrics.in_flight += 1
