@@ -27,7 +27,7 @@ from .errors import GatewayError, normalise_upstream_error
 from .keys import KEY_PREFIX, ApiKey, presented_key
 from .limits import limits_for
 from .state import CLIENT, CONTEXT, KEYS, LIMITER, LIVE, SETTINGS, UPSTREAMS
-from .streaming import SseRelay, error_event
+from .streaming import IdleWatch, SseRelay, error_event
 from .upstreams import Upstream
 from .usage import usage_from_body
 
@@ -123,8 +123,7 @@ async def _read_request(
     try:
         # A whole-body deadline: a client trickling its body must not hold a connection
         # (and a handler) for as long as it likes.
-        async with asyncio.timeout(server.body_timeout):
-            body = await request.read()
+        body = await _read_within(request.content, request.read, server.body_timeout)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
     except TimeoutError:
@@ -165,6 +164,18 @@ async def _read_request(
         return body, False, False
     body, strip_usage = _ask_for_usage(body, payload)
     return body, True, strip_usage
+
+
+async def _read_within(
+    stream: aiohttp.StreamReader, read: Callable[[], Awaitable[bytes]], seconds: float
+) -> bytes:
+    """`read()`, within `seconds`. A small body usually arrives with its headers: when
+    all of it is in, there is nothing to wait for, and a deadline would only cost timers
+    on every request."""
+    if stream.is_eof():
+        return await read()
+    async with asyncio.timeout(seconds):
+        return await read()
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -269,8 +280,7 @@ async def _answer(
     ctx: RequestContext, response: aiohttp.ClientResponse, read_timeout: float
 ) -> web.Response:
     try:
-        async with asyncio.timeout(read_timeout):
-            data = await response.read()
+        data = await _read_within(response.content, response.read, read_timeout)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise GatewayError(
             502, f"The model server's answer broke off: {exc or 'timeout'}.", code="upstream_error"
@@ -319,25 +329,32 @@ async def _relay(
     relay: SseRelay,
     idle: float,
 ) -> web.StreamResponse:
-    loop = asyncio.get_running_loop()
+    # Closing the upstream response when it goes quiet ends the loop below (with an
+    # error, or at the end of what arrived); the watch then tells why.
+    watch = IdleWatch(idle, response.close)
     try:
-        async with asyncio.timeout(idle) as timer:
-            async for chunk in response.content.iter_any():
-                if data := relay.feed(chunk):
-                    ctx.mark_first_byte()
-                    timer.reschedule(None)  # a slow client is not an idle upstream
-                    await out.write(data)
-                timer.reschedule(loop.time() + idle)
+        async for chunk in response.content.iter_any():
+            watch.touch()
+            if data := relay.feed(chunk):
+                ctx.mark_first_byte()
+                watch.paused = True  # a slow client is not an idle upstream
+                await out.write(data)
+                watch.resume()
+        if watch.expired:
+            raise TimeoutError
         if tail := relay.finish():
             await out.write(tail)
-    except TimeoutError:
-        await _cut(
-            out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
-        )
-    except aiohttp.ClientError as exc:
-        await _cut(
-            out, ctx, 502, f"The model server broke off the stream: {exc}.", "upstream_error"
-        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if watch.expired:
+            await _cut(
+                out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
+            )
+        else:
+            await _cut(
+                out, ctx, 502, f"The model server broke off the stream: {exc}.", "upstream_error"
+            )
+    finally:
+        watch.cancel()
     if relay.error_status is not None:
         ctx.status, ctx.cut = relay.error_status, True
     with contextlib.suppress(ConnectionError):

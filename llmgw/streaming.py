@@ -10,6 +10,8 @@ in generated text.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -135,3 +137,44 @@ def _event_json(event: bytes) -> Any:
 def error_event(message: str, type_: str, code: str) -> bytes:
     """The event that ends a stream the gateway had to cut off."""
     return b"data: " + error_body(message, type_, code) + _EVENT_END
+
+
+class IdleWatch:
+    """Calls `on_idle` once nothing has arrived for `idle` seconds, unless `paused`.
+
+    One timer per stream, re-armed only when it fires: a stream relays thousands of
+    events, and rescheduling a timer twice for each (as `asyncio.timeout` would need)
+    costs more than the rest of relaying an event. Each event only notes the time.
+    """
+
+    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "expired", "last", "paused")
+
+    def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = idle
+        self._on_idle = on_idle
+        self.last = self._loop.time()
+        self.paused = False
+        self.expired = False
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def touch(self) -> None:
+        """Something arrived."""
+        self.last = self._loop.time()
+
+    def resume(self) -> None:
+        """The client took what it was given: from now on the upstream is timed again."""
+        self.paused = False
+        self.last = self._loop.time()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.paused or now - self.last < self._idle:
+            start = now if self.paused else self.last
+            self._handle = self._loop.call_at(start + self._idle, self._check)
+            return
+        self.expired = True
+        self._on_idle()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
-from llmgw.streaming import SseRelay
+from llmgw.streaming import IdleWatch, SseRelay
 
 ROLE = (
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
@@ -97,3 +98,25 @@ def test_a_stream_without_event_boundaries_is_not_buffered_whole() -> None:
     out = b"".join(relay.feed(crlf[i : i + 4096]) for i in range(0, len(crlf), 4096))
     assert len(out) > len(crlf) // 2
     assert out + relay.finish() == crlf
+
+
+async def test_idle_watch_fires_once_after_silence_and_never_while_paused() -> None:
+    fired: list[float] = []
+    loop = asyncio.get_running_loop()
+    watch = IdleWatch(0.05, lambda: fired.append(loop.time()))
+    started = loop.time()
+    for _ in range(5):  # events keep coming: no expiry however long it runs
+        await asyncio.sleep(0.03)
+        watch.touch()
+    watch.paused = True  # a slow client: the upstream is not timed
+    await asyncio.sleep(0.15)
+    assert not fired and not watch.expired
+    watch.resume()
+    async with asyncio.timeout(1):
+        while not fired:
+            await asyncio.sleep(0.01)
+    assert watch.expired
+    assert fired[0] - started >= 0.15 + 0.15 + 0.05 - 0.01  # counted from the resume
+    await asyncio.sleep(0.1)
+    assert len(fired) == 1
+    watch.cancel()
