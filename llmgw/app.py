@@ -1,9 +1,10 @@
 """The app factory: the public application, its resources, and the admin socket.
 
 Each resource is set up and torn down by its own `cleanup_ctx` generator, in this
-order: database (and the key table loaded from it), ledger writer, upstream client and
-health prober, admin socket. Teardown runs in reverse, so the admin socket goes first
-and the ledger is flushed after the last request has finished.
+order: log flusher, database (and the key table loaded from it), ledger writer,
+upstream client and health prober, admin socket. Teardown runs in reverse, so the admin
+socket goes first, the ledger is flushed after the last request has finished, and the
+log after the last line of the shutdown.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .keys import KeyTable
 from .ledger import Ledger
 from .limits import RateLimiter
 from .live import LiveStats
+from .logs import FLUSH_INTERVAL, flush_logs
 from .metrics import Metrics
 from .middleware import accounting_middleware, add_response_headers, error_middleware
 from .state import CLIENT, KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, STORE, UPSTREAMS
@@ -50,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
-    app.cleanup_ctx.extend([_database, _ledger, _upstream_client, _admin_socket])
+    app.cleanup_ctx.extend([_log_flusher, _database, _ledger, _upstream_client, _admin_socket])
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
     proxy.add_routes(app)
@@ -77,6 +79,23 @@ def create_admin_app(gateway: web.Application) -> web.Application:
     door[LIVE] = gateway[LIVE]
     admin.add_routes(door)
     return door
+
+
+async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
+    """Log lines are buffered (`logs.LineHandler`): they reach the file within a
+    `FLUSH_INTERVAL`, and all of them before the gateway is gone."""
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            flush_logs()
+
+    task = asyncio.create_task(flush_periodically(), name="log-flusher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    flush_logs()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

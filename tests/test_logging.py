@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import orjson
 import pytest
 
 from llmgw.config import LoggingSettings
-from llmgw.logs import configure_logging
+from llmgw.logs import FLUSH_INTERVAL, configure_logging
 
 from .conftest import Gateway
 
@@ -45,13 +46,22 @@ async def make_requests(gateway: Gateway, key: str) -> None:
     await gateway.flush_ledger()
 
 
+async def logged(log_file: Path, count: int) -> str:
+    """The log once it holds `count` access lines: lines are buffered and reach the file
+    within `FLUSH_INTERVAL` (bounded wait)."""
+    async with asyncio.timeout(5):
+        while (text := log_file.read_text()).count("llmgw.access") < count:
+            await asyncio.sleep(FLUSH_INTERVAL / 4)
+    return text
+
+
 @pytest.mark.usefixtures("restore_logging")
 async def test_json_access_log(gateway: Gateway, tmp_path: Path) -> None:
     log_file = tmp_path / "logs" / "gateway.log"
     configure_logging(LoggingSettings(format="json", file=str(log_file)))
     created = await gateway.create_key("alice")
     await make_requests(gateway, created["key"])
-    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    lines = [json.loads(line) for line in (await logged(log_file, 3)).splitlines()]
     access = [line for line in lines if line["logger"] == "llmgw.access"]
     assert [a["status"] for a in access] == [200, 200, 401]
     first = access[0]
@@ -73,7 +83,7 @@ async def test_text_access_log(gateway: Gateway, tmp_path: Path) -> None:
     configure_logging(LoggingSettings(file=str(log_file)))
     created = await gateway.create_key("bob")
     await make_requests(gateway, created["key"])
-    access = [line for line in log_file.read_text().splitlines() if "llmgw.access" in line]
+    access = [line for line in (await logged(log_file, 3)).splitlines() if "llmgw.access" in line]
     assert len(access) == 3
     assert f"key_id={created['id']}" in access[0]
     assert "user=bob" in access[0]
