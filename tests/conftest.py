@@ -245,6 +245,33 @@ def free_port() -> int:
         return port
 
 
+def config_file_env() -> dict[str, str]:
+    """The environment for a `llmgw serve` whose config file alone decides: no LLMGW_*
+    override from the test environment."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
+
+
+async def wait_healthy(
+    url: str,
+    process: asyncio.subprocess.Process | None = None,
+    log: Path | None = None,
+    seconds: float = 30,
+) -> None:
+    """Until `url`/health answers 200 (bounded); fails at once if `process` exits."""
+    async with asyncio.timeout(seconds), aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{url}/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if process is not None and process.returncode is not None:
+                said = log.read_text() if log is not None else ""
+                raise AssertionError(f"llmgw serve exited with {process.returncode}:\n{said}")
+            await asyncio.sleep(0.05)
+
+
 class Served:
     """`llmgw serve` running as a real process (with its own config file) in front of
     the test's fake vLLM. `start` (again) runs it on the same config, database and port."""
@@ -284,23 +311,12 @@ url = "{fake_url}"
 
     async def start(self) -> None:
         """Start the gateway and wait (bounded) until `/health` answers 200."""
-        # The config file alone decides: no LLMGW_* override from the test environment.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
         with self.log.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                LLMGW, "serve", "--config", str(self.config), stdout=log, stderr=log, env=env
-            )
-        async with asyncio.timeout(15), aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"{self.url}/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                if self.process.returncode is not None:
-                    raise AssertionError(f"llmgw serve exited:\n{self.log.read_text()}")
-                await asyncio.sleep(0.05)
+                LLMGW, "serve", "--config", str(self.config), stdout=log, stderr=log,
+                env=config_file_env(),
+            )  # fmt: skip
+        await wait_healthy(self.url, self._process, self.log)
 
     async def stop(self) -> None:
         if self._process is not None and self._process.returncode is None:

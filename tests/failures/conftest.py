@@ -53,13 +53,3 @@ async def gateway(gateway_factory: GatewayFactory) -> Gateway:
         server=ServerSettings(host="127.0.0.1", port=0, health_check_interval=0.1)
     )
     return gw
-
-
-async def wait_healthy(gateway: Gateway) -> None:
-    """Until `/health` answers 200 (bounded): an upstream that came back was probed."""
-    async with asyncio.timeout(5), aiohttp.ClientSession() as session:
-        while True:
-            async with session.get(f"{gateway.url}/health") as resp:
-                if resp.status == 200:
-                    return
-            await asyncio.sleep(0.02)

@@ -32,7 +32,17 @@ import pytest
 
 from llmgw.config import AdminSettings
 
-from ..conftest import LLMGW, Gateway, GatewayFactory, Served, free_port, run_llmgw, with_secret
+from ..conftest import (
+    LLMGW,
+    Gateway,
+    GatewayFactory,
+    Served,
+    config_file_env,
+    free_port,
+    run_llmgw,
+    wait_healthy,
+    with_secret,
+)
 from ..test_remote_admin import PASSWORD, SECRET, add_admin, assert_openai_error, call, login
 from .conftest import assert_settled
 
@@ -72,29 +82,12 @@ async def test_the_admin_socket_is_born_private(
     await assert_settled(gateway, rows=0)
 
 
-def _env() -> dict[str, str]:
-    """The config file alone decides where a `llmgw serve` puts its socket."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
-
-
-async def _healthy(url: str) -> None:
-    async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"{url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-
-
 @asynccontextmanager
 async def second_gateway(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """Another `llmgw serve` on the same config (another port); killed if still there."""
     process = await asyncio.create_subprocess_exec(
         LLMGW, "serve", "--config", str(config), "--port", str(free_port()),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=_env(),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=config_file_env(),
     )  # fmt: skip
     try:
         yield process
@@ -157,10 +150,10 @@ async def test_a_crashed_gateways_socket_is_reclaimed_by_the_next(
     with (tmp_path / "next.log").open("wb") as log:
         following = await asyncio.create_subprocess_exec(
             LLMGW, "serve", "--config", str(tmp_path / "llmgw.toml"),
-            stdout=log, stderr=log, env=_env(),
+            stdout=log, stderr=log, env=config_file_env(),
         )  # fmt: skip
     try:
-        await _healthy(served.url)
+        await wait_healthy(served.url)
         assert served.socket.stat().st_ino != inode
         assert stat.S_IMODE(served.socket.stat().st_mode) == 0o600
         listed = await run_llmgw("--socket", sock, "key", "list", "--json")

@@ -23,20 +23,9 @@ from llmgw.state import METRICS
 
 from ..conftest import Gateway, GatewayFactory
 from .conftest import assert_settled
-from .wire import CHAT_BODY, Reply, Wire, forwarded, request
+from .wire import CHAT_BODY, Reply, Wire, exchange, forwarded, premium_key, request
 
 CHUNKED_CHAT = b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT_BODY), CHAT_BODY)
-
-
-async def premium_key(gateway: Gateway) -> str:
-    key: str = (await gateway.create_key("alice", tier="premium"))["key"]
-    return key
-
-
-async def exchange(gateway: Gateway, data: bytes) -> Reply:
-    async with await Wire.open(gateway) as wire:
-        await wire.send(data)
-        return await wire.reply()
 
 
 def assert_malformed(reply: Reply, key: str) -> None:

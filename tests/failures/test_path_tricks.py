@@ -19,18 +19,7 @@ from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Gateway
 from .conftest import assert_settled
-from .wire import CHAT_BODY, Reply, Wire, forwarded, request
-
-
-async def premium_key(gateway: Gateway) -> str:
-    key: str = (await gateway.create_key("alice", tier="premium"))["key"]
-    return key
-
-
-async def exchange(gateway: Gateway, data: bytes) -> Reply:
-    async with await Wire.open(gateway) as wire:
-        await wire.send(data)
-        return await wire.reply()
+from .wire import CHAT_BODY, Reply, exchange, forwarded, premium_key, request
 
 
 def assert_not_found(reply: Reply) -> None:

@@ -39,13 +39,16 @@ class Load:
     refused: int = 0  # could not connect, or the connection was dropped before an answer
 
 
-async def add_key(served: Served) -> str:
-    code, out, err = await run_llmgw(
+async def serve_with_key(tmp_path: Path, fake: FakeVLLM) -> tuple[Served, str]:
+    """`llmgw serve` with a key of a tier that never refuses, made with the CLI."""
+    served = Served(tmp_path, fake.url, LOAD_TIER)
+    await served.start()
+    created = await run_llmgw(
         "--socket", str(served.socket), "key", "add", "--user", "load", "--tier", "load", "--json"
     )
-    assert code == 0, err
-    key: str = json.loads(out)["key"]
-    return key
+    assert created.code == 0, created.stderr
+    key: str = json.loads(created.stdout)["key"]
+    return served, key
 
 
 async def hammer(url: str, key: str, load: Load, stop: asyncio.Event) -> None:
@@ -84,9 +87,7 @@ def request_ids(database: Path) -> set[str]:
 async def test_sigterm_under_load_drains_streams_and_writes_every_row(
     tmp_path: Path, fake: FakeVLLM
 ) -> None:
-    served = Served(tmp_path, fake.url, LOAD_TIER)
-    await served.start()
-    key = await add_key(served)
+    served, key = await serve_with_key(tmp_path, fake)
     url = f"{served.url}/v1/chat/completions"
     fake.behaviour.token_delay = 0.03  # each stream takes about 1.2 s
     load, stop = Load(), asyncio.Event()
@@ -135,9 +136,7 @@ async def test_sigterm_under_load_drains_streams_and_writes_every_row(
 async def test_sigkill_under_load_loses_at_most_one_flush_interval(
     tmp_path: Path, fake: FakeVLLM
 ) -> None:
-    served = Served(tmp_path, fake.url, LOAD_TIER)
-    await served.start()
-    key = await add_key(served)
+    served, key = await serve_with_key(tmp_path, fake)
     url = f"{served.url}/v1/chat/completions"
     load, stop = Load(), asyncio.Event()
     workers = [asyncio.create_task(hammer(url, key, load, stop)) for _ in range(WORKERS)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import re
 import secrets
 import signal
@@ -43,7 +42,7 @@ from llmgw.logs import configure_logging
 from tui.app import LlmgwTui
 from tui.new_key import NewKeyScreen
 
-from ..conftest import LLMGW, CliRun, Gateway, free_port, run_llmgw
+from ..conftest import LLMGW, CliRun, Gateway, config_file_env, free_port, run_llmgw, wait_healthy
 from ..test_tui_keys import open_keys_tab, row_of, select_key, table, until
 from .conftest import assert_settled
 
@@ -162,10 +161,9 @@ class Run:
     async def cli(
         self, *args: str, stdin: str | None = None, carries: Iterable[str] = (), code: int = 0
     ) -> CliRun:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
         if "--url" not in args:
             args = ("--socket", str(self.socket), *args)
-        result = await run_llmgw(*args, stdin=stdin, env=env)
+        result = await run_llmgw(*args, stdin=stdin, env=config_file_env())
         shown = " ".join(a if len(a) < 40 else "…" for a in args)
         self.evidence.add(f"`llmgw {shown}` stdout", result.stdout, carries)
         self.evidence.add(f"`llmgw {shown}` stderr", result.stderr)
@@ -251,22 +249,14 @@ api_key = "{UPSTREAM_KEY}"
 
 {log_setup.format(root=root)}"""
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
     with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            LLMGW, "serve", "--config", str(config), stdout=out, stderr=err, env=env
-        )
+            LLMGW, "serve", "--config", str(config), stdout=out, stderr=err,
+            env=config_file_env(),
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with asyncio.timeout(30), aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"{url}/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
+        await wait_healthy(url, process, root / "stderr")
         yield process, url
     finally:
         if process.returncode is None:

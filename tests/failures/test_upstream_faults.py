@@ -12,8 +12,8 @@ import pytest
 from llmgw.config import ServerSettings
 from llmgw.fake_vllm import FakeVLLM
 
-from ..conftest import Gateway, GatewayFactory, auth, post, sse_events
-from .conftest import assert_settled, wait_healthy
+from ..conftest import Gateway, GatewayFactory, auth, post, sse_events, wait_healthy
+from .conftest import assert_settled
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say three words"}]}
 STREAM = orjson.dumps({**CHAT, "max_tokens": 10, "stream": True})
@@ -43,7 +43,7 @@ async def test_refused_connections_are_502_and_the_requests_are_given_back(
         assert error_of(raw)["code"] == "upstream_unavailable"
         assert headers["Content-Type"] == "application/json"
     await fake.start()  # the same port
-    await wait_healthy(gateway)
+    await wait_healthy(gateway.url, seconds=5)  # the upstream that came back was probed
     status, headers, _ = await post(url, body, auth(api_key))
     assert status == 200
     # Premium allows 100 a minute: the three that never reached vLLM cost nothing.

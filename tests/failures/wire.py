@@ -138,3 +138,14 @@ class Wire:
         """Wait (bounded) until the gateway closes the connection; what it sent first."""
         async with asyncio.timeout(seconds):
             return await self.reader.read()
+
+
+async def premium_key(gateway: Gateway) -> str:
+    key: str = (await gateway.create_key("alice", tier="premium"))["key"]
+    return key
+
+
+async def exchange(gateway: Gateway, data: bytes) -> Reply:
+    async with await Wire.open(gateway) as wire:
+        await wire.send(data)
+        return await wire.reply()
