@@ -329,18 +329,24 @@ def _pinned_module(module: str, *args: str, timeout: float) -> dict[str, Any]:
     return result
 
 
-def ledger(bench: Bench) -> None:
-    bench.log("ledger rows/s")
-    seconds = bench.budget.ledger
+def _pinned_step(bench: Bench, name: str, seconds: float) -> tuple[dict[str, Any], Any]:
+    """Run `gwbench.<name>_bench` on the gateway's core (rerun if disturbed); its result,
+    also kept in the raw figures, and the attempt."""
     got = attempt(
-        bench.procs, bench.policy, "ledger", None,
+        bench.procs, bench.policy, name, None,
         lambda: _pinned_module(
-            "gwbench.ledger_bench", "--seconds", str(seconds), timeout=4 * seconds + 60
+            f"gwbench.{name}_bench", "--seconds", str(seconds), timeout=4 * seconds + 60
         ),
         children_core=GATEWAY_CORE,
     )  # fmt: skip
-    res = got.result
-    bench.raw["ledger"] = {**res, **got.facts()}
+    res: dict[str, Any] = got.result
+    bench.raw[name] = {**res, **got.facts()}
+    return res, got
+
+
+def ledger(bench: Bench) -> None:
+    bench.log("ledger rows/s")
+    res, got = _pinned_step(bench, "ledger", bench.budget.ledger)
     sat, off = res["saturated"], res["offered"]
     bench.report.check(
         "ledger", "rows committed a second (saturated)", "≥ 20,000",
@@ -362,16 +368,7 @@ def ledger(bench: Bench) -> None:
 
 def limiter(bench: Bench) -> None:
     bench.log("limiter decisions/s")
-    seconds = bench.budget.limiter
-    got = attempt(
-        bench.procs, bench.policy, "limiter", None,
-        lambda: _pinned_module(
-            "gwbench.limiter_bench", "--seconds", str(seconds), timeout=4 * seconds + 60
-        ),
-        children_core=GATEWAY_CORE,
-    )  # fmt: skip
-    res = got.result
-    bench.raw["limiter"] = {**res, **got.facts()}
+    res, got = _pinned_step(bench, "limiter", bench.budget.limiter)
     bench.report.info(
         "limiter", f"RateLimiter.acquire over {fmt(res['keys'])} keys",
         f"{fmt(res['acquire']['per_s'])} decisions/s"
