@@ -31,8 +31,8 @@ def accounting_middleware() -> Middleware:
     async def accounting(request: web.Request, handler: Handler) -> web.StreamResponse:
         ctx = RequestContext(request.method, request.path, ids.next())
         request[CONTEXT] = ctx
-        metrics = request.app[METRICS]
-        metrics.in_flight += 1
+        app = request.app
+        app[METRICS].in_flight += 1
         status = 500
         try:
             response = await handler(request)
@@ -42,17 +42,25 @@ def accounting_middleware() -> Middleware:
             status = CLIENT_CLOSED if _client_gone(request) else 503
             raise
         finally:
-            metrics.in_flight -= 1
-            metrics.responses[status] += 1
-            record = ctx.record(status)
-            if record is not None:
-                metrics.prompt_tokens += record.prompt_tokens
-                metrics.completion_tokens += record.completion_tokens
-                request.app[LEDGER].record(record)
-                request.app[LIVE].observe(record)
-            _log_access(ctx, record, status)
+            # Run once aiohttp has written the answer (it does not pause to do so): the
+            # accounting of a request is none of the client's wait.
+            asyncio.get_running_loop().call_soon(_account, app, ctx, status)
 
     return accounting
+
+
+def _account(app: web.Application, ctx: RequestContext, status: int) -> None:
+    """The request's ledger record, live statistics, metrics and access line."""
+    metrics = app[METRICS]
+    metrics.in_flight -= 1
+    metrics.responses[status] += 1
+    record = ctx.record(status)
+    if record is not None:
+        metrics.prompt_tokens += record.prompt_tokens
+        metrics.completion_tokens += record.completion_tokens
+        app[LEDGER].record(record)
+        app[LIVE].observe(record)
+    _log_access(ctx, record, status)
 
 
 def _client_gone(request: web.Request) -> bool:
