@@ -23,6 +23,7 @@ _EVENT_END = b"\n\n"
 # An upstream that frames events differently (CRLF) must still not be buffered whole.
 _MAX_HELD = 64 * 1024
 _DONE = b"data: [DONE]"
+_DONE_EVENT = _DONE + _EVENT_END
 _FINISHED = b'"finish_reason":"'  # a chunk that ends a choice (null is unquoted)
 _FINGERPRINT = b'"system_fingerprint"'
 
@@ -42,17 +43,21 @@ class SseRelay:
     def feed(self, chunk: bytes) -> bytes:
         """What of `chunk` (after what was held back) can go to the client now."""
         data = self._held + chunk if self._held else chunk
-        cut = data.rfind(_EVENT_END)
-        if cut < 0:
-            if len(data) <= _MAX_HELD:
-                self._held = data
-                return b""
-            cut = len(data) - len(_EVENT_END)
-        end = cut + len(_EVENT_END)
-        ready, self._held = data[:end], data[end:]
+        if data.endswith(_EVENT_END):  # the usual read: whole events, nothing to hold
+            ready, self._held = data, b""
+        else:
+            cut = data.rfind(_EVENT_END)
+            if cut < 0:
+                if len(data) <= _MAX_HELD:
+                    self._held = data
+                    return b""
+                cut = len(data) - len(_EVENT_END)
+            end = cut + len(_EVENT_END)
+            ready, self._held = data[:end], data[end:]
         # Framing newlines are the only raw ones: JSON escapes those inside strings.
         self._events += ready.count(_EVENT_END)
-        self._done_events += ready.count(_DONE)
+        if ready.endswith(_DONE_EVENT):  # [DONE] ends a stream: no need to scan for it
+            self._done_events += 1
         if (
             self._final
             or b'"usage"' in ready
