@@ -334,27 +334,26 @@ async def _relay(
     watch = IdleWatch(idle, response.close)
     try:
         async for chunk in response.content.iter_any():
-            watch.touch()
             if data := relay.feed(chunk):
                 ctx.mark_first_byte()
                 watch.paused = True  # a slow client is not an idle upstream
                 await out.write(data)
                 watch.resume()
-        if watch.expired:
-            raise TimeoutError
-        if tail := relay.finish():
+            else:
+                watch.touch()
+        if not watch.expired and (tail := relay.finish()):
             await out.write(tail)
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        if watch.expired:
-            await _cut(
-                out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
-            )
-        else:
+    except aiohttp.ClientError as exc:
+        if not watch.expired:
             await _cut(
                 out, ctx, 502, f"The model server broke off the stream: {exc}.", "upstream_error"
             )
     finally:
         watch.cancel()
+    if watch.expired:
+        await _cut(
+            out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
+        )
     if relay.error_status is not None:
         ctx.status, ctx.cut = relay.error_status, True
     with contextlib.suppress(ConnectionError):

@@ -153,14 +153,14 @@ class DashboardPane(Vertical):
         """A line that is there only while usage records are at risk: the database
         refuses them (they wait in memory) or the buffer overflowed (they were lost)."""
         line = self.query_one("#ledger", Static)
-        trouble = ledger is not None and (ledger["dropped"] or ledger["last_error"])
-        line.set_class(bool(trouble), "-shown")
-        if trouble:
-            assert ledger is not None
-            line.update(
-                f"usage ledger: {ledger['pending']:,} records waiting for the database · "
-                f"{ledger['dropped']:,} dropped"
-            )
+        if ledger is None or not (ledger["dropped"] or ledger["last_error"]):
+            line.remove_class("-shown")
+            return
+        line.add_class("-shown")
+        line.update(
+            f"usage ledger: {ledger['pending']:,} records waiting for the database · "
+            f"{ledger['dropped']:,} dropped"
+        )
 
     def _show_now(self) -> None:
         """The line of what is open right now and how to read the charts, whose bars
