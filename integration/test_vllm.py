@@ -178,6 +178,11 @@ async def test_a_client_disconnect_aborts_the_generation_in_vllm(
             while received.count(b"\n\n") < 5:
                 received += await resp.content.readany()
         resp.close()
+    if b"[DONE]" in received:
+        pytest.fail(
+            "vLLM sent the whole stream in one burst, before the client could leave: "
+            "there was nothing left to abort."
+        )
     try:
         async with asyncio.timeout(30):
             while vllm.log_text().count("Aborted request") == before:
