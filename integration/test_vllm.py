@@ -47,6 +47,31 @@ async def sdk(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
         yield client
 
 
+def tokens_merged(events: list[str]) -> tuple[list[Any], list[str]]:
+    """A stream as its text (per choice) and every event that is not a bare token chunk.
+
+    Two streams of the same greedy generation differ only in where vLLM splits the
+    text: when its consumer falls behind (a busy CPU), vLLM merges pending deltas into
+    one chunk, the final chunk included. Everything else must match event for event.
+    """
+    texts: dict[int, str] = {}
+    rest: list[Any] = []
+    for event in normalised(events):
+        if isinstance(event, dict):
+            for choice in event.get("choices", []):
+                delta = choice.get("delta", {})
+                texts[choice["index"]] = texts.get(choice["index"], "") + delta.get("content", "")
+                delta["content"] = ""
+            bare = all(
+                c["delta"] == {"content": ""} and c["finish_reason"] is None
+                for c in event.get("choices", [])
+            )
+            if bare and event.get("choices") and event.get("usage") is None:
+                continue
+        rest.append(event)
+    return rest, [texts[i] for i in sorted(texts)]
+
+
 async def sse(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> list[str]:
     """The events of a stream, as bytes on the wire (decoded), without the blank lines."""
     async with (
@@ -113,7 +138,7 @@ async def test_a_stream_is_exactly_what_vllm_sends(
     through = await sse(
         f"{gateway.base_url}/chat/completions", body, {"Authorization": f"Bearer {key}"}
     )
-    assert normalised(through) == normalised(direct)
+    assert tokens_merged(through) == tokens_merged(direct)
     assert any('"usage"' in e for e in through) is include_usage
     # The ledger has vLLM's own counts even when the client did not ask for them.
     counted = await sse(
