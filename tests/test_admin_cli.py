@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -146,7 +147,7 @@ async def test_backup_while_serving_and_prune(gateway: Gateway, tmp_path: Path) 
     target.parent.mkdir()
     result = await ok_json(gateway, "db", "backup", str(target))
     assert result["bytes"] == target.stat().st_size > 0
-    with sqlite3.connect(target) as copy:
+    with contextlib.closing(sqlite3.connect(target)) as copy, copy:
         assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert copy.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 30
         assert copy.execute("SELECT user_id FROM api_keys").fetchall() == [("jo",)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -72,7 +73,7 @@ async def test_a_database_from_a_newer_llmgw_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
     store = await Store.open(path)
     await store.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("INSERT INTO schema_migrations VALUES (999, 'future', '2030-01-01')")
     with pytest.raises(RuntimeError, match="upgrade llmgw"):
         await Store.open(path)

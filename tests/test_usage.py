@@ -3,6 +3,7 @@ the latency percentiles' precision, and migration 3's backfill of an older datab
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sqlite3
@@ -353,7 +354,7 @@ async def test_cli_table_by_key_shows_a_deleted_keys_missing_prefix(busy: dict[s
 
 
 def _rollup_tables(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         hourly = db.execute("SELECT * FROM usage_hourly ORDER BY 1, 2, 3, 4").fetchall()
         latency = db.execute("SELECT * FROM usage_hourly_latency ORDER BY 1, 2, 3, 4, 5").fetchall()
     return hourly, latency
@@ -377,7 +378,7 @@ async def test_backfill_builds_what_the_ledger_writer_builds(tmp_path: Path) -> 
     assert len(live[1]) > 10
 
     # Take the database back to schema version 2: the rows stay, the rollups go.
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(
             "DELETE FROM schema_migrations WHERE version = 3;"
             " DROP TABLE usage_hourly; DROP TABLE usage_hourly_latency;"
@@ -407,7 +408,7 @@ async def test_upgrading_a_version_2_database_gives_the_right_figures(tmp_path: 
         ("d", "bob", 2, "/v1/chat/completions", "POST", 200, 50.0, 100, 100, "reported",
          "m2", iso_utc(now - 20 * DAY)),
     ]  # fmt: skip
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "CREATE TABLE schema_migrations ("
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"

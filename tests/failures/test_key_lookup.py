@@ -7,6 +7,7 @@ with one lookup of the presented key's digest in its in-memory `KeyTable`.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import secrets
 import sqlite3
@@ -42,7 +43,7 @@ async def test_the_key_hash_column_is_unique(gateway: Gateway) -> None:
     """In the database a gateway made: the schema says so, and SQLite enforces it."""
     created = await gateway.create_key("alice")
     path = gateway.settings.database_path
-    with sqlite3.connect(path, timeout=10) as db:
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db, db:
         unique = [
             [column for _, _, column in db.execute(f"PRAGMA index_info('{name}')")]
             for _, name, is_unique, *_ in db.execute("PRAGMA index_list('api_keys')")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import secrets
@@ -537,7 +538,8 @@ async def test_no_secret_is_written_anywhere_but_where_it_is_handed_out(
     assert root / "backup.db" in written
     for path, data in written.items():
         ev.add(f"{path.relative_to(root)} after the gateway stopped", data)
-    with sqlite3.connect(root / "llmgw.db") as db:  # every row, whatever the page layout
+    # Every row, whatever the page layout.
+    with contextlib.closing(sqlite3.connect(root / "llmgw.db")) as db, db:
         ev.add("database dump", "\n".join(db.iterdump()))
         audited = {row[0] for row in db.execute("SELECT action FROM audit_log")}
     ev.add("this test's own log capture (the TUI and admin client)", caplog.text)
