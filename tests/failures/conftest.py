@@ -8,7 +8,9 @@ ledger rows the case's requests must have left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -37,13 +39,36 @@ async def assert_settled(gateway: Gateway, *, rows: int | None = None) -> list[d
     return ledger_rows
 
 
-def open_fds() -> int:
-    """File descriptors this process holds now (sockets, the database, pipes)."""
-    return len(os.listdir("/proc/self/fd"))
+def open_sockets() -> int:
+    """Sockets this process holds now (the gateway's, the fake vLLM's, the tests').
+
+    Sockets, not every file: SQLite holds a closed connection's file open while another
+    connection in the process has locks on it, so the tests' own reads of the ledger
+    come and go as database files. A request's connections are all sockets.
+    """
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # gone between the listing and the look
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
 
 
 def live_tasks() -> int:
     return len(asyncio.all_tasks())
+
+
+async def settled_count(count: Callable[[], int], limit: int, seconds: float = 5.0) -> int:
+    """`count()` once it is down to `limit`, or as it stands after `seconds`.
+
+    A request's handler and connection tasks end a few loop turns after its client
+    left, later still on a busy CPU; a leak never ends, so waiting (bounded) for the
+    count to come down tells the two apart.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (value := count()) > limit and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return value
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import orjson
 from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Gateway, auth
-from .conftest import assert_settled, live_tasks, open_fds
+from .conftest import assert_settled, live_tasks, open_sockets, settled_count
 
 DISCONNECTS = 100
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Write a long story"}]}
@@ -63,7 +63,7 @@ async def test_a_hundred_disconnects_close_every_upstream_and_leak_nothing(
     ):
         assert r.status == 200
     await gateway.flush_ledger()
-    fds, tasks = open_fds(), live_tasks()
+    sockets, tasks = open_sockets(), live_tasks()
 
     rng = random.Random(20261130)  # a fixed seed: a failure can be replayed
     closed_within: list[float] = []
@@ -99,6 +99,5 @@ async def test_a_hundred_disconnects_close_every_upstream_and_leak_nothing(
     # Rows of requests that got a stream going carry what was relayed before the end.
     assert all(r["prompt_tokens"] > 0 for r in left_rows if r["upstream"] is not None)
     # Nothing held on: the sockets and tasks of a hundred requests are all gone.
-    await asyncio.sleep(0)
-    assert live_tasks() <= tasks
-    assert open_fds() <= fds
+    assert await settled_count(live_tasks, tasks) <= tasks
+    assert await settled_count(open_sockets, sockets) <= sockets
