@@ -46,6 +46,7 @@ from tui.new_key import NewKeyScreen
 from ..conftest import LLMGW, CliRun, Gateway, config_file_env, free_port, run_llmgw, wait_healthy
 from ..test_tui_keys import open_keys_tab, row_of, select_key, table, until
 from .conftest import assert_settled
+from .wire import Wire
 
 MODEL = "fake-model"
 CHAT: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -195,15 +196,9 @@ class Run:
 
     async def raw(self, what: str, request: bytes) -> bytes:
         """Send bytes no HTTP client would; the whole answer up to the gateway's close."""
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(request)
-            await writer.drain()
-            async with asyncio.timeout(10):
-                answer = await reader.read()
-        finally:
-            writer.close()
+        async with await Wire.open(self) as wire:
+            await wire.send(request)
+            answer = await wire.closed_by_gateway()
         self.evidence.add(f"raw {what}", answer)
         return answer
 

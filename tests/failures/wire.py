@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from multidict import CIMultiDict
@@ -16,6 +16,14 @@ from multidict import CIMultiDict
 from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Gateway
+
+
+class Listening(Protocol):
+    """A gateway to connect to: in the test's process, or a `llmgw serve` of its own."""
+
+    @property
+    def url(self) -> str: ...
+
 
 # What the gateway itself asks the upstream (health probe, model discovery).
 PROBES = {("GET", "/health"), ("GET", "/v1/models")}
@@ -81,7 +89,7 @@ class Wire:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, gateway: Gateway) -> Wire:
+    async def open(cls, gateway: Listening) -> Wire:
         host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         return cls(reader, writer)
