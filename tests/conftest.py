@@ -254,6 +254,13 @@ def config_file_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LLMGW_")}
 
 
+async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Until `condition()` holds; TimeoutError after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
 async def wait_healthy(
     url: str,
     process: asyncio.subprocess.Process | None = None,

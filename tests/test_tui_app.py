@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,17 +15,11 @@ from llmgw.admin_client import AdminClient
 from tui.app import LlmgwTui
 from tui.banner import ConnectionBanner
 
-from .conftest import LLMGW, Gateway, Served, run_llmgw, start_gateway
+from .conftest import LLMGW, Gateway, Served, run_llmgw, start_gateway, wait_for
 
 
 class QuickTui(LlmgwTui):
     RECONNECT_EVERY = 0.1
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def test_tabs_and_help_are_a_key_away(gateway: Gateway) -> None:

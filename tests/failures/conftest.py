@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -55,20 +54,6 @@ def open_sockets() -> int:
 
 def live_tasks() -> int:
     return len(asyncio.all_tasks())
-
-
-async def settled_count(count: Callable[[], int], limit: int, seconds: float = 5.0) -> int:
-    """`count()` once it is down to `limit`, or as it stands after `seconds`.
-
-    A request's handler and connection tasks end a few loop turns after its client
-    left, later still on a busy CPU; a leak never ends, so waiting (bounded) for the
-    count to come down tells the two apart.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (value := count()) > limit and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    return value
 
 
 @pytest.fixture

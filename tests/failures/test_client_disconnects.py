@@ -14,8 +14,8 @@ import orjson
 
 from llmgw.fake_vllm import FakeVLLM
 
-from ..conftest import Gateway, auth
-from .conftest import assert_settled, live_tasks, open_sockets, settled_count
+from ..conftest import Gateway, auth, wait_for
+from .conftest import assert_settled, live_tasks, open_sockets
 
 DISCONNECTS = 100
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Write a long story"}]}
@@ -99,5 +99,10 @@ async def test_a_hundred_disconnects_close_every_upstream_and_leak_nothing(
     # Rows of requests that got a stream going carry what was relayed before the end.
     assert all(r["prompt_tokens"] > 0 for r in left_rows if r["upstream"] is not None)
     # Nothing held on: the sockets and tasks of a hundred requests are all gone.
-    assert await settled_count(live_tasks, tasks) <= tasks
-    assert await settled_count(open_sockets, sockets) <= sockets
+    # A request's handler and connection tasks end a few loop turns after its client
+    # left, later still on a busy CPU; a leak never ends. So wait (bounded) for both
+    # counts to come down, and let the asserts say what did not.
+    with contextlib.suppress(TimeoutError):
+        await wait_for(lambda: live_tasks() <= tasks and open_sockets() <= sockets, seconds=5)
+    assert live_tasks() <= tasks
+    assert open_sockets() <= sockets

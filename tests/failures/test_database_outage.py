@@ -28,7 +28,7 @@ from llmgw.state import LEDGER
 from tui.app import LlmgwTui
 from tui.dashboard import DashboardPane
 
-from ..conftest import Gateway, GatewayFactory, auth, post, read_rows
+from ..conftest import Gateway, GatewayFactory, auth, post, read_rows, wait_for
 from .conftest import assert_settled
 
 CHAT = orjson.dumps(
@@ -67,9 +67,8 @@ async def health(gateway: Gateway) -> dict[str, Any]:
 
 async def until_a_write_failed(gateway: Gateway) -> None:
     ledger = gateway.app[LEDGER]
-    async with asyncio.timeout(15):  # the database waits 5 s for a lock before it gives up
-        while not ledger.failed_writes:
-            await asyncio.sleep(0.05)
+    # The database waits 5 s for a lock before it gives up.
+    await wait_for(lambda: ledger.failed_writes > 0, seconds=15)
 
 
 async def test_a_locked_database_delays_the_ledger_and_loses_nothing(

@@ -10,7 +10,6 @@ no Content-Length, a gzip bomb, and garbage instead of a request line.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import logging
 import zlib
@@ -21,7 +20,7 @@ from llmgw.config import ServerSettings
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.state import METRICS
 
-from ..conftest import Gateway, GatewayFactory
+from ..conftest import Gateway, GatewayFactory, wait_for
 from .conftest import assert_settled
 from .wire import CHAT_BODY, Reply, Wire, exchange, forwarded, premium_key, request
 
@@ -221,7 +220,7 @@ async def test_chunked_framing_that_breaks_mid_body_is_400_at_once(
     head = request(key=key, body=b"", headers=[b"Transfer-Encoding: chunked"], length=False)
     async with await Wire.open(gateway) as wire:
         await wire.send(head + b"5\r\n" + CHAT_BODY[:5] + b"\r\n")
-        await wait_in_flight(gateway)  # the handler is reading the body now
+        await wait_for(lambda: gateway.app[METRICS].in_flight > 0)  # reading the body now
         await wire.send(broken)
         reply = await wire.reply()
     assert reply.status == 400, reply
@@ -230,12 +229,6 @@ async def test_chunked_framing_that_breaks_mid_body_is_400_at_once(
     no_errors_logged(caplog)
     rows = await assert_settled(gateway, rows=1)
     assert rows[0]["status_code"] == 400
-
-
-async def wait_in_flight(gateway: Gateway) -> None:
-    async with asyncio.timeout(10):
-        while gateway.app[METRICS].in_flight == 0:
-            await asyncio.sleep(0.01)
 
 
 # --- Expect -------------------------------------------------------------------------------
