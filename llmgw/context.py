@@ -8,6 +8,7 @@ request's one ledger record and one access-log line, whichever way the request e
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any
 from .keys import ApiKey
 from .ledger import UsageRecord, UsageSource
 from .streaming import SseRelay
-from .usage import Usage, estimate_prompt_tokens
+from .usage import InvalidUsage, Usage, estimate_prompt_tokens
+
+log = logging.getLogger("llmgw.usage")
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away first"
 
@@ -48,7 +51,7 @@ class RequestContext:
     model: str | None = None
     upstream: str | None = None
     ttft_ms: float | None = None
-    usage: Usage | None = None  # as vLLM reported it in a response body
+    usage: Usage | InvalidUsage | None = None  # as vLLM reported it in a response body
     relay: SseRelay | None = None
     status: int | None = None  # overrides the response's status (a stream cut short)
     cut: bool = False  # the response was cut off after its first byte
@@ -81,8 +84,19 @@ class RequestContext:
 
     def _usage(self, status: int) -> tuple[int, int, UsageSource]:
         reported = self.usage or (self.relay.usage if self.relay else None)
-        if reported is not None:
+        if isinstance(reported, Usage):
             return reported.prompt_tokens, reported.completion_tokens, "reported"
+        if isinstance(reported, InvalidUsage):
+            # Once per request (a record is made once), never the prompt: only the numbers.
+            log.warning(
+                "upstream %s reported usage that cannot be true for request %s: %s; "
+                "the ledger row is estimated and marked invalid",
+                self.upstream,
+                self.request_id,
+                reported.raw,
+            )
+            prompt = estimate_prompt_tokens(self.payload) if self.payload else 0
+            return prompt, self.relay.completion_events if self.relay else 0, "invalid"
         if self.upstream is None or self.payload is None:
             return 0, 0, "estimated"  # no upstream saw it: nothing was generated
         completion = self.relay.completion_events if self.relay else 0

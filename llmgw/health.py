@@ -26,7 +26,7 @@ async def health(request: web.Request) -> web.Response:
     serving = pool.any_healthy and not metrics.draining
     if not serving:
         status = "unavailable"
-    elif db_error or ledger.dropped or ledger.last_error:
+    elif db_error or ledger.dropped or ledger.rejected or ledger.last_error:
         status = "degraded"  # still serving: keys are in memory, the ledger buffers
     else:
         status = "ok"

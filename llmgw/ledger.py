@@ -4,14 +4,19 @@ The request path only appends to an in-memory buffer and never waits on SQLite. 
 writer task takes what has gathered (at most every `flush_interval`, or at once when a
 batch is full) and hands it to the store in one transaction. When the database fails,
 the batch goes back to the front of the buffer and is retried; the buffer is bounded,
-and a record that does not fit is counted and logged, never dropped silently. Closing
-writes everything still buffered.
+and a record that does not fit is counted and logged, never dropped silently. A record
+the database refuses for what it holds (`RecordError`: a number out of range, a broken
+constraint) would fail every retry and hold up everything behind it: the batch is split
+until that record stands alone, the rest is written, and the record is set aside,
+logged whole and counted (`rejected`, in `/health`). Closing writes everything still
+buffered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -19,9 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
+
 log = logging.getLogger("llmgw.ledger")
 
-UsageSource = Literal["reported", "estimated", "partial"]
+# `invalid`: the upstream reported a count that cannot be true; the row is estimated.
+UsageSource = Literal["reported", "estimated", "partial", "invalid"]
 
 
 @dataclass(slots=True)
@@ -47,6 +55,11 @@ class UsageRecord:
 Writer = Callable[[list[UsageRecord]], Awaitable[None]]
 
 
+class RecordError(Exception):
+    """Raised by a writer when the records themselves cannot be written (a value out of
+    range, a broken constraint): writing the same batch again can never succeed."""
+
+
 class Ledger:
     def __init__(
         self,
@@ -70,6 +83,7 @@ class Ledger:
         self._last_drop_log = 0.0
         self.written = 0
         self.dropped = 0
+        self.rejected = 0
         self.failed_writes = 0
         self.last_error: str | None = None
 
@@ -84,6 +98,7 @@ class Ledger:
             "pending": self.pending,
             "written": self.written,
             "dropped": self.dropped,
+            "rejected": self.rejected,
             "failed_writes": self.failed_writes,
             "last_error": self.last_error,
         }
@@ -130,16 +145,13 @@ class Ledger:
             batch = [
                 self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))
             ]
-            self._writing = len(batch)
             try:
-                await self._write(batch)
+                await self._write_isolating(batch)
             except Exception as exc:  # the database is away: keep the rows, try again
-                self._pending.extendleft(reversed(batch))
-                self._writing = 0
                 self.failed_writes += 1
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("ledger write of %d records failed: %s", len(batch), self.last_error)
+                log.warning("ledger write failed (%d records kept): %s", self.pending, exc)
                 if self._closing.is_set() and failures >= self._close_attempts:
                     self.dropped += len(self._pending)
                     log.error("shutting down with %d usage records unwritten", len(self._pending))
@@ -147,9 +159,43 @@ class Ledger:
                     return
                 await self._pause(self._retry_interval)
                 continue
-            self._writing = 0
-            self.written += len(batch)
             self.last_error = None
+
+    async def _write_isolating(self, batch: list[UsageRecord]) -> None:
+        """Write `batch`, in parts if the database refuses some record in it (each part
+        its own transaction, so a refused part leaves nothing behind). When the database
+        itself fails, whatever is not written yet goes back to the front of the buffer
+        and the error is raised."""
+        self._writing = len(batch)  # until each record is written, set aside or put back
+        parts = [batch]  # a stack: the next part to write is the last
+        while parts:
+            part = parts.pop()
+            try:
+                await self._write(part)
+            except RecordError as exc:
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    parts += [part[middle:], part[:middle]]
+                else:
+                    self._writing -= 1
+                    self._reject(part[0], exc)
+                continue
+            except Exception:
+                unwritten = part + [record for rest in reversed(parts) for record in rest]
+                self._pending.extendleft(reversed(unwritten))
+                self._writing = 0
+                raise
+            self._writing -= len(part)
+            self.written += len(part)
+
+    def _reject(self, record: UsageRecord, exc: RecordError) -> None:
+        self.rejected += 1
+        # The whole record (it holds no secret, no prompt): enough to enter it by hand.
+        log.error(
+            "usage record set aside, the database refuses it (%s): %s",
+            exc,
+            orjson.dumps(dataclasses.asdict(record)).decode(),
+        )
 
     async def _pause(self, seconds: float) -> None:
         # Closing cuts a pause short: shutdown should not wait out a flush interval.

@@ -49,6 +49,9 @@ class Metrics:
             "# HELP llmgw_ledger_dropped_total Usage records lost (buffer full or shutdown).",
             "# TYPE llmgw_ledger_dropped_total counter",
             f"llmgw_ledger_dropped_total {ledger.dropped}",
+            "# HELP llmgw_ledger_rejected_total Usage records the database refused (set aside).",
+            "# TYPE llmgw_ledger_rejected_total counter",
+            f"llmgw_ledger_rejected_total {ledger.rejected}",
             "# HELP llmgw_upstream_healthy 1 when the upstream's last health check passed.",
             "# TYPE llmgw_upstream_healthy gauge",
             *(

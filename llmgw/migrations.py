@@ -140,6 +140,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         UPDATE admin_users SET tokens_valid_after = password_changed_at;
         """,
     ),
+    Migration(
+        5,
+        "usage_source 'invalid': usage an upstream reported that cannot be true",
+        # SQLite cannot change a CHECK constraint in place: the table is rebuilt (the
+        # steps of SQLite's "ALTER TABLE" page), keeping every row and its id.
+        """
+        CREATE TABLE request_logs_new (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            api_key_id INTEGER,
+            endpoint TEXT NOT NULL,
+            method TEXT NOT NULL,
+            status_code INTEGER NOT NULL,
+            duration_ms REAL NOT NULL,
+            ttft_ms REAL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            usage_source TEXT NOT NULL
+                CHECK (usage_source IN ('reported', 'estimated', 'partial', 'invalid')),
+            model TEXT,
+            upstream TEXT,
+            timestamp TEXT NOT NULL
+        );
+        INSERT INTO request_logs_new SELECT * FROM request_logs;
+        DROP TABLE request_logs;
+        ALTER TABLE request_logs_new RENAME TO request_logs;
+        CREATE INDEX idx_request_logs_timestamp ON request_logs (timestamp);
+        CREATE INDEX idx_request_logs_key_timestamp ON request_logs (api_key_id, timestamp);
+        """,
+    ),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import orjson
 
 from . import rollups
 from .keys import ApiKey
-from .ledger import UsageRecord
+from .ledger import RecordError, UsageRecord
 from .migrations import migrate
 from .times import iso_utc, parse_iso
 
@@ -43,6 +44,10 @@ _KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
     "key_hash": str,
     "key_prefix": str,
 }
+# What SQLite raises for a value it cannot store (an integer past 2^63, text that is not
+# UTF-8) or a row a constraint refuses: the records' fault, not the database's, so the
+# ledger sets such a record aside instead of retrying it for ever.
+_RECORD_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.IntegrityError, sqlite3.DataError)
 _ADMIN_COLUMNS = (
     "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
     " tokens_valid_after"
@@ -297,6 +302,14 @@ class Store:
                 last_used[record.api_key_id] = max(
                     record.timestamp, last_used.get(record.api_key_id, 0.0)
                 )
+        try:
+            await self._insert_request_logs(records, last_used)
+        except _RECORD_ERRORS as exc:
+            raise RecordError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _insert_request_logs(
+        self, records: Sequence[UsageRecord], last_used: Mapping[int, float]
+    ) -> None:
         async with self.transaction():
             await self._db.executemany(
                 "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"

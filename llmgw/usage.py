@@ -3,7 +3,10 @@
 vLLM reports usage in every non-streaming response body and, for streams, in the final
 usage chunk (which the gateway always asks for). Only when that is missing (a stream
 cut short, an upstream that does not report) does the gateway estimate, and the ledger
-row says so in `usage_source`.
+row says so in `usage_source`. A count that cannot be true (negative, not a whole number,
+or beyond `MAX_REPORTED_TOKENS`) is not believed: the row is estimated and marked
+`invalid`, so one upstream's bad number neither falsifies a user's totals nor reaches
+the database.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -20,25 +23,52 @@ import orjson
 CHARS_PER_TOKEN = 4
 
 
+# No request comes near this many tokens (a million-token context is 10^6): a larger
+# count, like a negative one, is an upstream's fault, and stored as it is it would corrupt
+# the user's totals (or, past 2^63, stop the ledger: SQLite cannot store it).
+MAX_REPORTED_TOKENS = 10**9
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
 
 
-def usage_of(obj: Any) -> Usage | None:
-    """The `usage` of a parsed response or stream chunk, if it has one."""
+@dataclass(frozen=True, slots=True)
+class InvalidUsage:
+    """A `usage` the upstream reported that cannot be true: not whole numbers, negative,
+    or beyond `MAX_REPORTED_TOKENS`. `raw` is what it said, for one log line."""
+
+    raw: str
+
+
+def usage_of(obj: Any) -> Usage | InvalidUsage | None:
+    """The `usage` of a parsed response or stream chunk: None when it has none."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
+    if usage is None:
+        return None
     if not isinstance(usage, dict):
-        return None
+        return _invalid(usage)
     prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens") or 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt, completion)
+    # Embeddings report no (or null) completion tokens.
+    completion = usage.get("completion_tokens")
+    completion = 0 if completion is None else completion
+    if _plausible(prompt) and _plausible(completion):
+        return Usage(prompt, completion)
+    return _invalid(usage)
 
 
-def usage_from_body(body: bytes) -> Usage | None:
+def _plausible(count: Any) -> TypeGuard[int]:
+    # bool is an int in Python, but `true` is no token count.
+    return type(count) is int and 0 <= count <= MAX_REPORTED_TOKENS
+
+
+def _invalid(usage: Any) -> InvalidUsage:
+    return InvalidUsage(orjson.dumps(usage, default=repr).decode()[:500])
+
+
+def usage_from_body(body: bytes) -> Usage | InvalidUsage | None:
     try:
         return usage_of(orjson.loads(body))
     except orjson.JSONDecodeError:

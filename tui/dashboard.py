@@ -151,16 +151,19 @@ class DashboardPane(Vertical):
 
     def _show_ledger(self, ledger: dict[str, Any] | None) -> None:
         """A line that is there only while usage records are at risk: the database
-        refuses them (they wait in memory) or the buffer overflowed (they were lost)."""
+        refuses them (they wait in memory), the buffer overflowed (they were lost), or
+        some were set aside because the database refused what they hold."""
         line = self.query_one("#ledger", Static)
-        if ledger is None or not (ledger["dropped"] or ledger["last_error"]):
+        rejected = ledger.get("rejected", 0) if ledger else 0
+        if ledger is None or not (ledger["dropped"] or ledger["last_error"] or rejected):
             line.remove_class("-shown")
             return
         line.add_class("-shown")
-        line.update(
+        text = (
             f"usage ledger: {ledger['pending']:,} records waiting for the database · "
             f"{ledger['dropped']:,} dropped"
         )
+        line.update(text + (f" · {rejected:,} set aside (see the log)" if rejected else ""))
 
     def _show_now(self) -> None:
         """The line of what is open right now and how to read the charts, whose bars

@@ -46,6 +46,15 @@ class FakeVLLMBehaviour:
     http_error_status: int = 503
     http_error_retry_after: str | None = None
     http_error_times: int | None = None  # None: every request while fail == "http_error"
+    # The http_error's body instead of vLLM's JSON: e.g. the HTML page of a proxy in front.
+    http_error_body: bytes | None = None
+    # Faults of a misbehaving upstream, for the gateway's defences (vLLM never does these):
+    # usage fields reported instead of the true counts (in the body and the usage chunk),
+    reported_usage: dict[str, Any] | None = None
+    # the bytes of the error event `fail = "error"` sends mid-stream (default: vLLM's),
+    error_event: bytes | None = None
+    # and a stream sent even for a request that did not ask for one.
+    stream_regardless: bool = False
     system_fingerprint: str | None = f"vllm-{FAKE_VLLM_VERSION}-fake0000"
     enable_request_id_headers: bool = False  # vLLM's --enable-request-id-headers
     requests: list[RecordedRequest] = field(default_factory=list)

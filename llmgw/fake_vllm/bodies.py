@@ -48,7 +48,8 @@ def full_response(plan: Plan, beh: FakeVLLMBehaviour) -> dict[str, Any]:
         choices.append(choice | dict.fromkeys((*extra, "routed_experts")))
     body = head | {"created": int(time.time()), "model": plan.model, "choices": choices}
     body |= {"service_tier": None, "system_fingerprint": beh.system_fingerprint}
-    body["usage"] = _usage(sum(plan.prompt_tokens), sum(plan.n_tokens), full=True)
+    usage = _usage(sum(plan.prompt_tokens), sum(plan.n_tokens), full=True)
+    body["usage"] = usage | (beh.reported_usage or {})
     chat_only = ("prompt_logprobs", "prompt_token_ids", "prompt_text") if chat else ()
     return body | dict.fromkeys(chat_only + _RESPONSE_TAIL_NULLS)
 
@@ -90,7 +91,7 @@ def stream_events(plan: Plan, beh: FakeVLLMBehaviour, created: int) -> list[byte
             events.append(_sse(chunk))
     if plan.include_usage:
         usage = _usage(sum(plan.prompt_tokens), sum(plan.n_tokens))
-        chunk = head | {"choices": [], "usage": usage}
+        chunk = head | {"choices": [], "usage": usage | (beh.reported_usage or {})}
         if beh.system_fingerprint is not None:
             chunk["system_fingerprint"] = beh.system_fingerprint
         events.append(_sse(chunk))
