@@ -75,9 +75,11 @@ class GatewayError(Exception):
         return error_response(self.status, self.message, **self._fields)
 
 
-def normalise_upstream_error(status: int, body: bytes) -> bytes:
+def normalise_upstream_error(status: int, body: bytes) -> tuple[bytes, str | None]:
     """vLLM's error body (either its current `{"error": {...}}` or its older flat
-    `{"object": "error", ...}` shape, or plain text) in OpenAI's shape."""
+    `{"object": "error", ...}` shape) in OpenAI's shape; and, when the body held no
+    message (a proxy's HTML page, a traceback, bytes), its text for the log: the client
+    is told only the status, never an upstream's internals."""
     try:
         parsed: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -86,16 +88,18 @@ def normalise_upstream_error(status: int, body: bytes) -> bytes:
     if not isinstance(info, dict):
         info = parsed if isinstance(parsed, dict) and "message" in parsed else {}
     message = info.get("message")
+    unreadable = None
     if not isinstance(message, str) or not message:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        message = text or f"The upstream answered with status {status}."
+        unreadable = body.decode("utf-8", "replace").strip()[:500]
+        message = f"The model server answered with status {status}."
     param = info.get("param")
-    return error_body(
+    normalised = error_body(
         message,
         _openai_type(info.get("type"), status),
         _openai_code(info.get("code"), status, message),
         param if isinstance(param, str) else None,
     )
+    return normalised, unreadable
 
 
 def _openai_type(upstream_type: Any, status: int) -> str:

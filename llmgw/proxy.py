@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from yarl import URL
 from .context import RequestContext
 from .errors import GatewayError, normalise_upstream_error
 from .keys import KEY_PREFIX, ApiKey, presented_key
-from .limits import limits_for
+from .limits import Decision, limits_for
 from .state import CLIENT, CONTEXT, KEYS, LIMITER, LIVE, SETTINGS, UPSTREAMS
 from .streaming import IdleWatch, SseRelay, error_event
 from .upstreams import Upstream
@@ -53,6 +54,10 @@ _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
 _FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "retry-after-ms")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _USAGE_OPTIONS = b',"stream_options":{"include_usage":true}}'
+# What JSON calls each type, for OpenAI's "expected a boolean, but got a string" message.
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", list: "an array"}
+
+log = logging.getLogger("llmgw.proxy")
 
 
 def add_routes(app: web.Application) -> None:
@@ -150,6 +155,16 @@ async def _read_request(
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise GatewayError(400, "'model' must be a string.", param="model")
+    if model is not None and KEY_PREFIX in model:
+        # The model goes into the ledger and the access log: a key pasted there would be
+        # written down in plain text.
+        raise GatewayError(
+            400,
+            "'model' contains an API key: send the key in an Authorization header and "
+            "the model's name in 'model'.",
+            code="api_key_in_body",
+            param="model",
+        )
     ctx.model = model
     if key.allowed_models is not None and model not in key.allowed_models:
         wanted = "a request without a model" if model is None else f"the model {model!r}"
@@ -160,10 +175,25 @@ async def _read_request(
             code="model_not_allowed",
             param="model",
         )
-    if route.kind not in _STREAMABLE or payload.get("stream") is not True:
+    if route.kind not in _STREAMABLE or not _wants_stream(payload.get("stream")):
         return body, False, False
     body, strip_usage = _ask_for_usage(body, payload)
     return body, True, strip_usage
+
+
+def _wants_stream(stream: Any) -> bool:
+    """Whether the request asks for a stream. vLLM reads `stream` leniently (pydantic
+    takes "yes", "true", 1 and "1" for true); the gateway, like OpenAI's API, takes only
+    a JSON boolean (or null), so it never mistakes a stream for an answer."""
+    if stream is None or isinstance(stream, bool):
+        return stream is True
+    kind = _JSON_TYPES.get(type(stream), "an object")
+    raise GatewayError(
+        400,
+        f"Invalid type for 'stream': expected a boolean, but got {kind} instead.",
+        code="invalid_type",
+        param="stream",
+    )
 
 
 async def _read_within(
@@ -253,11 +283,11 @@ async def _forward(
                     code="upstream_timeout",
                 ) from None
             except aiohttp.ClientError as exc:
-                raise GatewayError(
-                    502, f"The model server failed: {exc}.", code="upstream_error"
-                ) from None
+                raise _upstream_failed(ctx, "The model server failed to answer.", exc) from None
             try:
-                if stream and response.content_type == "text/event-stream":
+                # Whatever the request said: an event stream is relayed and accounted
+                # as one (never buffered whole and read for a usage it does not have).
+                if response.content_type == "text/event-stream":
                     relay = SseRelay(strip_usage=strip_usage, role_chunk=route.kind == "chat")
                     ctx.relay = relay
                     return await _relay_stream(request, ctx, response, relay)
@@ -272,8 +302,24 @@ async def _forward(
         finally:
             upstream.in_flight -= 1
     if ctx.key is not None:
-        app[LIMITER].refund(ctx.key.id)
+        _refund(request, ctx, ctx.key)
     raise GatewayError(502, "No model server is reachable right now.", code="upstream_unavailable")
+
+
+def _refund(request: web.Request, ctx: RequestContext, key: ApiKey) -> None:
+    """Give back the request no upstream served; its headers say what is left after."""
+    app = request.app
+    limits = limits_for(key, app[SETTINGS])
+    app[LIMITER].refund(key.id)
+    minute, hour = app[LIMITER].peek(key.id, limits)
+    ctx.rate_headers = Decision(True, 0.0, minute, hour).headers()
+
+
+def _upstream_failed(ctx: RequestContext, message: str, exc: BaseException) -> GatewayError:
+    """A 502 for a failure of the upstream's: its details (its internal URL among them)
+    are for the log; the client is told what happened, not where."""
+    log.warning("upstream %s failed request %s: %s", ctx.upstream, ctx.request_id, exc or "timeout")
+    return GatewayError(502, message, code="upstream_error")
 
 
 async def _answer(
@@ -282,12 +328,18 @@ async def _answer(
     try:
         data = await _read_within(response.content, response.read, read_timeout)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise GatewayError(
-            502, f"The model server's answer broke off: {exc or 'timeout'}.", code="upstream_error"
-        ) from None
+        raise _upstream_failed(ctx, "The model server's answer broke off.", exc) from None
     ctx.mark_first_byte()
     if response.status >= 400:
-        data = normalise_upstream_error(response.status, data)
+        data, unreadable = normalise_upstream_error(response.status, data)
+        if unreadable is not None:
+            log.warning(
+                "upstream %s answered request %s with status %d: %r",
+                ctx.upstream,
+                ctx.request_id,
+                response.status,
+                unreadable,
+            )
     else:
         ctx.usage = usage_from_body(data)
     headers = _response_headers(response)
@@ -341,13 +393,15 @@ async def _relay(
                 watch.resume()
             else:
                 watch.touch()
+            if relay.ended:  # the upstream sent an error: nothing after it is relayed
+                response.close()
+                break
         if not watch.expired and (tail := relay.finish()):
             await out.write(tail)
     except aiohttp.ClientError as exc:
         if not watch.expired:
-            await _cut(
-                out, ctx, 502, f"The model server broke off the stream: {exc}.", "upstream_error"
-            )
+            error = _upstream_failed(ctx, "The model server broke off the stream.", exc)
+            await _cut(out, ctx, 502, error.message, "upstream_error")
     finally:
         watch.cancel()
     if watch.expired:
@@ -389,7 +443,7 @@ async def _list_models(request: web.Request, ctx: RequestContext, key: ApiKey) -
             if isinstance(model, dict) and isinstance(model.get("id"), str):
                 seen.setdefault(model["id"], model)
     if not answered:
-        app[LIMITER].refund(key.id)
+        _refund(request, ctx, key)
         raise GatewayError(
             502, "No model server is reachable right now.", code="upstream_unavailable"
         )

@@ -3,9 +3,11 @@
 Bytes pass through untouched, a whole event at a time (a client cannot use half an
 event). Only events that mention `"usage"` or `"error"` are parsed: the usage chunk is
 read for the ledger and removed again when the gateway, not the client, asked for it;
-an error event is brought into OpenAI's shape. Ordinary token chunks are never parsed
-or re-encoded: JSON escapes every quote inside a string, so those keys cannot appear
-in generated text.
+an error event is brought into OpenAI's shape and ends the stream (nothing the upstream
+sends after it is relayed; `[DONE]` follows it, as vLLM sends it). An event that
+mentions `"error"` but is no JSON the gateway can read (`1e999`) is an error too: it is
+not relayed raw. Ordinary token chunks are never parsed or re-encoded: JSON escapes
+every quote inside a string, so those keys cannot appear in generated text.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 
 from .errors import error_body, normalise_upstream_error
-from .usage import Usage, usage_of
+from .usage import InvalidUsage, Usage, usage_of
 
 _EVENT_END = b"\n\n"
 # An upstream that frames events differently (CRLF) must still not be buffered whole.
@@ -26,6 +28,10 @@ _DONE = b"data: [DONE]"
 _DONE_EVENT = _DONE + _EVENT_END
 _FINISHED = b'"finish_reason":"'  # a chunk that ends a choice (null is unquoted)
 _FINGERPRINT = b'"system_fingerprint"'
+_MALFORMED = object()  # an event whose data is not JSON
+_UNREADABLE_ERROR = error_body(
+    "The model server sent an error the gateway could not read.", "server_error", "upstream_error"
+)
 
 
 class SseRelay:
@@ -37,11 +43,14 @@ class SseRelay:
         self._final: list[bytes] = []
         self._events = 0
         self._done_events = 0
-        self.usage: Usage | None = None
+        self.usage: Usage | InvalidUsage | None = None
         self.error_status: int | None = None  # set when the upstream streamed an error
+        self.ended = False  # an error event ended the stream: relay nothing more
 
     def feed(self, chunk: bytes) -> bytes:
         """What of `chunk` (after what was held back) can go to the client now."""
+        if self.ended:
+            return b""
         data = self._held + chunk if self._held else chunk
         if data.endswith(_EVENT_END):  # the usual read: whole events, nothing to hold
             ready, self._held = data, b""
@@ -81,8 +90,12 @@ class SseRelay:
 
     def _inspect(self, block: bytes) -> bytes:
         out = []
-        for event in block.split(_EVENT_END)[:-1]:
+        events = block.split(_EVENT_END)[:-1]
+        for i, event in enumerate(events):
             parsed = _event_json(event) if b'"usage"' in event or b'"error"' in event else None
+            if parsed is _MALFORMED and b'"error"' in event:
+                out.append(self._end(len(events) - i, block, 502, _UNREADABLE_ERROR))
+                break
             if isinstance(parsed, dict):
                 if (usage := usage_of(parsed)) is not None:
                     self.usage = usage
@@ -91,9 +104,9 @@ class SseRelay:
                         out.append(self._release(parsed.get("system_fingerprint")))
                         continue
                 if "error" in parsed or parsed.get("object") == "error":
-                    out.append(self._release(None))
-                    out.append(self._normalised_error(parsed) + _EVENT_END)
-                    continue
+                    status, error = self._normalised_error(parsed)
+                    out.append(self._end(len(events) - i, block, status, error))
+                    break
             if self._strip_usage and (self._final or _FINISHED in event):
                 self._final.append(event)
                 continue
@@ -122,21 +135,34 @@ class SseRelay:
             out.append(event + _EVENT_END)
         return b"".join(out)
 
-    def _normalised_error(self, parsed: dict[str, Any]) -> bytes:
+    def _end(self, dropped: int, block: bytes, status: int, error: bytes) -> bytes:
+        """The end of a stream that an error event ends: the final chunks held back, the
+        error, and `[DONE]`. The `dropped` events of `block` from the error on are not
+        relayed, so they do not count as generated tokens."""
+        self.ended, self.error_status, self._held = True, status, b""
+        self._events -= dropped
+        if block.endswith(_DONE_EVENT):
+            self._done_events -= 1
+        return self._release(None) + b"data: " + error + _EVENT_END + _DONE_EVENT
+
+    @staticmethod
+    def _normalised_error(parsed: dict[str, Any]) -> tuple[int, bytes]:
         info = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
         code = info.get("code") if isinstance(info, dict) else None
-        self.error_status = code if isinstance(code, int) and code >= 400 else 500
-        return b"data: " + normalise_upstream_error(self.error_status, orjson.dumps(parsed))
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        return status, normalise_upstream_error(status, orjson.dumps(parsed))[0]
 
 
 def _event_json(event: bytes) -> Any:
+    """The event's data as JSON; None when it has none (or is `[DONE]`), `_MALFORMED`
+    when it is not JSON."""
     payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
     if not payload or payload == b"[DONE]":
         return None
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
+        return _MALFORMED
 
 
 def error_event(message: str, type_: str, code: str) -> bytes:

@@ -66,6 +66,8 @@ async def _injected_failure(beh: FakeVLLMBehaviour) -> None:
     phrase = HTTPStatus(status).phrase
     err_type = phrase.replace(" ", "") + ("" if phrase.endswith("Error") else "Error")
     retry = {"Retry-After": beh.http_error_retry_after} if beh.http_error_retry_after else {}
+    if beh.http_error_body is not None:
+        raise ApiError(status, beh.http_error_body, {"Content-Type": "text/html"} | retry)
     raise ApiError(status, error_body(phrase, err_type, status), retry)
 
 
@@ -101,7 +103,7 @@ async def _stream(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> w
         if fail_at is not None and beh.fail == "stall":
             await asyncio.Future()  # until the client leaves or the server stops
         if fail_at is not None and beh.fail == "error":
-            await resp.write(streaming_error_event())
+            await resp.write(beh.error_event or streaming_error_event())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
     except ConnectionResetError:
@@ -132,7 +134,8 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     body = parse_json(request, await request.read())
     plan = plan_generation(request, body, kind, beh)
     request[_REQUEST_ID] = plan.request_id
-    return await (_stream(request, plan, beh) if plan.stream else _respond(request, plan, beh))
+    stream = plan.stream or beh.stream_regardless
+    return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -184,7 +187,10 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         try:
             resp = await handler(request)
         except ApiError as exc:
-            resp = _json_response(exc.body, exc.status, exc.headers)
+            if isinstance(exc.body, bytes):  # an injected body, sent as it is
+                resp = web.Response(status=exc.status, body=exc.body, headers=exc.headers)
+            else:
+                resp = _json_response(exc.body, exc.status, exc.headers)
         except web.HTTPException as exc:
             if exc.status not in (404, 405):
                 raise
