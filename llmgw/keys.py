@@ -31,7 +31,9 @@ def generate_key() -> str:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # A header's bytes that are not UTF-8 reach us as lone surrogates (aiohttp decodes
+    # with surrogateescape); hashed as the bytes sent, they are simply no key of ours.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def display_prefix(key: str) -> str:
