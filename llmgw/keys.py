@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,7 +31,9 @@ def generate_key() -> str:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # A header's bytes that are not UTF-8 reach us as lone surrogates (aiohttp decodes
+    # with surrogateescape); hashed as the bytes sent, they are simply no key of ours.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def display_prefix(key: str) -> str:
@@ -155,17 +157,39 @@ class KeyTable:
         return key
 
 
-def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
-    """The key a request carries, from `Authorization: Bearer` or `x-api-key`."""
-    if authorization:
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _unauthorized(
-                "Malformed Authorization header: expected 'Authorization: Bearer YOUR_KEY'.",
-                "invalid_api_key",
-            )
-        return token.strip()
-    return x_api_key.strip() if x_api_key else None
+def presented_key(authorization: Sequence[str], x_api_key: Sequence[str]) -> str | None:
+    """The key a request carries, from `Authorization: Bearer` or `x-api-key`: every
+    value of each (`headers.getall(name, ())`).
+
+    Two different keys are refused with 400: which one is meant, and charged, would be
+    a guess. The same key in both headers (as some clients send it) is that key.
+    """
+    if len(authorization) == 1 and not x_api_key:  # the usual request
+        return _bearer(authorization[0])
+    keys = {_bearer(value) for value in authorization}
+    keys.update(value.strip() for value in x_api_key)
+    keys.discard(None)
+    keys.discard("")
+    if len(keys) > 1:
+        raise GatewayError(
+            400,
+            "The request carries more than one API key (in Authorization or x-api-key "
+            "headers); send one key, in one header.",
+            code="ambiguous_api_key",
+        )
+    return keys.pop() if keys else None
+
+
+def _bearer(authorization: str) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized(
+            "Malformed Authorization header: expected 'Authorization: Bearer YOUR_KEY'.",
+            "invalid_api_key",
+        )
+    return token.strip()
 
 
 def _unauthorized(message: str, code: str | None) -> GatewayError:

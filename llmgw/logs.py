@@ -3,11 +3,27 @@
 Access lines carry their facts in `extra={"fields": {...}}`; the text format renders
 them as `key=value`, the JSON format as object members, for log shippers. Both cut any
 API key that reaches a line down to its display prefix.
+
+A line is one record and stays one, whatever a client or an upstream put in it (a
+path, a model name, an error's text):
+
+- Text, fields: a value that is a plain token (printable in `str.isprintable`'s sense,
+  so no control character, line or paragraph separator or bidi override, and no space,
+  `"`, `=` or `\\`) is written bare, `user=alice`; any other value, the empty one
+  included, as an ASCII-only JSON string, `path="/v1/x\\n2026-..."`, which
+  `json.loads` turns back into the value sent.
+- Text, the message of any other line: control characters (C0, DEL, C1), U+2028,
+  U+2029 and bidi overrides are escaped (`\\n`, `\\x1b`, `\\u2028`). The traceback
+  that may follow is the gateway's own text and keeps its lines.
+- JSON: orjson escapes C0 controls; DEL, C1, U+2028, U+2029 and bidi overrides, which
+  some readers take for line breaks or display reordered, are escaped too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +36,37 @@ from .keys import redact_keys
 
 # How long a line may wait in the buffer before it reaches the file (see LineHandler).
 FLUSH_INTERVAL = 0.2
+
+_NOT_BARE = re.compile(r'[ "=\\]').search
+# What may break a line or fool a terminal, beyond what `str.isprintable` already
+# refuses to call plain; lone surrogates would not even encode.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def field_value(value: object) -> str:
+    """A field's value as the text format writes it: bare if a plain token, else quoted."""
+    text = str(value)
+    if text and text.isprintable() and _NOT_BARE(text) is None:
+        return text
+    return json.dumps(text)  # ASCII only: every control and separator escaped
+
+
+def one_line(text: str) -> str:
+    """`text` with anything that could break its line or fool a terminal escaped."""
+    if text.isprintable():  # the common case: no regex
+        return text
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
 
 
 class TextFormatter(logging.Formatter):
@@ -38,9 +85,9 @@ class TextFormatter(logging.Formatter):
         line = f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name}: "
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
-            line += " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line += " ".join(f"{k}={field_value(v)}" for k, v in fields.items() if v is not None)
         else:
-            line += record.getMessage()
+            line += one_line(record.getMessage())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return redact_keys(line)
@@ -57,7 +104,13 @@ class JsonFormatter(logging.Formatter):
         entry |= getattr(record, "fields", None) or {}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact_keys(orjson.dumps(entry, default=str).decode())
+        try:
+            line = orjson.dumps(entry, default=str).decode()
+        except TypeError:  # a lone surrogate, which orjson refuses: json escapes it
+            line = json.dumps(entry, default=str)
+        if not line.isprintable():  # (outside strings, the line is plain ASCII)
+            line = _UNSAFE.sub(_json_escape, line)
+        return redact_keys(line)
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]

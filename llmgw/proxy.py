@@ -83,7 +83,7 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 def _authorize(request: web.Request, ctx: RequestContext) -> ApiKey:
     app = request.app
     headers = request.headers
-    presented = presented_key(headers.get("Authorization"), headers.get("x-api-key"))
+    presented = presented_key(headers.getall("Authorization", ()), headers.getall("x-api-key", ()))
     key = app[KEYS].authenticate(presented, time.time())
     ctx.key = key
     limits = limits_for(key, app[SETTINGS])

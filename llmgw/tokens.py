@@ -36,6 +36,10 @@ def issue(secret: bytes, username: str, now: float, ttl: float) -> str:
 
 
 def verify(secret: bytes, token: str, now: float) -> TokenClaims:
+    # A token is base64url and dots. (A header's bytes that are not UTF-8 reach us as
+    # lone surrogates, which would not even encode.)
+    if not token.isascii():
+        raise InvalidToken("malformed token")
     parts = token.encode().split(b".")
     if len(parts) != 3:
         raise InvalidToken("malformed token")

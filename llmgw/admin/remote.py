@@ -123,7 +123,15 @@ def _token_middleware() -> Middleware:
 
 async def _authenticate(request: web.Request) -> Actor:
     store = request.config_dict[STORE]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    presented = request.headers.getall("Authorization", ())
+    if len({value.strip() for value in presented}) > 1:
+        # Which token is meant would be a guess; logging in again would not help.
+        raise GatewayError(
+            400,
+            "The request carries more than one Authorization header; send one token.",
+            code="ambiguous_token",
+        )
+    scheme, _, token = (presented[0] if presented else "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         if await store.count_active_admins() == 0:
             raise _unauthorized(NO_ADMIN, "no_admin_user")
