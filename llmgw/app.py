@@ -25,7 +25,7 @@ from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socke
 from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
-from .limits import RateLimiter
+from .limits import MemoryLimiter
 from .live import LiveStats
 from .logs import FLUSH_INTERVAL, flush_logs
 from .metrics import Metrics
@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[KEYS] = KeyTable()
-    app[LIMITER] = RateLimiter()
+    app[LIMITER] = MemoryLimiter()
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()

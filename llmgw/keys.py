@@ -93,6 +93,9 @@ class ApiKey:
     requests_per_minute: int | None = None  # overrides the tier's
     requests_per_hour: int | None = None
 
+    def may_use(self, model: str | None) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
     def public(self) -> dict[str, Any]:
         """The admin API's view: everything but the hash, times as ISO text."""
         view = dataclasses.asdict(self)

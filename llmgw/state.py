@@ -9,7 +9,7 @@ from .config import Settings
 from .context import RequestContext
 from .keys import KeyTable
 from .ledger import Ledger
-from .limits import RateLimiter
+from .limits import Limiter
 from .live import LiveStats
 from .metrics import Metrics
 from .store import Store
@@ -18,7 +18,7 @@ from .upstreams import UpstreamPool
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyTable)
-LIMITER = web.AppKey("limiter", RateLimiter)
+LIMITER = web.AppKey("limiter", Limiter)
 UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 LEDGER = web.AppKey("ledger", Ledger)

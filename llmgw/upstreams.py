@@ -2,17 +2,20 @@
 is least busy.
 
 Each upstream serves the models configured for it or, when none are configured, those
-its `/v1/models` lists (refreshed by the background prober). A request goes to the
-least busy healthy upstream that serves its model; the others follow in order, so the
-proxy can fail over while nothing has been sent to the client yet.
+its `/v1/models` lists (refreshed by the background prober, which keeps the model cards
+too: `GET /v1/models` is answered from them, without a call upstream). A request goes
+to the least busy healthy upstream that serves its model; the others follow in order,
+so the proxy can fail over while nothing has been sent to the client yet. A request
+holds a `lease` on its upstream while it is open there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,8 @@ class Upstream:
     api_key: str = field(default="", repr=False)
     configured_models: frozenset[str] = frozenset()
     discovered_models: frozenset[str] = frozenset()
+    # The model cards its /v1/models listed at the last probe; None until it listed any.
+    cards: tuple[dict[str, Any], ...] | None = None
     healthy: bool = True
     in_flight: int = 0
     latency_ms: float | None = None
@@ -40,6 +45,21 @@ class Upstream:
         if self.configured_models:
             return model in self.configured_models
         return model in self.discovered_models
+
+    @property
+    def models_known(self) -> bool:
+        return bool(self.configured_models) or self.cards is not None
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """Its cards for the models it serves (a configured model it did not list gets a
+        plain card of its own)."""
+        listed = {card["id"]: card for card in self.cards or ()}
+        if not self.configured_models:
+            return list(listed.values())
+        return [
+            listed.get(name) or {"id": name, "object": "model", "owned_by": "vllm"}
+            for name in sorted(self.configured_models)
+        ]
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -85,6 +105,38 @@ class UpstreamPool:
     def any_healthy(self) -> bool:
         return any(u.healthy for u in self.upstreams)
 
+    def unknown_model(self, model: str) -> bool:
+        """Whether `model` is known to be served by no upstream: every upstream's models
+        are known (configured or listed), and none has it."""
+        return all(u.models_known for u in self.upstreams) and not any(
+            u.serves(model) for u in self.upstreams
+        )
+
+    def served_models(self) -> list[str]:
+        """Every model some upstream serves, sorted."""
+        names: set[str] = set()
+        for upstream in self.upstreams:
+            names |= upstream.configured_models or upstream.discovered_models
+        return sorted(names)
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """The models of the healthy upstreams, each once (the first upstream's card)."""
+        cards: dict[str, dict[str, Any]] = {}
+        for upstream in self.upstreams:
+            if upstream.healthy:
+                for card in upstream.model_cards():
+                    cards.setdefault(card["id"], card)
+        return list(cards.values())
+
+    @contextlib.contextmanager
+    def lease(self, upstream: Upstream) -> Iterator[Upstream]:
+        """`upstream` with one more request open on it, for as long as the block runs."""
+        upstream.in_flight += 1
+        try:
+            yield upstream
+        finally:
+            upstream.in_flight -= 1
+
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._probe(session, u) for u in self.upstreams))
 
@@ -102,9 +154,21 @@ class UpstreamPool:
                     if resp.status != 200:
                         raise RuntimeError(f"/health answered {resp.status}")
                 upstream.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-                if not upstream.configured_models:
-                    upstream.discovered_models = await _list_models(session, upstream)
-        except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError, TypeError) as exc:
+                try:
+                    upstream.cards = await _list_models(session, upstream)
+                except (aiohttp.ClientError, RuntimeError, ValueError, TypeError, KeyError):
+                    if not upstream.configured_models:
+                        raise  # what it serves is unknown: no use routing to it
+                else:
+                    upstream.discovered_models = frozenset(c["id"] for c in upstream.cards)
+        except (
+            TimeoutError,
+            aiohttp.ClientError,
+            RuntimeError,
+            ValueError,
+            TypeError,
+            KeyError,
+        ) as exc:
             upstream.mark_down(_describe(exc))
         else:
             if not upstream.healthy:
@@ -115,12 +179,17 @@ class UpstreamPool:
             upstream.checked_at = time.time()
 
 
-async def _list_models(session: aiohttp.ClientSession, upstream: Upstream) -> frozenset[str]:
+async def _list_models(
+    session: aiohttp.ClientSession, upstream: Upstream
+) -> tuple[dict[str, Any], ...]:
     async with session.get(f"{upstream.url}/v1/models", headers=upstream.auth_headers()) as resp:
         if resp.status != 200:
             raise RuntimeError(f"/v1/models answered {resp.status}")
         listing = await resp.json()
-    return frozenset(str(m["id"]) for m in listing.get("data", []) if "id" in m)
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        raise RuntimeError("/v1/models answered without a list of models")
+    return tuple(m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
 
 
 def _describe(exc: BaseException) -> str:

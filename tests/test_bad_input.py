@@ -23,6 +23,7 @@ import pytest
 
 from llmgw.config import ServerSettings
 from llmgw.fake_vllm import FakeVLLM
+from llmgw.state import CLIENT, UPSTREAMS
 from llmgw.times import iso_utc
 
 from .conftest import Gateway, GatewayFactory, tiers
@@ -458,6 +459,8 @@ async def test_models_listing_shows_only_the_keys_models(
     gateway: Gateway, fake: FakeVLLM, http: aiohttp.ClientSession
 ) -> None:
     fake.behaviour.models = [MODEL, "other-model"]
+    # The listing comes from the upstreams' lists as the prober last saw them.
+    await gateway.app[UPSTREAMS].probe_all(gateway.app[CLIENT])
     created = await gateway.create_key("alice", allowed_models=["other-model"])
     async with http.get(f"{gateway.base_url}/models", headers=bearer(created["key"])) as resp:
         assert resp.status == 200

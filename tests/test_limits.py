@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmgw.limits import RateLimiter, RequestLimits, format_duration
+from llmgw.limits import MemoryLimiter, RequestLimits, format_duration
 
 
 class FakeClock:
@@ -24,21 +24,21 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def limiter(clock: FakeClock) -> RateLimiter:
-    return RateLimiter(clock)
+def limiter(clock: FakeClock) -> MemoryLimiter:
+    return MemoryLimiter(clock)
 
 
 FREE = RequestLimits(per_minute=10, per_hour=100)
 
 
-def test_a_full_bucket_allows_the_limit_then_refuses(limiter: RateLimiter) -> None:
+def test_a_full_bucket_allows_the_limit_then_refuses(limiter: MemoryLimiter) -> None:
     decisions = [limiter.acquire(1, FREE) for _ in range(11)]
     assert [d.allowed for d in decisions] == [True] * 10 + [False]
     assert [d.minute.remaining for d in decisions[:10]] == list(range(9, -1, -1))
     assert decisions[9].hour.remaining == 90
 
 
-def test_refill_is_continuous_at_limit_per_window(limiter: RateLimiter, clock: FakeClock) -> None:
+def test_refill_is_continuous_at_limit_per_window(limiter: MemoryLimiter, clock: FakeClock) -> None:
     for _ in range(10):
         limiter.acquire(1, FREE)
     clock.advance(5.9)  # 10/min is one request per 6 s
@@ -50,7 +50,7 @@ def test_refill_is_continuous_at_limit_per_window(limiter: RateLimiter, clock: F
     assert limiter.acquire(1, FREE).minute.remaining == 9  # refilled, capped at the limit
 
 
-def test_a_refused_request_consumes_nothing(limiter: RateLimiter, clock: FakeClock) -> None:
+def test_a_refused_request_consumes_nothing(limiter: MemoryLimiter, clock: FakeClock) -> None:
     limits = RequestLimits(per_minute=2, per_hour=100)
     limiter.acquire(1, limits)
     limiter.acquire(1, limits)
@@ -63,7 +63,7 @@ def test_a_refused_request_consumes_nothing(limiter: RateLimiter, clock: FakeClo
     assert decision.hour.remaining == 97
 
 
-def test_the_hour_window_binds_when_it_is_emptier(limiter: RateLimiter, clock: FakeClock) -> None:
+def test_the_hour_window_binds_when_it_is_emptier(limiter: MemoryLimiter, clock: FakeClock) -> None:
     limits = RequestLimits(per_minute=10, per_hour=12)
     for _ in range(10):
         limiter.acquire(1, limits)
@@ -82,7 +82,9 @@ def test_the_hour_window_binds_when_it_is_emptier(limiter: RateLimiter, clock: F
     assert headers["retry-after-ms"] == "240000"
 
 
-def test_retry_after_is_rounded_up_to_whole_seconds(limiter: RateLimiter, clock: FakeClock) -> None:
+def test_retry_after_is_rounded_up_to_whole_seconds(
+    limiter: MemoryLimiter, clock: FakeClock
+) -> None:
     limits = RequestLimits(per_minute=7, per_hour=1000)
     for _ in range(7):
         limiter.acquire(1, limits)
@@ -94,14 +96,14 @@ def test_retry_after_is_rounded_up_to_whole_seconds(limiter: RateLimiter, clock:
     assert refused.headers()["retry-after-ms"] == "7572"
 
 
-def test_keys_have_separate_buckets(limiter: RateLimiter) -> None:
+def test_keys_have_separate_buckets(limiter: MemoryLimiter) -> None:
     limits = RequestLimits(per_minute=1, per_hour=10)
     assert limiter.acquire(1, limits).allowed
     assert not limiter.acquire(1, limits).allowed
     assert limiter.acquire(2, limits).allowed
 
 
-def test_refund_gives_the_request_back(limiter: RateLimiter) -> None:
+def test_refund_gives_the_request_back(limiter: MemoryLimiter) -> None:
     limits = RequestLimits(per_minute=1, per_hour=10)
     assert limiter.acquire(1, limits).allowed
     limiter.refund(1)
@@ -110,18 +112,18 @@ def test_refund_gives_the_request_back(limiter: RateLimiter) -> None:
     assert decision.hour.remaining == 9
 
 
-def test_a_tier_change_resizes_without_granting_more(limiter: RateLimiter) -> None:
+async def test_a_tier_change_resizes_without_granting_more(limiter: MemoryLimiter) -> None:
     for _ in range(10):
         limiter.acquire(1, FREE)
     premium = RequestLimits(per_minute=100, per_hour=1000)
     # Upgrading does not refill at once: the used tokens stay used.
     assert not limiter.acquire(1, premium).allowed
     downgraded = RequestLimits(per_minute=1, per_hour=100)
-    limiter.forget(1)
+    await limiter.forget(1)
     assert limiter.acquire(1, downgraded).minute.remaining == 0
 
 
-def test_headers_carry_the_seed_and_openai_names(limiter: RateLimiter) -> None:
+def test_headers_carry_the_seed_and_openai_names(limiter: MemoryLimiter) -> None:
     headers = limiter.acquire(1, FREE).headers()
     assert headers == {
         "X-RateLimit-Limit-Minute": "10",

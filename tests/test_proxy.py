@@ -167,20 +167,41 @@ async def test_embeddings_record_prompt_tokens(gateway: Gateway, api_key: str) -
     assert row["completion_tokens"] == 0 and row["usage_source"] == "reported"
 
 
-async def test_vllm_errors_arrive_in_openai_shape(gateway: Gateway, api_key: str) -> None:
+async def test_vllm_errors_arrive_in_openai_shape(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    body = orjson.dumps({**CHAT, "max_tokens": 10**6})
+    status, headers, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
+    assert status == 400
+    assert headers["Content-Type"].startswith("application/json")
+    error = json.loads(raw)["error"]
+    assert error["message"].startswith("max_tokens=1000000 cannot be greater than max_model_len")
+    assert error["type"] == "invalid_request_error"  # vLLM said "BadRequestError"
+    assert error["param"] == "max_tokens"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fake.behaviour.requests_to("/v1/chat/completions")
+    [row] = await gateway.ledger_rows()
+    assert row["status_code"] == 400 and row["prompt_tokens"] == 0
+
+
+async def test_a_model_no_upstream_serves_is_404_from_the_gateway_uncharged(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
     body = orjson.dumps({**CHAT, "model": "no-such-model"})
     status, headers, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
     assert status == 404
-    assert headers["Content-Type"].startswith("application/json")
     error = json.loads(raw)["error"]
-    assert (
-        error["message"] == "The model `no-such-model` does not exist. Valid aliases: fake-model."
-    )
-    assert error["type"] == "invalid_request_error"  # vLLM said "NotFoundError"
-    assert error["code"] == "model_not_found"  # vLLM said 404
-    assert set(error) == {"message", "type", "param", "code"}
+    # vLLM's words, and OpenAI's type and code.
+    assert error == {
+        "message": "The model `no-such-model` does not exist. Valid aliases: fake-model.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    assert fake.behaviour.requests_to("/v1/chat/completions") == []  # never asked
+    assert headers["X-RateLimit-Remaining-Minute"] == "100"  # nor charged
     [row] = await gateway.ledger_rows()
-    assert row["status_code"] == 404 and row["prompt_tokens"] == 0
+    assert (row["status_code"], row["model"], row["upstream"]) == (404, "no-such-model", None)
 
 
 async def test_failover_to_the_next_upstream(
@@ -241,7 +262,8 @@ async def test_every_authenticated_response_carries_the_limit_headers(
     )
     assert headers["X-RateLimit-Limit-Minute"] == "100"
     assert headers["X-RateLimit-Limit-Hour"] == "1000"
-    assert headers["x-ratelimit-remaining-requests"] == "99"
+    # A 400 is answered before the request is admitted: it costs nothing.
+    assert headers["x-ratelimit-remaining-requests"] == "100"
     assert re.fullmatch(r"\d+(ms|(\.\d+)?s)", headers["x-ratelimit-reset-requests"])
 
 

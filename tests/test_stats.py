@@ -108,13 +108,15 @@ async def test_a_429_is_rate_limited_and_an_unknown_model_is_an_error(
 ) -> None:
     key = await gateway.create_key("carol", requests_per_minute=2)
     assert (await chat(http, gateway, key["key"], model="no-such-model"))[0] == 404
+    # The 404 was answered before admission: both requests of the minute are left.
+    assert (await chat(http, gateway, key["key"]))[0] == 200
     assert (await chat(http, gateway, key["key"]))[0] == 200
     assert (await chat(http, gateway, key["key"]))[0] == 429
-    snap = await stats_until(gateway, lambda s: window_requests(s) == 3)
+    snap = await stats_until(gateway, lambda s: window_requests(s) == 4)
     assert sum(snap["total"]["errors"]) == 1
     assert sum(snap["total"]["rate_limited"]) == 1
     row = key_row(snap, key["id"])
-    assert (row["requests"], row["errors"], row["rate_limited"]) == (3, 1, 1)
+    assert (row["requests"], row["errors"], row["rate_limited"]) == (4, 1, 1)
     assert row["budget"]["minute"]["remaining"] == 0
 
 
@@ -268,7 +270,8 @@ async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSessio
     assert any(line.startswith("requests   ") and "3 in all" in line for line in lines)
     frank = next(line for line in lines if " frank " in line)
     assert frank.split()[:4] == [str(key["id"]), key["key"][:16], "frank", "standard"]
-    assert frank.split()[-2:] == ["27/30", "297/300"]
+    # The 404 was answered before admission: it cost nothing.
+    assert frank.split()[-2:] == ["28/30", "298/300"]
     assert "Traceback" not in out + err
 
     code, out, err = await llmgw("--socket", str(gateway.socket_path), "status", "--json")

@@ -1,6 +1,6 @@
 """The rate limiter on its own: decisions a second over many keys.
 
-`llmgw.limits.RateLimiter.acquire` in a tight loop over `--keys` keys with a tier
+`llmgw.limits.MemoryLimiter.acquire` in a tight loop over `--keys` keys with a tier
 whose limits are never reached, bounded in calls and seconds; then the same with
 `Decision.headers()`, which the request path also calls for every request. Each is
 run three times, in turn, and the best run is kept.
@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from llmgw.limits import RateLimiter, RequestLimits
+from llmgw.limits import MemoryLimiter, RequestLimits
 
 
 def rate(calls: int, seconds: float, keys: int, headers: bool) -> dict[str, Any]:
-    limiter = RateLimiter()
+    limiter = MemoryLimiter()
     limits = RequestLimits(per_minute=10**9, per_hour=10**9)
     acquire = limiter.acquire
     done, began = 0, time.perf_counter()

@@ -108,9 +108,10 @@ async def delete_key(request: web.Request) -> web.Response:
         key = await _existing(store, request)
         await store.delete_key(key.id)
         await store.record_audit(actor(request), "key.delete", f"key:{key.id}", key.public(), None)
-        keys, limiter = request.config_dict[KEYS], request.config_dict[LIMITER]
+        keys = request.config_dict[KEYS]
         tx.on_commit(lambda: keys.remove(key.id))
-        tx.on_commit(lambda: limiter.forget(key.id))
+    # No request can name the key any more: what its limits held can go.
+    await request.config_dict[LIMITER].forget(key.id)
     return json_response({"deleted": True, **key.public()})
 
 

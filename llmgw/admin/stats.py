@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..keys import ApiKey
-from ..limits import RateLimiter, WindowState, limits_for
+from ..limits import Limiter, WindowState, limits_for
 from ..state import KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
 from .common import int_query, json_response
 
@@ -55,7 +55,7 @@ async def _end_streams(app: web.Application) -> None:
 
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    return json_response(snapshot(request, _seconds(request)))
+    return json_response(await snapshot(request, _seconds(request)))
 
 
 @routes.get("/stats/stream")
@@ -67,7 +67,7 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         while True:
-            event = b"data: " + orjson.dumps(snapshot(request, seconds)) + b"\n\n"
+            event = b"data: " + orjson.dumps(await snapshot(request, seconds)) + b"\n\n"
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await response.write(event)
             if closing.is_set() or await _closing_before_next_tick(closing):
@@ -79,13 +79,13 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def snapshot(request: web.Request, seconds: int) -> dict[str, Any]:
+async def snapshot(request: web.Request, seconds: int) -> dict[str, Any]:
     cfg = request.config_dict
     snap = cfg[LIVE].snapshot(seconds, top=TOP_KEYS)
     snap["total"]["in_flight"] = cfg[METRICS].in_flight
     keys, limiter, settings = cfg[KEYS], cfg[LIMITER], cfg[SETTINGS]
     for row in snap["keys"]:
-        row.update(_key_view(keys.get(row["key_id"]), limiter, settings))
+        row.update(await _key_view(keys.get(row["key_id"]), limiter, settings))
     snap["upstreams"] = [u.status() for u in cfg[UPSTREAMS].upstreams]
     snap["ledger"] = cfg[LEDGER].status()
     return snap
@@ -113,16 +113,16 @@ def _until_next_tick(now: float) -> float:
     return wait + 1.0 if wait < 0.5 else wait
 
 
-def _key_view(key: ApiKey | None, limiter: RateLimiter, settings: Settings) -> dict[str, Any]:
+async def _key_view(key: ApiKey | None, limiter: Limiter, settings: Settings) -> dict[str, Any]:
     """Who the key is and what is left of its budget; all null for a deleted key."""
     if key is None:
         return {"key_prefix": None, "user_id": None, "tier": None, "budget": None}
-    minute, hour = limiter.peek(key.id, limits_for(key, settings))
+    windows = await limiter.windows(key.id, limits_for(key, settings))
     return {
         "key_prefix": key.key_prefix,
         "user_id": key.user_id,
         "tier": key.tier,
-        "budget": {"minute": _budget(minute), "hour": _budget(hour)},
+        "budget": {"minute": _budget(windows.minute), "hour": _budget(windows.hour)},
     }
 
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from llmgw.config import ServerSettings
 from llmgw.fake_vllm import FakeVLLM
-from llmgw.proxy import ROUTES
+from llmgw.routes import ROUTES
 
 from ..conftest import Gateway, make_settings, start_gateway, tiers
 from .conftest import assert_settled

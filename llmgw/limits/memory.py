@@ -1,41 +1,24 @@
-"""Per-key rate limits: token buckets for requests per minute and per hour.
+"""The limiter of one process: token buckets in a dict, for requests per minute and hour.
 
 Each bucket holds up to `limit` tokens and refills continuously at `limit / window`, so
 a key can burst to its limit and then proceeds at the average rate. A request takes one
-token from every bucket or from none (a refused request consumes nothing). The clock
-is injected so the arithmetic is tested without sleeping.
+token from every bucket or from none (a refused request consumes nothing). Everything
+runs on the event loop between two awaits, so a decision is atomic without a lock. The
+clock is injected so the arithmetic is tested without sleeping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .config import Settings
-from .keys import ApiKey
+from .base import HOUR, MINUTE, Decision, LimitExceeded, RequestLimits, WindowState
 
-MINUTE = 60.0
-HOUR = 3600.0
 # Refill is floating-point arithmetic: 6 s at 10/min must count as one whole token.
 _EPSILON = 1e-9
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    per_minute: int
-    per_hour: int
-
-
-def limits_for(key: ApiKey, settings: Settings) -> RequestLimits:
-    """The key's own limits where it has them, else its tier's (else the default tier's,
-    should its tier have been removed from the config)."""
-    tier = settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
-    return RequestLimits(
-        key.requests_per_minute or tier.requests_per_minute,
-        key.requests_per_hour or tier.requests_per_hour,
-    )
 
 
 @dataclass(slots=True)
@@ -71,56 +54,45 @@ class _Bucket:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class WindowState:
-    limit: int
-    remaining: int
-    reset: float  # seconds until the bucket is full again
+class _Held:
+    """A request's reservation in this process."""
+
+    __slots__ = ("_key_id", "_limiter", "_limits", "decision")
+
+    def __init__(
+        self, limiter: MemoryLimiter, key_id: int, limits: RequestLimits, decision: Decision
+    ) -> None:
+        self._limiter, self._key_id, self._limits = limiter, key_id, limits
+        self.decision = decision
+
+    async def refund(self) -> Decision:
+        self._limiter.refund(self._key_id)
+        self.decision = self._limiter.peek(self._key_id, self._limits)
+        return self.decision
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    retry_after: float  # seconds until a request would be allowed; 0 when allowed
-    minute: WindowState
-    hour: WindowState
-
-    def headers(self) -> dict[str, str]:
-        """The seed's four headers and OpenAI's trio for the window closest to empty."""
-        binding = self.hour if self.hour.remaining < self.minute.remaining else self.minute
-        headers = {
-            "X-RateLimit-Limit-Minute": str(self.minute.limit),
-            "X-RateLimit-Remaining-Minute": str(self.minute.remaining),
-            "X-RateLimit-Limit-Hour": str(self.hour.limit),
-            "X-RateLimit-Remaining-Hour": str(self.hour.remaining),
-            "x-ratelimit-limit-requests": str(binding.limit),
-            "x-ratelimit-remaining-requests": str(binding.remaining),
-            "x-ratelimit-reset-requests": format_duration(binding.reset),
-        }
-        if not self.allowed:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-            headers["retry-after-ms"] = str(max(1, math.ceil(self.retry_after * 1000)))
-        return headers
-
-
-def format_duration(seconds: float) -> str:
-    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
-    if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{round(seconds, 3):g}s"
-    whole = math.ceil(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s"
-
-
-class RateLimiter:
+class MemoryLimiter:
     """The buckets of every key that has made a request since start."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[int, tuple[_Bucket, _Bucket]] = {}
+
+    @contextlib.asynccontextmanager
+    async def admit(self, key_id: int, limits: RequestLimits) -> AsyncIterator[_Held]:
+        decision = self.acquire(key_id, limits)
+        if not decision.allowed:
+            raise LimitExceeded(decision, limits)
+        # Requests are all it counts so far: nothing is held that leaving must release.
+        yield _Held(self, key_id, limits, decision)
+
+    async def windows(self, key_id: int, limits: RequestLimits) -> Decision:
+        return self.peek(key_id, limits)
+
+    async def forget(self, key_id: int) -> None:
+        self._buckets.pop(key_id, None)
+
+    # The synchronous core, also what the unit tests and the bench drive.
 
     def acquire(self, key_id: int, limits: RequestLimits) -> Decision:
         now = self._clock()
@@ -136,21 +108,18 @@ class RateLimiter:
             retry_after = max(minute.seconds_until(1), hour.seconds_until(1))
         return Decision(allowed, retry_after, minute.state(), hour.state())
 
-    def peek(self, key_id: int, limits: RequestLimits) -> tuple[WindowState, WindowState]:
+    def peek(self, key_id: int, limits: RequestLimits) -> Decision:
         """The key's minute and hour windows now, without taking anything."""
         now = self._clock()
         minute, hour = self._buckets_for(key_id, limits, now)
         minute.refill(now)
         hour.refill(now)
-        return minute.state(), hour.state()
+        return Decision(True, 0.0, minute.state(), hour.state())
 
     def refund(self, key_id: int) -> None:
         """Give back the request a key was charged for but the upstream never served."""
         for bucket in self._buckets.get(key_id, ()):
             bucket.tokens = min(bucket.capacity, bucket.tokens + 1)
-
-    def forget(self, key_id: int) -> None:
-        self._buckets.pop(key_id, None)
 
     def _buckets_for(
         self, key_id: int, limits: RequestLimits, now: float
