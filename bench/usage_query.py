@@ -27,6 +27,7 @@ from typing import Any
 
 from llmgw import rollups
 from llmgw.ledger import UsageRecord
+from llmgw.migrations import MIGRATIONS
 from llmgw.store import Store
 from llmgw.times import iso_utc
 
@@ -197,7 +198,8 @@ def backfill(path: Path) -> tuple[float, bool]:
             " DELETE FROM usage_hourly; DELETE FROM usage_hourly_latency;"
         )
         t0 = time.perf_counter()
-        db.executescript("BEGIN;" + rollups.backfill_sql() + "COMMIT;")
+        backfill = MIGRATIONS[2].sql
+        db.executescript("BEGIN;" + backfill[backfill.index("INSERT INTO") :] + "COMMIT;")
         seconds = time.perf_counter() - t0
         differ = db.execute(
             f"SELECT count(*) FROM (SELECT {columns} FROM usage_hourly EXCEPT"

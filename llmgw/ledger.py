@@ -52,7 +52,7 @@ class UsageRecord:
     timestamp: float  # epoch seconds at the start of the request
 
 
-Writer = Callable[[list[UsageRecord]], Awaitable[None]]
+Writer = Callable[[list[UsageRecord]], Awaitable[object]]
 
 
 class RecordError(Exception):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from . import rollups
 from .times import iso_utc
 
 
@@ -103,7 +102,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "hourly usage rollups, backfilled from request_logs",
         # No NULL in a primary key (SQLite would let duplicates in): a row without a
         # key is key 0, without a model ''. WITHOUT ROWID: the key is the whole row's
-        # address, and the hour leads it, so a window is one range scan.
+        # address, and the hour leads it, so a window is one range scan. The backfill
+        # puts every row in the cells and latency buckets of `llmgw.rollups` as they
+        # were when it shipped (bucket i ends at round(1e6 * 1.25**i) ns), written out
+        # here so that no later change of that module can alter this migration.
         """
         CREATE TABLE usage_hourly (
             hour TEXT NOT NULL,
@@ -127,8 +129,83 @@ MIGRATIONS: tuple[Migration, ...] = (
             count INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (hour, user_id, api_key_id, model, bucket)
         ) WITHOUT ROWID;
-        """
-        + rollups.backfill_sql(),
+        INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,
+            rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''), count(*), sum(status_code >= 400 AND status_code != 429),
+            sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),
+            total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END)
+        FROM request_logs GROUP BY 1, 2, 3, 4;
+        INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''),
+            CASE
+                WHEN duration_ms * 1000000 < 1000000 THEN 0
+                WHEN duration_ms * 1000000 < 1250000 THEN 1
+                WHEN duration_ms * 1000000 < 1562500 THEN 2
+                WHEN duration_ms * 1000000 < 1953125 THEN 3
+                WHEN duration_ms * 1000000 < 2441406 THEN 4
+                WHEN duration_ms * 1000000 < 3051758 THEN 5
+                WHEN duration_ms * 1000000 < 3814697 THEN 6
+                WHEN duration_ms * 1000000 < 4768372 THEN 7
+                WHEN duration_ms * 1000000 < 5960464 THEN 8
+                WHEN duration_ms * 1000000 < 7450581 THEN 9
+                WHEN duration_ms * 1000000 < 9313226 THEN 10
+                WHEN duration_ms * 1000000 < 11641532 THEN 11
+                WHEN duration_ms * 1000000 < 14551915 THEN 12
+                WHEN duration_ms * 1000000 < 18189894 THEN 13
+                WHEN duration_ms * 1000000 < 22737368 THEN 14
+                WHEN duration_ms * 1000000 < 28421709 THEN 15
+                WHEN duration_ms * 1000000 < 35527137 THEN 16
+                WHEN duration_ms * 1000000 < 44408921 THEN 17
+                WHEN duration_ms * 1000000 < 55511151 THEN 18
+                WHEN duration_ms * 1000000 < 69388939 THEN 19
+                WHEN duration_ms * 1000000 < 86736174 THEN 20
+                WHEN duration_ms * 1000000 < 108420217 THEN 21
+                WHEN duration_ms * 1000000 < 135525272 THEN 22
+                WHEN duration_ms * 1000000 < 169406589 THEN 23
+                WHEN duration_ms * 1000000 < 211758237 THEN 24
+                WHEN duration_ms * 1000000 < 264697796 THEN 25
+                WHEN duration_ms * 1000000 < 330872245 THEN 26
+                WHEN duration_ms * 1000000 < 413590306 THEN 27
+                WHEN duration_ms * 1000000 < 516987883 THEN 28
+                WHEN duration_ms * 1000000 < 646234854 THEN 29
+                WHEN duration_ms * 1000000 < 807793567 THEN 30
+                WHEN duration_ms * 1000000 < 1009741959 THEN 31
+                WHEN duration_ms * 1000000 < 1262177448 THEN 32
+                WHEN duration_ms * 1000000 < 1577721810 THEN 33
+                WHEN duration_ms * 1000000 < 1972152263 THEN 34
+                WHEN duration_ms * 1000000 < 2465190329 THEN 35
+                WHEN duration_ms * 1000000 < 3081487911 THEN 36
+                WHEN duration_ms * 1000000 < 3851859889 THEN 37
+                WHEN duration_ms * 1000000 < 4814824861 THEN 38
+                WHEN duration_ms * 1000000 < 6018531076 THEN 39
+                WHEN duration_ms * 1000000 < 7523163845 THEN 40
+                WHEN duration_ms * 1000000 < 9403954807 THEN 41
+                WHEN duration_ms * 1000000 < 11754943508 THEN 42
+                WHEN duration_ms * 1000000 < 14693679385 THEN 43
+                WHEN duration_ms * 1000000 < 18367099232 THEN 44
+                WHEN duration_ms * 1000000 < 22958874039 THEN 45
+                WHEN duration_ms * 1000000 < 28698592549 THEN 46
+                WHEN duration_ms * 1000000 < 35873240687 THEN 47
+                WHEN duration_ms * 1000000 < 44841550858 THEN 48
+                WHEN duration_ms * 1000000 < 56051938573 THEN 49
+                WHEN duration_ms * 1000000 < 70064923216 THEN 50
+                WHEN duration_ms * 1000000 < 87581154020 THEN 51
+                WHEN duration_ms * 1000000 < 109476442525 THEN 52
+                WHEN duration_ms * 1000000 < 136845553157 THEN 53
+                WHEN duration_ms * 1000000 < 171056941446 THEN 54
+                WHEN duration_ms * 1000000 < 213821176807 THEN 55
+                WHEN duration_ms * 1000000 < 267276471009 THEN 56
+                WHEN duration_ms * 1000000 < 334095588762 THEN 57
+                WHEN duration_ms * 1000000 < 417619485952 THEN 58
+                WHEN duration_ms * 1000000 < 522024357440 THEN 59
+                WHEN duration_ms * 1000000 < 652530446800 THEN 60
+                ELSE 61
+            END,
+            count(*)
+        FROM request_logs WHERE status_code != 429 GROUP BY 1, 2, 3, 4, 5;
+        """,
     ),
     Migration(
         4,
@@ -142,13 +219,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
-        "usage_source 'invalid': usage an upstream reported that cannot be true",
+        "usage_source 'invalid'; one ledger row per request id",
         # SQLite cannot change a CHECK constraint in place: the table is rebuilt (the
-        # steps of SQLite's "ALTER TABLE" page), keeping every row and its id.
+        # steps of SQLite's "ALTER TABLE" page), keeping every row and its id. A unique
+        # request id makes a batch written twice (its commit acknowledgement lost)
+        # harmless: the rows already there are ignored, and only new ones are counted.
         """
         CREATE TABLE request_logs_new (
             id INTEGER PRIMARY KEY,
-            request_id TEXT NOT NULL,
+            request_id TEXT NOT NULL UNIQUE,
             user_id TEXT NOT NULL,
             api_key_id INTEGER,
             endpoint TEXT NOT NULL,
@@ -164,7 +243,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             upstream TEXT,
             timestamp TEXT NOT NULL
         );
-        INSERT INTO request_logs_new SELECT * FROM request_logs;
+        INSERT OR IGNORE INTO request_logs_new SELECT * FROM request_logs ORDER BY id;
         DROP TABLE request_logs;
         ALTER TABLE request_logs_new RENAME TO request_logs;
         CREATE INDEX idx_request_logs_timestamp ON request_logs (timestamp);

@@ -1,13 +1,14 @@
 """Usage rollups: hourly aggregates of the ledger, so statistics never scan it.
 
-The ledger writer folds every batch into two tables in the batch's own transaction
-(`add`), so the rollups are always exactly the committed `request_logs`:
+The store folds every ledger batch into two tables in the batch's own transaction, so
+the rollups are always exactly the committed `request_logs`:
 
 - `usage_hourly`: per hour, user, key and model: requests, errors, rate-limited
   requests, prompt and completion tokens, and the summed latency;
 - `usage_hourly_latency`: the same cells split by latency bucket, for percentiles.
 
-Definitions (the same in `add`, in the backfill SQL and in `bench/README.md`):
+Definitions (the same in the store's fold, in migration 3's backfill and in
+`bench/README.md`):
 
 - `errors`: status >= 400 except 429: 4xx the gateway or vLLM answered, 5xx, and 499
   (the client went away);
@@ -39,9 +40,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import aiosqlite
-
-from .ledger import UsageRecord
 from .times import iso_utc
 
 Grouping = Literal["user", "key", "model", "day"]
@@ -49,13 +47,11 @@ GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
 
 GROWTH = 1.25
 # Upper bounds of the latency buckets in whole nanoseconds. Integers, so that Python
-# (`add`) and SQLite (the backfill) compare `duration_ms * 1e6` against exactly the
-# same numbers and put every row in the same bucket. Changing them needs a migration
-# that rebuilds usage_hourly_latency: migration 3's backfill is generated from them.
+# (`bucket_of`) and SQL (the store's fold, migration 3's backfill) compare
+# `duration_ms * 1e6` against exactly the same numbers and put every row in the same
+# bucket. Changing them needs a migration that rebuilds usage_hourly_latency.
 BOUNDS_NS: tuple[int, ...] = tuple(round(1e6 * GROWTH**i) for i in range(61))
 OVERFLOW = len(BOUNDS_NS)  # the bucket of everything from BOUNDS_NS[-1] up
-
-_Cell = tuple[str, str, int, str]  # hour, user_id, api_key_id (0: none), model ('' none)
 
 
 def bucket_of(duration_ms: float) -> int:
@@ -68,84 +64,6 @@ def bucket_range(bucket: int) -> tuple[float, float | None]:
     """A bucket's [low, high) in milliseconds; high is None for the overflow bucket."""
     low = 0.0 if bucket == 0 else BOUNDS_NS[bucket - 1] / 1e6
     return low, (BOUNDS_NS[bucket] / 1e6 if bucket < OVERFLOW else None)
-
-
-async def add(db: aiosqlite.Connection, records: Sequence[UsageRecord]) -> None:
-    """Fold `records` into the rollups; called inside the ledger's transaction."""
-    # Aggregate in Python first: one UPSERT per cell, not per record, keeps a batch's
-    # cost small (a batch mostly falls in one hour, for few keys).
-    totals: dict[_Cell, list[float]] = {}
-    latency: Counter[tuple[str, str, int, str, int]] = Counter()
-    hours: dict[int, str] = {}
-    for r in records:
-        cell = (_hour(r.timestamp, hours), r.user_id, r.api_key_id or 0, r.model or "")
-        sums = totals.get(cell)
-        if sums is None:
-            sums = totals[cell] = [0, 0, 0, 0, 0, 0.0]
-        status = r.status_code
-        sums[0] += 1
-        sums[3] += r.prompt_tokens
-        sums[4] += r.completion_tokens
-        if status == 429:
-            sums[2] += 1
-            continue
-        if status >= 400:
-            sums[1] += 1
-        duration = round(r.duration_ms, 3)  # as request_logs stores it
-        sums[5] += duration
-        latency[(*cell, bisect.bisect_right(BOUNDS_NS, duration * 1_000_000))] += 1
-    await db.executemany(
-        "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
-        " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
-        " requests = requests + excluded.requests, errors = errors + excluded.errors,"
-        " rate_limited = rate_limited + excluded.rate_limited,"
-        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-        " completion_tokens = completion_tokens + excluded.completion_tokens,"
-        " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
-        [(*cell, *sums) for cell, sums in totals.items()],
-    )
-    await db.executemany(
-        "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
-        " count = count + excluded.count",
-        [(*key, count) for key, count in latency.items()],
-    )
-
-
-def _hour(timestamp: float, known: dict[int, str]) -> str:
-    """The hour `iso_utc(timestamp)` shows, formatted once per hour of a batch
-    (formatting each record's timestamp would cost more than all the rest of `add`)."""
-    number = int(timestamp // 3600)
-    if timestamp - number * 3600 >= 3599.999:
-        # iso_utc rounds to the microsecond, which may carry into the next hour.
-        return iso_utc(timestamp)[:13]
-    hour = known.get(number)
-    if hour is None:
-        hour = known[number] = iso_utc(number * 3600)[:13]
-    return hour
-
-
-def backfill_sql() -> str:
-    """SQL that folds all of `request_logs` into the empty rollup tables, exactly as
-    `add` would have: the same cells, sums and buckets."""
-    cell = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, '')"
-    bucket = " ".join(
-        f"WHEN duration_ms * 1000000 < {bound} THEN {i}" for i, bound in enumerate(BOUNDS_NS)
-    )
-    return f"""
-        INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,
-            rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)
-        SELECT {cell}, count(*), sum(status_code >= 400 AND status_code != 429),
-            sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),
-            total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END)
-        FROM request_logs GROUP BY 1, 2, 3, 4;
-        INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)
-        SELECT {cell}, CASE {bucket} ELSE {OVERFLOW} END, count(*)
-        FROM request_logs WHERE status_code != 429 GROUP BY 1, 2, 3, 4, 5;
-    """
 
 
 # --- reading ------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from . import rollups
 from .keys import ApiKey
 from .ledger import RecordError, UsageRecord
 from .migrations import migrate
+from .rollups import BOUNDS_NS, OVERFLOW
 from .times import iso_utc, parse_iso
 
 _KEY_COLUMNS = (
@@ -48,6 +48,46 @@ _KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
 # UTF-8) or a row a constraint refuses: the records' fault, not the database's, so the
 # ledger sets such a record aside instead of retrying it for ever.
 _RECORD_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.IntegrityError, sqlite3.DataError)
+_LAST_LOG_ID = "SELECT coalesce(max(id), 0) FROM request_logs"
+# ON CONFLICT, not OR IGNORE: that would also skip, silently, a row a CHECK refuses.
+_INSERT_LOG = (
+    "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"
+    " status_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens, usage_source, model,"
+    " upstream, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+# The rows just inserted (ids above the batch's first: SQLite gives a new row the
+# highest id plus one) folded into the rollups, with the definitions of
+# `llmgw.rollups`, and into their keys' last use.
+_NEW = "FROM request_logs WHERE id > ?1"
+_CELL = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, '')"
+_BUCKET = (
+    "CASE "
+    + " ".join(f"WHEN duration_ms * 1000000 < {b} THEN {i}" for i, b in enumerate(BOUNDS_NS))
+    + f" ELSE {OVERFLOW} END"
+)
+_FOLD_NEW_LOGS = (
+    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+    " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
+    f" SELECT {_CELL}, count(*), sum(status_code >= 400 AND status_code != 429),"
+    " sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),"
+    f" total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END) {_NEW}"
+    " GROUP BY 1, 2, 3, 4"
+    " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+    " requests = requests + excluded.requests, errors = errors + excluded.errors,"
+    " rate_limited = rate_limited + excluded.rate_limited,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
+    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
+    f" SELECT {_CELL}, {_BUCKET}, count(*) {_NEW} AND status_code != 429"
+    " GROUP BY 1, 2, 3, 4, 5"
+    " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+    " count = count + excluded.count",
+    "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), used.last)"
+    f" FROM (SELECT api_key_id, max(timestamp) AS last {_NEW} AND api_key_id IS NOT NULL"
+    " GROUP BY api_key_id) AS used WHERE api_keys.id = used.api_key_id",
+)
 _ADMIN_COLUMNS = (
     "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
     " tokens_valid_after"
@@ -294,36 +334,27 @@ class Store:
 
     # --- ledger -------------------------------------------------------------------
 
-    async def insert_request_logs(self, records: Sequence[UsageRecord]) -> None:
-        """One transaction: the rows, each key's `last_used_at`, and the rollups."""
-        last_used: dict[int, float] = {}
-        for record in records:
-            if record.api_key_id is not None:
-                last_used[record.api_key_id] = max(
-                    record.timestamp, last_used.get(record.api_key_id, 0.0)
-                )
+    async def insert_request_logs(self, records: Sequence[UsageRecord]) -> int:
+        """One transaction: the records not written before (by request id: a batch
+        retried after a lost commit adds nothing twice), their keys' `last_used_at`, and
+        their rollups. Returns how many rows were new.
+
+        The rows are made in SQLite's thread (the parameters are a generator) and folded
+        into the rollups by SQLite itself, so a batch costs the event loop next to
+        nothing.
+        """
         try:
-            await self._insert_request_logs(records, last_used)
+            async with self.transaction():
+                async with self._db.execute(_LAST_LOG_ID) as cursor:
+                    row = await cursor.fetchone()
+                last_id = row[0] if row else 0
+                cursor = await self._db.executemany(_INSERT_LOG, (_log_row(r) for r in records))
+                inserted = cursor.rowcount
+                for statement in _FOLD_NEW_LOGS:
+                    await self._db.execute(statement, (last_id,))
         except _RECORD_ERRORS as exc:
             raise RecordError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _insert_request_logs(
-        self, records: Sequence[UsageRecord], last_used: Mapping[int, float]
-    ) -> None:
-        async with self.transaction():
-            await self._db.executemany(
-                "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"
-                " status_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens,"
-                " usage_source, model, upstream, timestamp)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_log_row(r) for r in records],
-            )
-            await self._db.executemany(
-                "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), ?)"
-                " WHERE id = ?",
-                [(iso_utc(ts), key_id) for key_id, ts in last_used.items()],
-            )
-            await rollups.add(self._db, records)
+        return inserted
 
     async def recent_requests(
         self,

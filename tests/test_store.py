@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from llmgw.keys import hash_key
+from llmgw.ledger import UsageRecord
 from llmgw.migrations import MIGRATIONS
 from llmgw.store import Store
 
@@ -100,3 +102,28 @@ async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: P
     assert plaintext.encode() not in path.read_bytes()
     wal = path.with_name(path.name + "-wal")
     assert not wal.exists() or plaintext.encode() not in wal.read_bytes()
+
+
+async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(tmp_path: Path) -> None:
+    """A batch retried after its commit's acknowledgement was lost must change nothing."""
+    path = tmp_path / "llmgw.db"
+    store = await Store.open(path)
+    batch = [
+        UsageRecord(f"req-{n}", "alice", 1, "/v1/chat/completions", "POST",
+                    429 if n == 3 else 200, 10.0 + n, 1.0, 5, 7, "reported", "m", "u",
+                    1_800_000_000.0 + n)
+        for n in range(5)
+    ]  # fmt: skip
+    assert await store.insert_request_logs(batch) == 5
+    assert (
+        await store.insert_request_logs(
+            [*batch[2:], dataclasses.replace(batch[0], request_id="req-5")]
+        )
+        == 1
+    )
+    await store.close()
+    assert len(read_rows(path, "SELECT * FROM request_logs")) == 6
+    [cell] = read_rows(path, "SELECT * FROM usage_hourly")
+    assert (cell["requests"], cell["rate_limited"], cell["prompt_tokens"]) == (6, 1, 30)
+    [latency] = read_rows(path, "SELECT sum(count) AS n FROM usage_hourly_latency")
+    assert latency["n"] == 5  # the 429 is not timed
