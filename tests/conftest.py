@@ -14,10 +14,10 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -216,14 +216,12 @@ def sse_events(raw: bytes) -> list[str]:
     return [e for e in raw.decode().split("\n\n") if e]
 
 
-@dataclass
-class CliRun:
+class CliRun(NamedTuple):
+    """A finished `llmgw`: unpacks as `code, out, err = await run_llmgw(...)`."""
+
     code: int
     stdout: str
     stderr: str
-
-    def __iter__(self) -> Iterator[int | str]:  # so `code, out, err = await run_llmgw()`
-        return iter((self.code, self.stdout, self.stderr))
 
 
 async def run_llmgw(
