@@ -44,6 +44,37 @@ LLMGW = str(Path(sys.executable).parent / "llmgw")
 _FOREIGN_ENV = ("VLLM_BASE_URL", "DATABASE_URL", "GATEWAY_PORT", "ADMIN_SECRET_KEY")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The suite's switches. Options, not `LLMGW_*` variables: llmgw takes every one of
+    those for a setting, and refuses one it does not know (tests/test_env_names.py).
+    Here, in the rootdir's conftest, because pytest reads options only from the conftests
+    it loads at start-up, which a `tests/failures/conftest.py` is not in every run."""
+    group = parser.getgroup("llmgw")
+    group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="How long tests/failures/test_soak.py runs its traffic (default: 60).",
+    )
+    group.addoption(
+        "--soak-csv",
+        type=_absolute,
+        metavar="PATH",
+        help="Write the soak's memory and descriptor curve to PATH as CSV.",
+    )
+    group.addoption(
+        "--chromium",
+        metavar="PATH",
+        help="The Chromium the admin page test drives (default: chromium on PATH).",
+    )
+
+
+def _absolute(path: str) -> Path:
+    # Resolved where pytest was started: each test runs in its own tmp_path.
+    return Path(path).resolve()
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes the developer's config, database or socket."""
