@@ -15,13 +15,16 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmgw.config import UpstreamSettings
 from tests.conftest import Gateway, make_settings, normalised, start_gateway
 
 from .conftest import MODEL_NAME, VllmServer
 
-MESSAGES = [{"role": "user", "content": "Hello there, who are you?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Hello there, who are you?"}
+]
 # The random model may pick its end-of-sequence token at any step: vLLM's ignore_eos
 # makes max_tokens decide the length, so counts (and the disconnect test) are exact.
 FULL_LENGTH = {"ignore_eos": True}

@@ -14,10 +14,10 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -42,6 +42,37 @@ LLMGW = str(Path(sys.executable).parent / "llmgw")
 
 # Settings the environment could carry in from a developer's shell or .env.
 _FOREIGN_ENV = ("VLLM_BASE_URL", "DATABASE_URL", "GATEWAY_PORT", "ADMIN_SECRET_KEY")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The suite's switches. Options, not `LLMGW_*` variables: llmgw takes every one of
+    those for a setting, and refuses one it does not know (tests/test_env_names.py).
+    Here, in the rootdir's conftest, because pytest reads options only from the conftests
+    it loads at start-up, which a `tests/failures/conftest.py` is not in every run."""
+    group = parser.getgroup("llmgw")
+    group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="How long tests/failures/test_soak.py runs its traffic (default: 60).",
+    )
+    group.addoption(
+        "--soak-csv",
+        type=_absolute,
+        metavar="PATH",
+        help="Write the soak's memory and descriptor curve to PATH as CSV.",
+    )
+    group.addoption(
+        "--chromium",
+        metavar="PATH",
+        help="The Chromium the admin page test drives (default: chromium on PATH).",
+    )
+
+
+def _absolute(path: str) -> Path:
+    # Resolved where pytest was started: each test runs in its own tmp_path.
+    return Path(path).resolve()
 
 
 @pytest.fixture(autouse=True)
@@ -216,14 +247,12 @@ def sse_events(raw: bytes) -> list[str]:
     return [e for e in raw.decode().split("\n\n") if e]
 
 
-@dataclass
-class CliRun:
+class CliRun(NamedTuple):
+    """A finished `llmgw`: unpacks as `code, out, err = await run_llmgw(...)`."""
+
     code: int
     stdout: str
     stderr: str
-
-    def __iter__(self) -> Iterator[int | str]:  # so `code, out, err = await run_llmgw()`
-        return iter((self.code, self.stdout, self.stderr))
 
 
 async def run_llmgw(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncIterator
 
@@ -23,17 +22,20 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium() -> str:
-    path = os.environ.get("LLMGW_TEST_CHROMIUM") or shutil.which("chromium")
+def chromium(config: pytest.Config) -> str:
+    """`--chromium PATH`, else the `chromium` on PATH."""
+    path: str | None = config.getoption("chromium") or shutil.which("chromium")
     if not path:
         pytest.fail("The admin page test needs Chromium: run scripts/test (it installs it).")
     return path
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser(pytestconfig: pytest.Config) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(
+            executable_path=chromium(pytestconfig), args=CHROMIUM_FLAGS
+        )
         yield browser
         await browser.close()
 

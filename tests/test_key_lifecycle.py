@@ -126,7 +126,10 @@ async def test_list_filters(gateway: Gateway) -> None:
     c = await gateway.create_key("emil", tier="premium")
     async with gateway.admin() as admin:
         await admin.revoke_key(c["id"])
-    ids = lambda keys: [k["id"] for k in keys]  # noqa: E731
+
+    def ids(keys: list[dict[str, Any]]) -> list[int]:
+        return [k["id"] for k in keys]
+
     assert ids(await cli_json(gateway, "key", "list", "--user", "dora")) == [a["id"], b["id"]]
     assert ids(await cli_json(gateway, "key", "list", "--tier", "premium")) == [b["id"], c["id"]]
     assert ids(await cli_json(gateway, "key", "list", "--inactive")) == [c["id"]]

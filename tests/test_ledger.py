@@ -75,8 +75,7 @@ async def test_rows_wait_while_the_database_fails_and_are_written_in_order_later
     async with asyncio.timeout(5):
         while ledger.failed_writes < 3:
             await asyncio.sleep(0.005)
-    assert ledger.pending == 5
-    assert ledger.last_error == "OperationalError: database is locked"
+    assert (ledger.pending, ledger.last_error) == (5, "OperationalError: database is locked")
     ledger.record(record(5))
     db.failing = False
     async with asyncio.timeout(5):

@@ -32,7 +32,8 @@ def record(key_id: int | None = 1, status: int = 200, prompt: int = 3, completio
 def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
     rows = [k for k in snapshot["keys"] if k["key_id"] == key_id]
     assert len(rows) == 1, f"key {key_id} is not among {snapshot['keys']}"
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 # --- LiveStats with a fake clock ----------------------------------------------------------

@@ -6,12 +6,15 @@ import asyncio
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmgw.fake_vllm import FakeVLLM, count_prompt_tokens
 
 from .conftest import Gateway, GatewayFactory, tiers
 
-MESSAGES = [{"role": "user", "content": "Tell me about the gateway"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me about the gateway"}
+]
 PROMPT_TOKENS = count_prompt_tokens({"messages": MESSAGES})
 
 

@@ -135,6 +135,7 @@ async def test_stream_options_without_usage_are_rewritten_and_the_client_sees_no
     body = orjson.dumps({**CHAT, "max_tokens": 3, "stream": True, "stream_options": options})
     _, _, raw = await post(f"{gateway.base_url}/chat/completions", body, auth(api_key))
     sent = fake.behaviour.requests_to("/v1/chat/completions")[-1].json
+    assert sent is not None
     assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
     events = sse_events(raw)
     assert normalised(events) == normalised(await direct_stream(fake, body))

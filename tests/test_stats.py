@@ -29,7 +29,8 @@ PASSWORD = "correct horse battery staple"
 def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
     rows = [k for k in snapshot["keys"] if k["key_id"] == key_id]
     assert len(rows) == 1, f"key {key_id} is not among {snapshot['keys']}"
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 # --- through a running gateway ---------------------------------------------------------

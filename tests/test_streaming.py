@@ -8,6 +8,7 @@ import json
 import pytest
 
 from llmgw.streaming import IdleWatch, SseRelay
+from llmgw.usage import Usage
 
 ROLE = (
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
@@ -36,8 +37,7 @@ def relay_in_pieces(relay: SseRelay, data: bytes, size: int) -> bytes:
 def test_stream_passes_unchanged_when_the_client_asked_for_usage(size: int) -> None:
     relay = SseRelay(strip_usage=False, role_chunk=True)
     assert relay_in_pieces(relay, STREAM, size) == STREAM
-    assert relay.usage is not None
-    assert (relay.usage.prompt_tokens, relay.usage.completion_tokens) == (7, 2)
+    assert relay.usage == Usage(prompt_tokens=7, completion_tokens=2)
 
 
 @pytest.mark.parametrize("size", [1, 5, 40, len(STREAM)])
@@ -47,8 +47,7 @@ def test_usage_chunk_is_removed_and_its_fingerprint_put_on_the_final_chunk(size:
     stamped = LAST[:-3] + b',"system_fingerprint":"fp-1"}\n\n'
     assert out == ROLE + TOKEN + stamped + DONE
     assert json.loads(stamped[6:])["system_fingerprint"] == "fp-1"
-    assert relay.usage is not None
-    assert relay.usage.completion_tokens == 2
+    assert relay.usage == Usage(prompt_tokens=7, completion_tokens=2)
 
 
 def test_nothing_is_held_back_longer_than_one_event() -> None:
@@ -110,7 +109,7 @@ async def test_idle_watch_fires_once_after_silence_and_never_while_paused() -> N
         watch.touch()
     watch.paused = True  # a slow client: the upstream is not timed
     await asyncio.sleep(0.15)
-    assert not fired and not watch.expired
+    assert (fired, watch.expired) == ([], False)
     watch.resume()
     async with asyncio.timeout(1):
         while not fired:

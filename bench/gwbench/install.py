@@ -2,7 +2,7 @@
 
 wrk and nginx come from Debian (apt-get, as root); py-spy goes into the project's
 `.venv` when profiling is asked for; the LiteLLM proxy gets a virtualenv of its own
-outside the repository (`$LLMGW_LITELLM_VENV`, default `~/.cache/llmgw/litellm-venv`),
+outside the repository (`$BENCH_LITELLM_VENV`, default `~/.cache/llmgw/litellm-venv`),
 pinned to the version the issue measured when PyPI still has it, and reused afterwards.
 """
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 LITELLM_VERSION = "1.108.7"  # the version the issue's figures were taken with
-LITELLM_VENV = Path(os.environ.get("LLMGW_LITELLM_VENV", Path.home() / ".cache/llmgw/litellm-venv"))
+LITELLM_VENV = Path(os.environ.get("BENCH_LITELLM_VENV", Path.home() / ".cache/llmgw/litellm-venv"))
 # Debian package -> the program it brings.
 SYSTEM_PACKAGES = {"wrk": "wrk", "nginx-light": "nginx"}
 

@@ -3,9 +3,9 @@ clients that leave mid-stream, admin changes), sampling the gateway's memory and
 descriptors. They must be flat at the end, and the ledger must hold one row for every
 request.
 
-CI runs it for `LLMGW_SOAK_SECONDS` (60 by default); the full ten minutes is
-`LLMGW_SOAK_SECONDS=600 .venv/bin/pytest tests/failures/test_soak.py -s`, which prints
-the curve (and writes it as CSV to `LLMGW_SOAK_CSV`, when set).
+CI runs it for `--soak-seconds` (60 by default; it is marked `slow`); the full ten
+minutes is `.venv/bin/pytest tests/failures/test_soak.py --soak-seconds 600 -s`, which
+prints the curve (and writes it as CSV to `--soak-csv PATH`, when given).
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 
 from llmgw.admin_client import AdminClient
 from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Served, auth, read_rows
 
-# Read at import: the suite's isolation fixture clears LLMGW_* variables for each test.
-SECONDS = float(os.environ.get("LLMGW_SOAK_SECONDS", "60"))
-CSV = os.environ.get("LLMGW_SOAK_CSV")
 CLIENTS = 8
 SAMPLES = 30  # points on the curve
 # Growth allowed between the end of warm-up and the end: the allocator settling, not a leak
@@ -106,7 +104,12 @@ async def admin(socket: Path, tally: Tally, end: float) -> None:
             await asyncio.sleep(0.2)
 
 
-async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path, fake: FakeVLLM) -> None:
+@pytest.mark.slow
+async def test_soak_memory_and_descriptors_stay_flat(
+    tmp_path: Path, fake: FakeVLLM, pytestconfig: pytest.Config
+) -> None:
+    seconds: float = pytestconfig.getoption("soak_seconds")
+    csv: Path | None = pytestconfig.getoption("soak_csv")
     fake.behaviour.token_delay = 0.002
     served = Served(tmp_path, fake.url, SOAK_TIER)
     await served.start()
@@ -119,13 +122,13 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path, fake: FakeV
     started = time.monotonic()
     tally = Tally()
     curve = [sample(pid, started, tally)]
-    end = started + SECONDS
+    end = started + seconds
     traffic = [
         asyncio.create_task(user(served.url, keys, tally, end, seed)) for seed in range(CLIENTS)
     ]
     traffic.append(asyncio.create_task(admin(served.socket, tally, end)))
     while time.monotonic() < end:
-        await asyncio.sleep(SECONDS / SAMPLES)
+        await asyncio.sleep(seconds / SAMPLES)
         curve.append(sample(pid, started, tally))
     await asyncio.gather(*traffic)
     # Idle upstream connections are closed by aiohttp's keep-alive sweep, which runs
@@ -135,9 +138,9 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path, fake: FakeV
         await asyncio.sleep(0.5)
     final = sample(pid, started, tally)
     curve.append(final)
-    report(curve, tally)
+    report(curve, tally, csv)
 
-    warm = next(s for s in curve if s.at >= SECONDS * 0.2)
+    warm = next(s for s in curve if s.at >= seconds * 0.2)
     assert final.rss_kb <= warm.rss_kb + RSS_SLACK_KB, "memory grew"
     assert final.fds <= curve[0].fds, f"file descriptors leaked: {descriptors(pid)}"
     # Every kind of traffic happened, and every request left its row.
@@ -163,12 +166,12 @@ def count_rows(served: Served) -> int:
     return int(row["n"])
 
 
-def report(curve: list[Sample], tally: Tally) -> None:
+def report(curve: list[Sample], tally: Tally, csv: Path | None) -> None:
     lines = ["seconds,rss_kb,fds,requests"] + [
         f"{s.at:.0f},{s.rss_kb},{s.fds},{s.requests}" for s in curve
     ]
-    if CSV:
-        Path(CSV).write_text("\n".join(lines) + "\n")
+    if csv is not None:
+        csv.write_text("\n".join(lines) + "\n")
     print(
         f"\nsoak: {tally.sent} requests {dict(sorted(tally.statuses.items()))}, "
         f"{tally.admin_changes} admin changes"

@@ -105,7 +105,7 @@ async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_written(
     ledger = gateway.app[LEDGER]
     bad = [
         record(0, prompt_tokens=2**63),  # OverflowError binding it
-        record(1, usage_source="bogus"),  # type: ignore[arg-type]  # the CHECK refuses it
+        record(1, usage_source="bogus"),  # the CHECK refuses it
     ]
     for n in range(2, 40):  # in one batch with the bad ones, before and after them
         ledger.record(record(n))
