@@ -175,7 +175,7 @@ def test_a_json_line_is_one_line_for_any_reader() -> None:
     """orjson escapes C0 controls but writes U+2028, U+2029 and U+0085 as they are,
     which `str.splitlines()` (and JavaScript) read as line breaks."""
     entry = record("upstream %s is down: %s", "http://gpu1:8100", ODD)
-    entry.fields = {"path": ODD}  # type: ignore[attr-defined]
+    entry.fields = {"path": ODD}
     line = JsonFormatter().format(entry)
     assert len(line.splitlines()) == 1, line
     assert json.loads(line)["path"] == ODD
