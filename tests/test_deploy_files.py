@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,6 +73,10 @@ def test_the_quadlet_units_refer_to_each_other() -> None:
         == f"VLLM_BASE_URL=http://{vllm['Container']['ContainerName']}:8000"
     )
     assert gateway["Unit"]["After"] == "vllm.service"
+    # Published on loopback only, as the README advises: nginx in front is the way in.
+    assert gateway["Container"]["PublishPort"] == "127.0.0.1:8000:8000"
+    ports = re.findall(r'^\s+- "([\d.:]+)"', (CONFIG / "compose.yaml").read_text(), re.MULTILINE)
+    assert ports == ["127.0.0.1:8000:8000"]
 
 
 async def test_the_nginx_tls_front_passes_streams(
