@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +23,7 @@ from . import admin, health, proxy
 from .admin import ui
 from .admin.remote import create_remote_app
 from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
+from .client_address import TrustedProxies
 from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
@@ -30,7 +32,18 @@ from .live import LiveStats
 from .logs import FLUSH_INTERVAL, flush_logs
 from .metrics import Metrics
 from .middleware import accounting_middleware, add_response_headers, error_middleware
-from .state import CLIENT, KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, STORE, UPSTREAMS
+from .state import (
+    CLIENT,
+    KEYS,
+    LEDGER,
+    LIMITER,
+    LIVE,
+    METRICS,
+    SETTINGS,
+    STORE,
+    TRUSTED_PROXIES,
+    UPSTREAMS,
+)
 from .store import Store
 from .upstreams import UpstreamPool
 
@@ -41,14 +54,17 @@ log = logging.getLogger("llmgw")
 UPSTREAM_KEEPALIVE = 4.0
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) -> web.Application:
+    """The public application; `clock` is what rate limits and the login throttle
+    measure their windows by."""
     app = web.Application(
         middlewares=[accounting_middleware(), error_middleware()],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[KEYS] = KeyTable()
-    app[LIMITER] = MemoryLimiter()
+    app[LIMITER] = MemoryLimiter(clock)
+    app[TRUSTED_PROXIES] = TrustedProxies(settings.admin.trusted_proxies)
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
@@ -57,7 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     health.add_routes(app)
     proxy.add_routes(app)
     # Subapp resources are found through the gateway's (request.config_dict).
-    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key))
+    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key, clock))
     ui.add_routes(app)
     if not settings.admin.secret_key:
         log.info("no [admin] secret_key: remote admin tokens end when the gateway stops")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .client_address import parse_network
+
 T = TypeVar("T")
 
 # Environment variables that start with LLMGW_ but are not settings (they steer the CLI).
@@ -111,6 +113,14 @@ class AdminSettings:
         secret=True,
     )
     token_ttl: float = setting(3600.0, "Seconds a remote admin API token stays valid.")
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "Addresses or networks (127.0.0.1, 10.0.0.0/8) of the reverse proxies in front of "
+        "the gateway, such as nginx, whose X-Forwarded-For header names the client. The "
+        "login throttle, the audit log's door and the access log's client then see that "
+        "client instead of the proxy (behind nginx, every client is nginx's address). "
+        "Empty: the header is ignored, since a client can write anything in it.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +464,11 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"[tiers.{name}]: request limits must be at least 1")
     if settings.admin.token_ttl <= 0:
         raise ConfigError("[admin] token_ttl: must be greater than 0")
+    for entry in settings.admin.trusted_proxies:
+        try:
+            parse_network(entry)
+        except ValueError as exc:
+            raise ConfigError(f"[admin] trusted_proxies: {exc}") from None
     if settings.admin.default_tier not in settings.tiers:
         raise ConfigError(
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "

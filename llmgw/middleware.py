@@ -18,7 +18,7 @@ from .context import CLIENT_CLOSED, RequestContext, RequestIds
 from .errors import GatewayError, error_response
 from .keys import redact_keys
 from .ledger import UsageRecord
-from .state import CONTEXT, LEDGER, LIVE, METRICS
+from .state import CONTEXT, LEDGER, LIVE, METRICS, TRUSTED_PROXIES
 
 access_log = logging.getLogger("llmgw.access")
 log = logging.getLogger("llmgw")
@@ -44,13 +44,16 @@ def accounting_middleware() -> Middleware:
         finally:
             # Run once aiohttp has written the answer (it does not pause to do so): the
             # accounting of a request is none of the client's wait.
-            asyncio.get_running_loop().call_soon(_account, app, ctx, status)
+            asyncio.get_running_loop().call_soon(_account, app, request, ctx, status)
 
     return accounting
 
 
-def _account(app: web.Application, ctx: RequestContext, status: int) -> None:
-    """The request's ledger record, live statistics, metrics and access line."""
+def _account(app: web.Application, request: web.Request, ctx: RequestContext, status: int) -> None:
+    """The request's ledger record, live statistics, metrics and access line.
+
+    `app` is the gateway's: by now `request.app` may be the admin sub-app the request
+    was routed into."""
     metrics = app[METRICS]
     metrics.in_flight -= 1
     metrics.responses[status] += 1
@@ -60,7 +63,7 @@ def _account(app: web.Application, ctx: RequestContext, status: int) -> None:
         metrics.completion_tokens += record.completion_tokens
         app[LEDGER].record(record)
         app[LIVE].observe(record)
-    _log_access(ctx, record, status)
+    _log_access(app, request, ctx, record, status)
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -68,11 +71,18 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _log_access(ctx: RequestContext, record: UsageRecord | None, status: int) -> None:
+def _log_access(
+    app: web.Application,
+    request: web.Request,
+    ctx: RequestContext,
+    record: UsageRecord | None,
+    status: int,
+) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     fields: dict[str, object] = {
         "request_id": ctx.request_id,
+        "client": app[TRUSTED_PROXIES].client_of(request),
         "method": ctx.method,
         "path": ctx.path,
         "status": status,

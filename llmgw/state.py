@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from .client_address import TrustedProxies
 from .config import Settings
 from .context import RequestContext
 from .keys import KeyTable
@@ -24,4 +25,5 @@ CLIENT = web.AppKey("client", aiohttp.ClientSession)
 LEDGER = web.AppKey("ledger", Ledger)
 METRICS = web.AppKey("metrics", Metrics)
 LIVE = web.AppKey("live", LiveStats)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,8 @@ def make_settings(fake_url: str, **overrides: Any) -> Settings:
     return dataclasses.replace(settings, **overrides)
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    app = create_app(settings)
+async def start_gateway(settings: Settings, clock: Callable[[], float] = time.monotonic) -> Gateway:
+    app = create_app(settings, clock)
     runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -167,11 +168,12 @@ GatewayFactory = Callable[..., Any]
 
 @pytest.fixture
 async def gateway_factory(fake: FakeVLLM) -> AsyncIterator[GatewayFactory]:
-    """Start gateways with setting overrides; all are stopped at the end."""
+    """Start gateways with setting overrides (and a clock for the limits and the login
+    throttle); all are stopped at the end."""
     started: list[Gateway] = []
 
-    async def start(**overrides: Any) -> Gateway:
-        gateway = await start_gateway(make_settings(fake.url, **overrides))
+    async def start(clock: Callable[[], float] = time.monotonic, **overrides: Any) -> Gateway:
+        gateway = await start_gateway(make_settings(fake.url, **overrides), clock)
         started.append(gateway)
         return gateway
 
