@@ -374,6 +374,13 @@ def _build_tiers(value: Mapping[str, Any]) -> Mapping[str, TierSettings]:
         table = dict(_table(table, f"tiers.{name}"))
         if name in tiers:  # a partial override keeps the default tier's other values
             table = dataclasses.asdict(tiers[name]) | table
+        elif missing := [k for k in ("requests_per_minute", "requests_per_hour") if k not in table]:
+            # A new tier has no values to fall back on: say what it needs, and how.
+            variable = f"LLMGW_TIERS_{name.upper()}_{missing[0].upper()}"
+            raise ConfigError(
+                f"{where}{missing[0]}: required setting is missing: a new tier needs both "
+                f"requests_per_minute and requests_per_hour (in the file, or {variable})"
+            )
         tiers[name] = _build_dataclass(TierSettings, table, where)
     return types.MappingProxyType(tiers)
 

@@ -33,7 +33,8 @@ HEADER = (
     f"llmgw reads the file named by --config or LLMGW_CONFIG, else {_SEARCH}. "
     "`llmgw config check` shows the settings the gateway would run with.",
     "Every value can also be set by environment variable LLMGW_<SECTION>_<KEY>, e.g. "
-    "LLMGW_SERVER_PORT=8080, LLMGW_TIERS_GOLD_REQUESTS_PER_MINUTE=500, "
+    "LLMGW_SERVER_PORT=8080, LLMGW_TIERS_GOLD_REQUESTS_PER_MINUTE=500 with "
+    "LLMGW_TIERS_GOLD_REQUESTS_PER_HOUR=5000 (a new tier needs both), "
     "LLMGW_UPSTREAMS=http://gpu1:8100,http://gpu2:8100. The seed system's names work too: "
     "VLLM_BASE_URL, DATABASE_URL=sqlite:///PATH, GATEWAY_PORT, ADMIN_SECRET_KEY, "
     "RATE_LIMIT_<TIER>_PER_MINUTE and RATE_LIMIT_<TIER>_PER_HOUR. The environment wins "

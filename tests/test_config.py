@@ -302,7 +302,7 @@ def test_config_file_is_found_explicitly_or_through_llmgw_config(tmp_path: Path)
         pytest.param(
             "",
             {"LLMGW_TIERS_GOLD_REQUESTS_PER_MINUTE": "5"},
-            ["gold", "requests_per_hour"],
+            ["gold", "requests_per_hour", "needs both", "LLMGW_TIERS_GOLD_REQUESTS_PER_HOUR"],
             id="env-tier-without-hour-limit",
         ),
         pytest.param(
