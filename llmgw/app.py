@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +23,7 @@ from .admin import ui
 from .admin.remote import create_remote_app
 from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
 from .client_address import TrustedProxies
+from .clock import Clock, SystemClock
 from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
@@ -34,6 +34,7 @@ from .metrics import Metrics
 from .middleware import accounting_middleware, add_response_headers, error_middleware
 from .state import (
     CLIENT,
+    CLOCK,
     KEYS,
     LEDGER,
     LIMITER,
@@ -54,16 +55,18 @@ log = logging.getLogger("llmgw")
 UPSTREAM_KEEPALIVE = 4.0
 
 
-def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) -> web.Application:
-    """The public application; `clock` is what rate limits and the login throttle
-    measure their windows by."""
+def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+    """The public application; `clock` (the system's by default) is the time everything
+    in it reads."""
+    clock = clock or SystemClock()
     app = web.Application(
         middlewares=[accounting_middleware(), error_middleware()],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[KEYS] = KeyTable()
-    app[LIMITER] = MemoryLimiter(clock)
+    app[LIMITER] = MemoryLimiter(clock.monotonic)
     app[TRUSTED_PROXIES] = TrustedProxies(settings.admin.trusted_proxies)
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
@@ -73,7 +76,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.monotonic) 
     health.add_routes(app)
     proxy.add_routes(app)
     # Subapp resources are found through the gateway's (request.config_dict).
-    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key, clock))
+    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key, clock.monotonic))
     ui.add_routes(app)
     if not settings.admin.secret_key:
         log.info("no [admin] secret_key: remote admin tokens end when the gateway stops")
@@ -86,6 +89,7 @@ def create_admin_app(gateway: web.Application) -> web.Application:
     allowed = frozenset({0, os.geteuid(), *settings.admin.allowed_uids})
     door = web.Application(middlewares=[peer_middleware(allowed), error_middleware()])
     door[SETTINGS] = settings
+    door[CLOCK] = gateway[CLOCK]
     door[STORE] = gateway[STORE]
     door[KEYS] = gateway[KEYS]
     door[LIMITER] = gateway[LIMITER]
@@ -115,7 +119,7 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[SETTINGS].database_path)
+    store = await Store.open(app[SETTINGS].database_path, app[CLOCK].wall)
     app[STORE] = store
     for key in await store.load_keys():
         app[KEYS].put(key)

@@ -43,7 +43,7 @@ class RequestContext:
     method: str
     path: str
     request_id: str
-    timestamp: float = field(default_factory=time.time)
+    timestamp: float  # epoch seconds at the start of the request
     started: float = field(default_factory=time.perf_counter)
     key: ApiKey | None = None
     rate_headers: dict[str, str] | None = None

@@ -18,7 +18,7 @@ from .context import CLIENT_CLOSED, RequestContext, RequestIds
 from .errors import GatewayError, error_response
 from .keys import redact_keys
 from .ledger import UsageRecord
-from .state import CONTEXT, LEDGER, LIVE, METRICS, TRUSTED_PROXIES
+from .state import CLOCK, CONTEXT, LEDGER, LIVE, METRICS, TRUSTED_PROXIES
 
 access_log = logging.getLogger("llmgw.access")
 log = logging.getLogger("llmgw")
@@ -29,7 +29,7 @@ def accounting_middleware() -> Middleware:
 
     @web.middleware
     async def accounting(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ctx = RequestContext(request.method, request.path, ids.next())
+        ctx = RequestContext(request.method, request.path, ids.next(), request.app[CLOCK].wall())
         request[CONTEXT] = ctx
         app = request.app
         app[METRICS].in_flight += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
@@ -32,7 +31,7 @@ from .limits import LimitExceeded, Reservation, limits_for
 from .outgoing import Outgoing, read_outgoing
 from .relay import answer, relay_stream, upstream_failed
 from .routes import ROUTES, Route
-from .state import CLIENT, CONTEXT, KEYS, LIMITER, SETTINGS, UPSTREAMS
+from .state import CLIENT, CLOCK, CONTEXT, KEYS, LIMITER, SETTINGS, UPSTREAMS
 from .streaming import SseRelay
 from .upstreams import Upstream
 
@@ -70,7 +69,7 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 def _authenticate(request: web.Request, ctx: RequestContext) -> ApiKey:
     headers = request.headers
     presented = presented_key(headers.getall("Authorization", ()), headers.getall("x-api-key", ()))
-    ctx.key = request.app[KEYS].authenticate(presented, time.time())
+    ctx.key = request.app[KEYS].authenticate(presented, request.app[CLOCK].wall())
     return ctx.key
 
 

@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from .client_address import TrustedProxies
+from .clock import Clock
 from .config import Settings
 from .context import RequestContext
 from .keys import KeyTable
@@ -17,6 +18,7 @@ from .store import Store
 from .upstreams import UpstreamPool
 
 SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
 STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyTable)
 LIMITER = web.AppKey("limiter", Limiter)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -170,6 +170,18 @@ def error_event(message: str, type_: str, code: str) -> bytes:
     return b"data: " + error_body(message, type_, code) + _EVENT_END
 
 
+class _Handle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """What `IdleWatch` needs of an event loop: its clock, and a timer."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Handle: ...
+
+
 class IdleWatch:
     """Calls `on_idle` once nothing has arrived for `idle` seconds, unless `paused`.
 
@@ -180,8 +192,11 @@ class IdleWatch:
 
     __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "expired", "last", "paused")
 
-    def __init__(self, idle: float, on_idle: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(
+        self, idle: float, on_idle: Callable[[], None], timers: Timers | None = None
+    ) -> None:
+        # The event loop's clock and timers, or a test's.
+        self._loop = timers or asyncio.get_running_loop()
         self._idle = idle
         self._on_idle = on_idle
         self.last = self._loop.time()

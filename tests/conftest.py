@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 
 from llmgw.admin_client import AdminClient
 from llmgw.app import create_app
+from llmgw.clock import Clock
 from llmgw.config import (
     AdminSettings,
     DatabaseSettings,
@@ -153,7 +154,34 @@ def make_settings(fake_url: str, **overrides: Any) -> Settings:
     return dataclasses.replace(settings, **overrides)
 
 
-async def start_gateway(settings: Settings, clock: Callable[[], float] = time.monotonic) -> Gateway:
+class FakeClock:
+    """A `Clock` that moves only when told: `wall` starts at the real time, `monotonic`
+    at 1000; calling it reads the monotonic time (for what takes a plain callable)."""
+
+    def __init__(self) -> None:
+        self._wall = time.time()
+        self._monotonic = 1000.0
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def __call__(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._monotonic += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def start_gateway(settings: Settings, clock: Clock | None = None) -> Gateway:
     app = create_app(settings, clock)
     runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
@@ -168,11 +196,11 @@ GatewayFactory = Callable[..., Any]
 
 @pytest.fixture
 async def gateway_factory(fake: FakeVLLM) -> AsyncIterator[GatewayFactory]:
-    """Start gateways with setting overrides (and a clock for the limits and the login
-    throttle); all are stopped at the end."""
+    """Start gateways with setting overrides (and a clock of their own); all are stopped
+    at the end."""
     started: list[Gateway] = []
 
-    async def start(clock: Callable[[], float] = time.monotonic, **overrides: Any) -> Gateway:
+    async def start(clock: Clock | None = None, **overrides: Any) -> Gateway:
         gateway = await start_gateway(make_settings(fake.url, **overrides), clock)
         started.append(gateway)
         return gateway

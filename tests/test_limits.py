@@ -6,21 +6,7 @@ import pytest
 
 from llmgw.limits import MemoryLimiter, RequestLimits, format_duration
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from .conftest import FakeClock
 
 
 @pytest.fixture

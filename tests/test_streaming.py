@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -99,23 +100,46 @@ def test_a_stream_without_event_boundaries_is_not_buffered_whole() -> None:
     assert out + relay.finish() == crlf
 
 
+class FakeTimers:
+    """An event loop's clock and timers that move only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.Handle:
+        self.timers.append((when, callback))
+        return asyncio.Handle(lambda: None, (), asyncio.get_running_loop())
+
+    def advance(self, seconds: float) -> None:
+        """Move on, firing each timer whose time has come (as the loop would)."""
+        self.now += seconds
+        while due := [t for t in self.timers if t[0] <= self.now]:
+            self.timers.remove(due[0])
+            due[0][1]()
+
+
 async def test_idle_watch_fires_once_after_silence_and_never_while_paused() -> None:
     fired: list[float] = []
-    loop = asyncio.get_running_loop()
-    watch = IdleWatch(0.05, lambda: fired.append(loop.time()))
-    started = loop.time()
+    timers = FakeTimers()
+    watch = IdleWatch(0.05, lambda: fired.append(timers.now), timers)
     for _ in range(5):  # events keep coming: no expiry however long it runs
-        await asyncio.sleep(0.03)
+        timers.advance(0.03)
         watch.touch()
     watch.paused = True  # a slow client: the upstream is not timed
-    await asyncio.sleep(0.15)
+    timers.advance(10)
     assert (fired, watch.expired) == ([], False)
     watch.resume()
-    async with asyncio.timeout(1):
-        while not fired:
-            await asyncio.sleep(0.01)
-    assert watch.expired
-    assert fired[0] - started >= 0.15 + 0.15 + 0.05 - 0.01  # counted from the resume
-    await asyncio.sleep(0.1)
-    assert len(fired) == 1
+    resumed = timers.now
+    timers.advance(0.049)
+    assert not fired  # counted from the resume
+    timers.advance(0.002)
+    assert watch.expired and fired == [pytest.approx(resumed + 0.05, abs=0.002)]
+    timers.advance(100)
+    assert len(fired) == 1  # once
+    # One timer at a time, re-armed only when it fires: not one per event.
+    assert len(timers.timers) <= 1
     watch.cancel()

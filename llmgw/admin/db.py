@@ -12,13 +12,12 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 
 from aiohttp import web
 
 from ..errors import GatewayError
-from ..state import SETTINGS, STORE
+from ..state import CLOCK, SETTINGS, STORE
 from ..times import iso_utc
 from .common import actor, field, json_response, read_json
 
@@ -67,7 +66,7 @@ async def prune(request: web.Request) -> web.Response:
     if "older_than_days" not in body:
         raise GatewayError(400, "'older_than_days' is required.", param="older_than_days")
     days = field(body, "older_than_days", _days, "a whole number of days, at least 1")
-    before = time.time() - days * 86400
+    before = request.config_dict[CLOCK].wall() - days * 86400
     store = request.config_dict[STORE]
     deleted = await store.prune_request_logs(before)
     async with store.transaction():

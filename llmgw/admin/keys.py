@@ -7,14 +7,14 @@ land in the database and in memory in the same order.
 
 from __future__ import annotations
 
-import time
+import functools
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import GatewayError
 from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
-from ..state import KEYS, LIMITER, SETTINGS, STORE
+from ..state import CLOCK, KEYS, LIMITER, SETTINGS, STORE
 from ..store import Store, Transaction
 from .common import actor, field, json_response, read_json
 
@@ -144,6 +144,7 @@ async def _existing(store: Store, request: web.Request) -> ApiKey:
 def _key_fields(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     """The fields of a create or update, checked and in the store's types."""
     settings = request.config_dict[SETTINGS]
+    now = request.config_dict[CLOCK].wall()
     out: dict[str, Any] = {}
     if "tier" in body:
         tiers = settings.tiers
@@ -157,7 +158,9 @@ def _key_fields(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     if "description" in body:
         out["description"] = field(body, "description", _string, "a string")
     if "expires_at" in body:
-        out["expires_at"] = field(body, "expires_at", _expiry, "a future date, or null")
+        out["expires_at"] = field(
+            body, "expires_at", functools.partial(_expiry, now=now), "a future date, or null"
+        )
     if "allowed_models" in body:
         out["allowed_models"] = field(
             body, "allowed_models", _models, "a list of model names, or null for all"
@@ -180,10 +183,9 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _expiry(value: Any) -> float | None:
+def _expiry(value: Any, now: float) -> float | None:
     if value is None:
         return None
-    now = time.time()
     expires = parse_expiry(_string(value), now)
     if expires <= now:
         raise ValueError(f"{value!r} is in the past")

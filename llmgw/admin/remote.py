@@ -39,7 +39,7 @@ from .. import tokens
 from ..errors import GatewayError
 from ..middleware import error_middleware
 from ..passwords import verify_password
-from ..state import SETTINGS, STORE, TRUSTED_PROXIES
+from ..state import CLOCK, SETTINGS, STORE, TRUSTED_PROXIES
 from ..store import Actor
 from ..times import parse_iso
 from .common import ACTOR, json_response, read_json
@@ -191,7 +191,7 @@ async def login(request: web.Request) -> web.Response:
     async with store.transaction():
         await store.update_admin(username, logged_in=True)
     ttl = request.config_dict[SETTINGS].admin.token_ttl
-    token = tokens.issue(request.app[SECRET], username, time.time(), ttl)
+    token = tokens.issue(request.app[SECRET], username, request.config_dict[CLOCK].wall(), ttl)
     return json_response({"access_token": token, "token_type": "bearer", "expires_in": int(ttl)})
 
 
@@ -228,7 +228,9 @@ async def _authenticate(request: web.Request) -> Actor:
             "missing_token",
         )
     try:
-        claims = tokens.verify(request.app[SECRET], token.strip(), time.time())
+        claims = tokens.verify(
+            request.app[SECRET], token.strip(), request.config_dict[CLOCK].wall()
+        )
     except tokens.InvalidToken as exc:
         raise _unauthorized(
             f"The token is not valid: {exc}; log in again.", "invalid_token"

@@ -6,13 +6,11 @@ query and says which window and grouping were asked for.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from .. import rollups
 from ..errors import GatewayError
-from ..state import SETTINGS
+from ..state import CLOCK, SETTINGS
 from .common import int_query, json_response
 
 routes = web.RouteTableDef()
@@ -28,6 +26,9 @@ async def usage(request: web.Request) -> web.Response:
             400, f"'by' must be one of: {', '.join(rollups.GROUPINGS)}.", param="by"
         ) from None
     body = await rollups.summary(
-        request.config_dict[SETTINGS].database_path, days=days, by=by, now=time.time()
+        request.config_dict[SETTINGS].database_path,
+        days=days,
+        by=by,
+        now=request.config_dict[CLOCK].wall(),
     )
     return json_response(body)

@@ -25,19 +25,13 @@ from llmgw.admin.remote import Lockout, LoginThrottle
 from llmgw.client_address import TrustedProxies
 from llmgw.config import ConfigError, load_settings
 
-from ..conftest import Gateway, GatewayFactory, with_secret
-from ..test_limits import FakeClock
+from ..conftest import FakeClock, Gateway, GatewayFactory, with_secret
 from ..test_remote_admin import PASSWORD, SECRET, add_admin, assert_openai_error
 from .conftest import assert_settled
 
 # --- the throttle alone ----------------------------------------------------------------
 
 LOCKS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def test_a_username_is_locked_for_doubling_times_from_every_address(clock: FakeClock) -> None:
