@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import shlex
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +29,8 @@ from .keys import ApiKey
 from .ledger import UsageRecord
 from .migrations import migrate
 from .times import iso_utc, parse_iso
+
+log = logging.getLogger("llmgw.store")
 
 _KEY_COLUMNS = (
     "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
@@ -113,7 +119,8 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path, clock: Callable[[], float] = time.time) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _warn_if_open_to_others(path)
+        _create_private(path)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
@@ -399,6 +406,37 @@ class Store:
             deleted += count
             if count < chunk:
                 return deleted
+
+
+def _warn_if_open_to_others(path: Path) -> None:
+    """A database from before files were created private, or made readable since: say
+    so, and how to fix it (changing modes behind the operator's back could break a
+    backup job that relies on them)."""
+    for target, private in ((path.parent, 0o700), (path, 0o600)):
+        try:
+            mode = stat.S_IMODE(target.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            quoted = shlex.quote(str(target))
+            fix = f"chmod {private:o} {quoted}"
+            if target == path:
+                fix += f" {quoted}-wal {quoted}-shm"
+            log.warning(
+                "%s (mode %04o) can be read by other users, and the database holds admin "
+                "password hashes and the usage ledger: run %s",
+                target,
+                mode,
+                fix,
+            )
+
+
+def _create_private(path: Path) -> None:
+    """The directory (0700) and the database file (0600), whatever the umask: SQLite
+    gives the -wal and -shm files it creates the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def _key_from_row(row: Sequence[Any]) -> ApiKey:
