@@ -412,21 +412,23 @@ def _warn_if_open_to_others(path: Path) -> None:
     """A database from before files were created private, or made readable since: say
     so, and how to fix it (changing modes behind the operator's back could break a
     backup job that relies on them)."""
-    for target, private in ((path.parent, 0o700), (path, 0o600)):
+    quoted = shlex.quote(str(path))
+    checks = (
+        (path.parent, "lets other users in", f"chmod 700 {shlex.quote(str(path.parent))}"),
+        (path, "can be read by other users", f"chmod 600 {quoted} {quoted}-wal {quoted}-shm"),
+    )
+    for target, problem, fix in checks:
         try:
             mode = stat.S_IMODE(target.stat().st_mode)
         except FileNotFoundError:
             continue
         if mode & 0o077:
-            quoted = shlex.quote(str(target))
-            fix = f"chmod {private:o} {quoted}"
-            if target == path:
-                fix += f" {quoted}-wal {quoted}-shm"
             log.warning(
-                "%s (mode %04o) can be read by other users, and the database holds admin "
-                "password hashes and the usage ledger: run %s",
+                "%s (mode %04o) %s, and the database holds admin password hashes and the "
+                "usage ledger: run %s",
                 target,
                 mode,
+                problem,
                 fix,
             )
 
