@@ -125,6 +125,9 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = ledger
     task = asyncio.create_task(ledger.run(), name="ledger-writer")
     yield
+    # A database file deleted while serving is written back first: the last records
+    # would otherwise go to the deleted file, or nowhere.
+    await app[STORE].write_back()
     await ledger.close(task)
     log.info("ledger flushed: %d records written, %d dropped", ledger.written, ledger.dropped)
 
