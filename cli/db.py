@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -26,6 +27,7 @@ def backup(state: CliState, path: Path, as_json: bool) -> None:
     """Write an online backup of the database to PATH (the gateway keeps serving)."""
     partial = path.with_name(path.name + ".partial")
     try:
+        _create_private(partial)
         size = state.call(lambda c: c.backup(partial))
         problem = _integrity_problem(partial)
         if problem:
@@ -37,6 +39,13 @@ def backup(state: CliState, path: Path, as_json: bool) -> None:
         emit_json({"path": str(path), "bytes": size})
         return
     say(f"Backed up the database to {path} ({size} bytes, integrity checked).")
+
+
+def _create_private(path: Path) -> None:
+    """The copy holds admin password hashes: mode 0600, whatever the umask (the client
+    then writes into this file, and the rename keeps its mode)."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _integrity_problem(path: Path) -> str | None:

@@ -52,6 +52,12 @@ def serve(
     demo: bool,
 ) -> None:
     """Run the gateway until SIGTERM or Ctrl-C."""
+    # Everything the gateway creates (database, -wal, -shm, log, backups' temporaries)
+    # holds password hashes, usage or both: the gateway user's alone, whatever umask
+    # the shell or the container runtime passed on (usually 0022: readable by all).
+    # systemd sets no stricter one either. The store and the log also create their
+    # files with explicit modes, for embedders; this covers whatever else is made.
+    os.umask(0o077)
     try:
         settings = load_settings(find_config_file(config or state.config, os.environ))
     except ConfigError as exc:

@@ -45,6 +45,25 @@ class Peer:
 PEER = web.RequestKey("peer", Peer)
 
 
+@dataclass(slots=True)
+class AdminListener:
+    """A bound, listening admin socket; `close()` closes it and removes its file, if the
+    file is still this one (closing twice is harmless)."""
+
+    path: Path
+    sock: socket.socket
+    inode: int
+
+    @classmethod
+    def bind(cls, path: Path) -> AdminListener:
+        sock, inode = bind_admin_socket(path)
+        return cls(path, sock, inode)
+
+    def close(self) -> None:
+        self.sock.close()
+        remove_admin_socket(self.path, self.inode)
+
+
 def bind_admin_socket(path: Path) -> tuple[socket.socket, int]:
     """A listening socket at `path`, mode 0600, and its inode (to clean up only ours)."""
     if not path.parent.exists():

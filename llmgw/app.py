@@ -21,7 +21,7 @@ from aiohttp import web
 from . import admin, health, proxy
 from .admin import ui
 from .admin.remote import create_remote_app
-from .admin_socket import bind_admin_socket, peer_middleware, remove_admin_socket
+from .admin_socket import AdminListener, peer_middleware
 from .client_address import TrustedProxies
 from .clock import Clock, SystemClock
 from .config import Settings
@@ -54,10 +54,15 @@ log = logging.getLogger("llmgw")
 # closing at that moment would fail a request, so the pool lets them go first.
 UPSTREAM_KEEPALIVE = 4.0
 
+ADMIN_LISTENER = web.AppKey("admin_listener", AdminListener)
 
-def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
-    """The public application; `clock` (the system's by default) is the time everything
-    in it reads."""
+
+def create_app(
+    settings: Settings, clock: Clock | None = None, admin_listener: AdminListener | None = None
+) -> web.Application:
+    """The gateway. `clock`: the time everything in it reads (the system's by default).
+    `admin_listener`: the admin socket, bound already (`llmgw serve` binds it before
+    anything else); without one, the app binds it last at start-up."""
     clock = clock or SystemClock()
     app = web.Application(
         middlewares=[accounting_middleware(), error_middleware()],
@@ -71,6 +76,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
+    if admin_listener is not None:
+        app[ADMIN_LISTENER] = admin_listener
     app.cleanup_ctx.extend([_log_flusher, _database, _ledger, _upstream_client, _admin_socket])
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
@@ -139,6 +146,9 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = ledger
     task = asyncio.create_task(ledger.run(), name="ledger-writer")
     yield
+    # A database file deleted while serving is written back first: the last records
+    # would otherwise go to the deleted file, or nowhere.
+    await app[STORE].write_back()
     await ledger.close(task)
     log.info("ledger flushed: %d records written, %d dropped", ledger.written, ledger.dropped)
 
@@ -169,12 +179,12 @@ async def _admin_socket(app: web.Application) -> AsyncIterator[None]:
     # Admin requests are short but for backups and live-stats streams (which end
     # themselves on shutdown): no reason to hold a stopping gateway for long.
     runner = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=5.0)
-    sock, inode = bind_admin_socket(path)
+    listener = app.get(ADMIN_LISTENER) or AdminListener.bind(path)
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, listener.sock).start()
         log.info("admin socket %s", path)
         yield
     finally:
         await runner.cleanup()
-        remove_admin_socket(path, inode)
+        listener.close()

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from .state import KEYS, LEDGER, METRICS, STORE, UPSTREAMS
+from .store import StoreUnavailable
 
 DB_CHECK_TIMEOUT = 2.0
 
@@ -46,9 +47,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _database_error(request: web.Request) -> str | None:
+    store = request.config_dict[STORE]
     try:
+        # A stat: is the database file still there? (And a database put in place of a
+        # deleted one is opened.)
+        await store.check()
         async with asyncio.timeout(DB_CHECK_TIMEOUT):
-            await request.config_dict[STORE].ping()
+            await store.ping()
+    except StoreUnavailable as exc:
+        return str(exc)
     except TimeoutError:
         return f"no answer within {DB_CHECK_TIMEOUT:g} s"
     except Exception as exc:  # any database failure is reported, not raised

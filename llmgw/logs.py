@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -144,13 +145,23 @@ def flush_logs() -> None:
         handler.flush()
 
 
+def _private(path: str, flags: int) -> int:
+    """A log file is created 0600: lines name users, keys' prefixes and models."""
+    return os.open(path, flags, 0o600)
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     # (stderr is line-buffered: a stream of its own on the same descriptor is not.)
     target: str | int = settings.file or sys.stderr.fileno()
     if settings.file:
         Path(settings.file).parent.mkdir(parents=True, exist_ok=True)
     stream = open(  # noqa: SIM115 - the handler owns it, and closes it
-        target, "a", encoding="utf-8", buffering=1 << 16, closefd=bool(settings.file)
+        target,
+        "a",
+        encoding="utf-8",
+        buffering=1 << 16,
+        closefd=bool(settings.file),
+        opener=_private,  # (not used for stderr's descriptor)
     )
     handler = LineHandler(stream)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())

@@ -7,8 +7,11 @@ start. Never edit a migration that has shipped: add the next one.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiosqlite
 
@@ -251,6 +254,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
 )
+
+
+def foreign_database(path: Path) -> str | None:
+    """Why the file at `path` cannot be opened as an llmgw database (with its schema
+    brought up to date), or None if it can.
+
+    Read as immutable: no lock is taken, and a -wal beside it is neither read nor
+    changed (it may be another database's, which the caller removes first)."""
+    uri = f"{path.absolute().as_uri()}?immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            applied = db.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    except sqlite3.Error as exc:
+        return str(exc)
+    newest = max(m.version for m in MIGRATIONS)
+    if applied is not None and applied > newest:
+        return f"schema version {applied}, newer than this llmgw knows ({newest})"
+    return None
 
 
 async def migrate(db: aiosqlite.Connection, now: Callable[[], float]) -> list[Migration]:

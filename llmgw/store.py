@@ -1,15 +1,20 @@
 """The one module that speaks SQL: keys, admin users, the usage ledger, the audit log.
 
-SQLite through aiosqlite in WAL mode, so readers (usage statistics, backups) never
-block the ledger writer. Handlers and the ledger call methods here; nothing else
-builds a query. Every change runs in `transaction()`: one at a time on the one
-connection, so two admin changes to one key, or an admin change and a ledger batch,
-never interleave.
+SQLite through aiosqlite in WAL mode, so readers (usage statistics) never block the
+ledger writer. Handlers and the ledger call methods here; nothing else builds a query.
+Every change runs in `transaction()`: one at a time on the one connection, so two admin
+changes to one key, or an admin change and a ledger batch, never interleave.
+
+Before each change the store checks that its path still names the file it has open
+(`dbfile`). A file deleted meanwhile is still open, and holds everything so far: the
+store refuses changes (`DatabaseGone`) rather than write what would vanish at the next
+start, until a database is at the path again (`llmgw db backup PATH` writes this one
+back there); then it opens that one and goes on. At shutdown it writes the open
+database back to a path left empty, so that the ledger's last records have a home.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import time
@@ -21,11 +26,13 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from .dbfile import Database, DatabaseGone, StoreUnavailable
 from .keys import ApiKey
 from .ledger import RecordError, UsageRecord
-from .migrations import migrate
 from .rollups import BOUNDS_NS, OVERFLOW
 from .times import iso_utc, parse_iso
+
+__all__ = ["Actor", "AdminUser", "DatabaseGone", "Store", "StoreUnavailable", "Transaction"]
 
 _KEY_COLUMNS = (
     "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
@@ -137,14 +144,19 @@ class Transaction:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float]) -> None:
-        self._db = db
+    def __init__(self, database: Database, clock: Callable[[], float]) -> None:
+        self._database = database
         self._clock = clock
-        self._lock = asyncio.Lock()
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        # Not kept: a database put in place of a deleted one gets a connection of its own.
+        return self._database.connection
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._lock:
+        async with self._database.lock:
+            await self._database.follow_path()  # DatabaseGone: nothing is written
             await self._db.execute("BEGIN IMMEDIATE")
             tx = Transaction()
             try:
@@ -158,22 +170,22 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path, clock: Callable[[], float] = time.time) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode loses no committed transaction on a crash of the
-            # process, only (possibly) the last ones on a power cut.
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await migrate(db, clock)
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, clock)
+        return cls(await Database.open(path, clock), clock)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self._database.close()
+
+    async def check(self) -> None:
+        """Raise `DatabaseGone` unless the database file is in place (`Database.check`)."""
+        await self._database.check()
+
+    async def backup(self) -> Path:
+        """A consistent copy of the database in a new file beside it (`Database.backup`)."""
+        return await self._database.backup()
+
+    async def write_back(self) -> None:
+        """At shutdown: the database back at its path if deleted (`Database.write_back`)."""
+        await self._database.write_back()
 
     async def ping(self) -> None:
         async with self._db.execute("SELECT 1") as cursor:

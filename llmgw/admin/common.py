@@ -1,15 +1,17 @@
-"""What every admin handler shares: who is asking, JSON in and out, field checks."""
+"""What every admin handler shares: who is asking, JSON in and out, field checks, and
+changes in the store."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from ..errors import GatewayError
-from ..store import Actor
+from ..store import Actor, Store, StoreUnavailable, Transaction
 
 T = TypeVar("T")
 
@@ -65,3 +67,21 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
 
 def actor(request: web.Request) -> Actor:
     return request[ACTOR]
+
+
+@contextlib.contextmanager
+def store_available() -> Iterator[None]:
+    """A store that cannot serve (its database file deleted, say) is a 503 whose
+    message says why and what to do."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise GatewayError(503, str(exc), code="database_unavailable") from None
+
+
+@contextlib.asynccontextmanager
+async def change(store: Store) -> AsyncIterator[Transaction]:
+    """The transaction of an admin change (`store_available`)."""
+    with store_available():
+        async with store.transaction() as tx:
+            yield tx

@@ -16,7 +16,7 @@ from ..errors import GatewayError
 from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
 from ..state import CLOCK, KEYS, LIMITER, SETTINGS, STORE
 from ..store import Store, Transaction
-from .common import actor, field, json_response, read_json
+from .common import actor, change, field, json_response, read_json
 
 routes = web.RouteTableDef()
 
@@ -63,7 +63,7 @@ async def create_key(request: web.Request) -> web.Response:
     changes.setdefault("tier", request.config_dict[SETTINGS].admin.default_tier)
     plaintext = generate_key()
     store = request.config_dict[STORE]
-    async with store.transaction() as tx:
+    async with change(store) as tx:
         key = await store.insert_key(
             key_hash=hash_key(plaintext),
             key_prefix=display_prefix(plaintext),
@@ -104,7 +104,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 @routes.delete("/keys/{key_id}")
 async def delete_key(request: web.Request) -> web.Response:
     store = request.config_dict[STORE]
-    async with store.transaction() as tx:
+    async with change(store) as tx:
         key = await _existing(store, request)
         await store.delete_key(key.id)
         await store.record_audit(actor(request), "key.delete", f"key:{key.id}", key.public(), None)
@@ -117,7 +117,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 async def _change(request: web.Request, action: str, changes: dict[str, Any]) -> ApiKey:
     store = request.config_dict[STORE]
-    async with store.transaction() as tx:
+    async with change(store) as tx:
         before = await _existing(store, request)
         after = await store.update_key(before.id, changes)
         assert after is not None  # the row exists: we hold the write lock

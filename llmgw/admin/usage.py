@@ -10,8 +10,8 @@ from aiohttp import web
 
 from .. import rollups
 from ..errors import GatewayError
-from ..state import CLOCK, SETTINGS
-from .common import int_query, json_response
+from ..state import CLOCK, SETTINGS, STORE
+from .common import int_query, json_response, store_available
 
 routes = web.RouteTableDef()
 
@@ -25,6 +25,10 @@ async def usage(request: web.Request) -> web.Response:
         raise GatewayError(
             400, f"'by' must be one of: {', '.join(rollups.GROUPINGS)}.", param="by"
         ) from None
+    # The statistics are read from the file, on a connection of their own: not while
+    # it is deleted.
+    with store_available():
+        await request.config_dict[STORE].check()
     body = await rollups.summary(
         request.config_dict[SETTINGS].database_path,
         days=days,

@@ -17,7 +17,7 @@ from ..errors import GatewayError
 from ..passwords import check_strength, hash_password
 from ..state import STORE
 from ..store import AdminUser
-from .common import actor, field, json_response, read_json
+from .common import actor, change, field, json_response, read_json
 
 routes = web.RouteTableDef()
 
@@ -40,7 +40,7 @@ async def add_admin(request: web.Request) -> web.Response:
         raise GatewayError(400, "'email' must be a string.", param="email")
     store = request.config_dict[STORE]
     try:
-        async with store.transaction():
+        async with change(store):
             admin = await store.insert_admin(username, hashed, email)
             await store.record_audit(
                 actor(request), "admin.create", f"admin:{username}", None, admin.public()
@@ -63,7 +63,7 @@ async def update_admin(request: web.Request) -> web.Response:
     hashed = await hash_password(_password(body)) if "password" in body else None
     username = request.match_info["username"]
     store = request.config_dict[STORE]
-    async with store.transaction():
+    async with change(store):
         before = await _existing(request, username)
         after = await store.update_admin(username, hashed_password=hashed, is_active=active)
         assert after is not None  # the row exists: we hold the write lock
