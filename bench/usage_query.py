@@ -1,9 +1,9 @@
 """How fast `GET /usage` answers on a big ledger, and what the rollups cost the writer.
 
-Fills a temporary database (the real schema: `Store.open` runs the migrations) with
-1,000,000 request_logs rows over 30 days, fed through `Store.insert_request_logs` in
+Fills a temporary database (the real schema: `SqliteStore.open` runs the migrations) with
+1,000,000 request_logs rows over 30 days, fed through `SqliteStore.insert_request_logs` in
 batches of 1000, so the rollups are built exactly as in production. Then times the
-7-day summary through `llmgw.rollups.summary` (what the handler calls) against the
+7-day summary through `SqliteStore.usage_summary` (what the handler calls) against the
 same figures computed from request_logs with plain SQL, checks that both agree, and
 times migration 3's backfill of the same rows.
 
@@ -27,8 +27,8 @@ from typing import Any
 
 from llmgw import rollups
 from llmgw.ledger import UsageRecord
-from llmgw.migrations import MIGRATIONS
-from llmgw.store import Store
+from llmgw.store import SqliteStore
+from llmgw.store.sqlite_migrations import MIGRATIONS
 from llmgw.times import iso_utc
 
 DAYS = 30
@@ -103,7 +103,7 @@ def records(
 
 
 async def fill(
-    store: Store, rows: int, now: float, rate: float | None = None
+    store: SqliteStore, rows: int, now: float, rate: float | None = None
 ) -> tuple[float, float]:
     """Insert the rows in batches of 1000; returns (seconds inserting, seconds total).
     With `rate`, the rows come `rate` a second, the last ones now, as the gateway's
@@ -112,10 +112,11 @@ async def fill(
     rng = random.Random(20261127)
     keys = keys_of_users(rng)
     for k, (user, _) in enumerate(keys):
-        await store.insert_key(
-            key_hash=f"hash{k}", key_prefix=f"sk-internal-{k:04d}", user_id=user,
-            tier="standard", description="",
-        )  # fmt: skip
+        async with store.transaction() as tx:
+            await tx.insert_key(
+                key_hash=f"hash{k}", key_prefix=f"sk-internal-{k:04d}", user_id=user,
+                tier="standard", description="",
+            )  # fmt: skip
     inserting, began, batch = 0.0, time.perf_counter(), []
     for i, record in enumerate(records(rows, now, keys, rng)):
         if rate:
@@ -217,13 +218,13 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llmgw-bench-") as tmp:
         now = time.time()
-        store = await Store.open(Path(tmp) / "dense.db")
+        store = await SqliteStore.open(Path(tmp) / "dense.db")
         try:
             dense, _ = await fill(store, args.dense_rows, now, rate=20_000)
         finally:
             await store.close()
         path = Path(tmp) / "llmgw.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
             inserting, total = await fill(store, args.rows, now)
         finally:
@@ -249,19 +250,23 @@ async def main() -> None:
         )
         print()
         print(f"{'7-day query':<34}{'median ms':>10}{'min ms':>10}")
-        for by in rollups.GROUPINGS:
+        store = await SqliteStore.open(path)
+        try:
+            for by in rollups.GROUPINGS:
 
-            def query(by: rollups.Grouping = by) -> Awaitable[dict[str, Any]]:
-                return rollups.summary(path, days=7, by=by, now=now)
+                def query(by: rollups.Grouping = by) -> Awaitable[dict[str, Any]]:
+                    return store.usage_summary(days=7, by=by, now=now)
 
-            median, low = await timed(query, args.runs)
-            print(f"{'summary by=' + by + ' (rollups)':<34}{median:>10.1f}{low:>10.1f}")
+                median, low = await timed(query, args.runs)
+                print(f"{'summary by=' + by + ' (rollups)':<34}{median:>10.1f}{low:>10.1f}")
+            summary = await store.usage_summary(days=7, by="user", now=now)
+        finally:
+            await store.close()
         since = rollups.window_start(7, now)
         median, low = await timed(
             lambda: asyncio.to_thread(raw_by_user, path, since), max(3, args.runs // 2)
         )
         print(f"{'by=user, raw SQL on request_logs':<34}{median:>10.1f}{low:>10.1f}")
-        summary = await rollups.summary(path, days=7, by="user", now=now)
         print()
         same = agree(summary, raw_by_user(path, since))
         print(f"rollups agree with request_logs (by=user): {same}")

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import os
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Coroutine
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from llmgw.config import ConfigError, Settings, UpstreamSettings, find_config_fi
 from llmgw.fake_vllm import FakeVLLM, FakeVLLMBehaviour
 from llmgw.logs import configure_logging
 from llmgw.server import public_url, run_gateway
+from llmgw.store import StoreError
 
 from .state import CliState, pass_state
 
@@ -77,7 +77,7 @@ def serve(
     configure_logging(settings.logging)
     try:
         _run(_demo(settings) if demo else run_gateway(settings))
-    except (AdminSocketError, OSError, sqlite3.Error, RuntimeError) as exc:
+    except (AdminSocketError, OSError, StoreError, RuntimeError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 

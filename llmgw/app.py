@@ -45,7 +45,7 @@ from .state import (
     TRUSTED_PROXIES,
     UPSTREAMS,
 )
-from .store import Store
+from .store import open_store
 from .upstreams import UpstreamPool
 
 log = logging.getLogger("llmgw")
@@ -53,6 +53,8 @@ log = logging.getLogger("llmgw")
 # vLLM (uvicorn) closes idle keep-alive connections after 5 s; reusing one it is
 # closing at that moment would fail a request, so the pool lets them go first.
 UPSTREAM_KEEPALIVE = 4.0
+# How often the store looks at its database for /health (a stat and a one-row read).
+DATABASE_WATCH_INTERVAL = 1.0
 
 ADMIN_LISTENER = web.AppKey("admin_listener", AdminListener)
 
@@ -126,12 +128,16 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[SETTINGS].database_path, app[CLOCK].wall)
+    store = await open_store(app[SETTINGS], app[CLOCK].wall)
     app[STORE] = store
     for key in await store.load_keys():
         app[KEYS].put(key)
     log.info("database %s: %d keys", app[SETTINGS].database_path, len(app[KEYS]))
+    watcher = asyncio.create_task(store.watch(DATABASE_WATCH_INTERVAL), name="database-watch")
     yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await store.close()
 
 

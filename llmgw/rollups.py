@@ -25,19 +25,16 @@ overflow bucket holds everything longer. p50 and p95 are interpolated linearly w
 the bucket that holds the true (nearest-rank) percentile, so they are within 25 % of
 it (within 1 ms below 1 ms); beyond 10.9 minutes the figure is that bound, a floor.
 
-Statistics are read on a connection of their own, in a worker thread: in WAL mode a
-reader never holds up the ledger writer, and the writer never holds up the reader.
+This module is the arithmetic alone: the store reads the sums (`GroupTotals`) and
+histograms of a window, and `summarize` turns them into figures.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import contextlib
-import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from .times import iso_utc
@@ -68,14 +65,17 @@ def bucket_range(bucket: int) -> tuple[float, float | None]:
 
 # --- reading ------------------------------------------------------------------------
 
-# What each grouping groups by, as a column expression of both rollup tables.
-_GROUP_BY: Mapping[Grouping, str] = {
-    "user": "user_id",
-    "key": "api_key_id",
-    "model": "model",
-    "day": "substr(hour, 1, 10)",
-}
 _COUNTS = ("requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTotals:
+    """One group's sums over a window, as the store reads them from `usage_hourly`."""
+
+    name: Any  # the user, key id, model or day; None (or 0, '') for none
+    counts: tuple[int, int, int, int, int]  # in the order of _COUNTS
+    duration_ms_sum: float
+    user_id: str  # by key: the key's user (a key never changes hands)
 
 
 def grouping(value: str) -> Grouping:
@@ -90,53 +90,36 @@ def window_start(days: int, now: float) -> float:
     return (now // 3600) * 3600 - days * 86400
 
 
-async def summary(path: Path, *, days: int, by: Grouping, now: float) -> dict[str, Any]:
-    """The usage of the last `days` (see `window_start`) per group, and in total:
-    the body of `GET /usage`."""
-    return await asyncio.to_thread(_summary, path, days, by, now)
-
-
-def _summary(path: Path, days: int, by: Grouping, now: float) -> dict[str, Any]:
-    since = window_start(days, now)
-    hour = iso_utc(since)[:13]
-    group = _GROUP_BY[by]
-    uri = path.resolve().as_uri() + "?mode=ro"  # read-only: statistics never write
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        rows = db.execute(
-            f"SELECT {group}, sum(requests), sum(errors), sum(rate_limited),"
-            " sum(prompt_tokens), sum(completion_tokens), total(duration_ms_sum),"
-            " max(user_id)"  # by key: the key's user (a key never changes hands)
-            " FROM usage_hourly WHERE hour >= ? GROUP BY 1",
-            (hour,),
-        ).fetchall()
-        histograms: dict[Any, Counter[int]] = {}
-        for name, bucket, count in db.execute(
-            f"SELECT {group}, bucket, sum(count) FROM usage_hourly_latency"
-            " WHERE hour >= ? GROUP BY 1, 2",
-            (hour,),
-        ):
-            histograms.setdefault(name, Counter())[bucket] = count
-        prefixes = (
-            dict(db.execute("SELECT id, key_prefix FROM api_keys").fetchall())
-            if by == "key"
-            else {}
-        )
+def summarize(
+    groups: Sequence[GroupTotals],
+    histograms: Mapping[Any, Mapping[int, int]],
+    key_prefixes: Mapping[int, str],
+    *,
+    days: int,
+    by: Grouping,
+    since: float,
+) -> dict[str, Any]:
+    """The body of `GET /usage`: each group's figures and the total, from the sums and
+    latency histograms of the window that starts at `since`."""
     data = []
     overall: Counter[int] = Counter()
-    for name, *counts, duration_sum, user_id in rows:
-        histogram = histograms.get(name, Counter())
+    for group in groups:
+        histogram = histograms.get(group.name, {})
         overall.update(histogram)
-        entry = {"group": name or None, **_figures(counts, duration_sum, histogram)}
+        entry = {
+            "group": group.name or None,
+            **_figures(group.counts, group.duration_ms_sum, histogram),
+        }
         if by == "key":
-            entry["group"] = entry["key_id"] = name or None
-            entry |= {"key_prefix": prefixes.get(name), "user_id": user_id}
+            entry["group"] = entry["key_id"] = group.name or None
+            entry |= {"key_prefix": key_prefixes.get(group.name), "user_id": group.user_id}
         data.append(entry)
     if by == "day":
         data.sort(key=lambda e: e["group"])  # a calendar reads in date order
     else:  # the biggest first; ties in a stable order, the unnamed group last
         data.sort(key=lambda e: (-e["requests"], e["group"] is None, e["group"] or 0))
-    sums = [sum(row[i] for row in rows) for i in range(1, 6)]
-    total = _figures(sums, sum(row[6] for row in rows), overall)
+    sums = [sum(g.counts[i] for g in groups) for i in range(len(_COUNTS))]
+    total = _figures(sums, sum(g.duration_ms_sum for g in groups), overall)
     return {"days": days, "by": by, "since": iso_utc(since), "data": data, "total": total}
 
 

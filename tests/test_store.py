@@ -11,8 +11,8 @@ import pytest
 
 from llmgw.keys import hash_key
 from llmgw.ledger import UsageRecord
-from llmgw.migrations import MIGRATIONS
-from llmgw.store import Store
+from llmgw.store import SqliteStore, StoreError
+from llmgw.store.sqlite_migrations import MIGRATIONS
 
 from .conftest import read_rows
 
@@ -25,7 +25,7 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "db" / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await store.close()
     assert columns(path, "api_keys") == [
         "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
@@ -66,24 +66,24 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
 async def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
     for _ in range(2):
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         await store.close()
     assert len(read_rows(path, "SELECT * FROM schema_migrations")) == len(MIGRATIONS)
 
 
 async def test_a_database_from_a_newer_llmgw_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await store.close()
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("INSERT INTO schema_migrations VALUES (999, 'future', '2030-01-01')")
-    with pytest.raises(RuntimeError, match="upgrade llmgw"):
-        await Store.open(path)
+    with pytest.raises(StoreError, match="upgrade llmgw"):
+        await SqliteStore.open(path)
 
 
 async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     plaintext = "sk-internal-" + "x" * 43
     fields = {
         "key_hash": hash_key(plaintext),
@@ -94,9 +94,11 @@ async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: P
         "expires_at": None,
         "allowed_models": ("m1",),
     }
-    key = await store.insert_key(**fields)  # type: ignore[arg-type]
+    async with store.transaction() as tx:
+        key = await tx.insert_key(**fields)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
-        await store.insert_key(**fields)  # type: ignore[arg-type]
+        async with store.transaction() as tx:
+            await tx.insert_key(**fields)  # type: ignore[arg-type]
     assert (await store.get_key(key.id)) == key
     await store.close()
     assert plaintext.encode() not in path.read_bytes()
@@ -107,7 +109,7 @@ async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: P
 async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(tmp_path: Path) -> None:
     """A batch retried after its commit's acknowledgement was lost must change nothing."""
     path = tmp_path / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     batch = [
         UsageRecord(f"req-{n}", "alice", 1, "/v1/chat/completions", "POST",
                     429 if n == 3 else 200, 10.0 + n, 1.0, 5, 7, "reported", "m", "u",

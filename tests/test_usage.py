@@ -18,9 +18,9 @@ import pytest
 
 from llmgw import rollups
 from llmgw.ledger import UsageRecord
-from llmgw.migrations import MIGRATIONS
 from llmgw.state import STORE
-from llmgw.store import Store
+from llmgw.store import SqliteStore
+from llmgw.store.sqlite_migrations import MIGRATIONS
 from llmgw.times import iso_utc
 
 from .conftest import Gateway, GatewayFactory, post_chat, read_rows, tiers
@@ -247,12 +247,21 @@ def test_percentile_precision_holds_over_the_whole_range() -> None:
     assert rollups.percentile(Counter(), 0.5) is None
 
 
+async def summary(path: Path, **query: Any) -> dict[str, Any]:
+    """`GET /usage`'s body for the database at `path`, read as the gateway reads it."""
+    store = await SqliteStore.open(path)
+    try:
+        return await store.usage_summary(**query)
+    finally:
+        await store.close()
+
+
 # --- the window ----------------------------------------------------------------------------
 
 
 async def test_the_window_is_whole_hours(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     now = 1_789_999_200.0 + 1234.5  # 20 minutes and 34.5 s into an hour
     start = rollups.window_start(1, now)
     assert start == now - 1234.5 - DAY
@@ -266,7 +275,7 @@ async def test_the_window_is_whole_hours(tmp_path: Path) -> None:
         ]
     )
     await store.close()
-    report = await rollups.summary(path, days=1, by="user", now=now)
+    report = await summary(path, days=1, by="user", now=now)
     assert report["since"] == iso_utc(start)
     assert [(g["group"], g["requests"]) for g in report["data"]] == [("in", 3)]
     [first] = read_rows(path, "SELECT min(timestamp) AS t FROM request_logs WHERE user_id = 'in'")
@@ -362,7 +371,7 @@ def _rollup_tables(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, .
 
 async def test_backfill_builds_what_the_ledger_writer_builds(tmp_path: Path) -> None:
     path = tmp_path / "llmgw.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     hour = 1_790_002_800.0  # the start of an hour
     edges = [b / 1e6 for b in rollups.BOUNDS_NS[::7]]
     durations = [*edges, *(d + 0.001 for d in edges), *(d - 0.001 for d in edges), 0.0, 1e7]
@@ -383,7 +392,7 @@ async def test_backfill_builds_what_the_ledger_writer_builds(tmp_path: Path) -> 
             "DELETE FROM schema_migrations WHERE version = 3;"
             " DROP TABLE usage_hourly; DROP TABLE usage_hourly_latency;"
         )
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await store.close()
     backfilled = _rollup_tables(path)
     assert backfilled[1] == live[1]  # every row in the same latency bucket
@@ -420,12 +429,12 @@ async def test_upgrading_a_version_2_database_gives_the_right_figures(tmp_path: 
                 (migration.version, migration.name, iso_utc(now)),
             )
         db.executemany(f"INSERT INTO request_logs ({columns}) VALUES ({', '.join('?' * 12)})", rows)
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await store.close()
     applied = read_rows(path, "SELECT version FROM schema_migrations ORDER BY version")
     assert [r["version"] for r in applied] == [m.version for m in MIGRATIONS]
 
-    report = await rollups.summary(path, days=7, by="user", now=now)
+    report = await summary(path, days=7, by="user", now=now)
     assert [(g["group"], figures(g)) for g in report["data"]] == [
         ("alice", {"requests": 2, "errors": 0, "rate_limited": 1, "prompt_tokens": 10,
                    "completion_tokens": 20}),
@@ -435,7 +444,7 @@ async def test_upgrading_a_version_2_database_gives_the_right_figures(tmp_path: 
     alice, bob = report["data"]
     assert alice["latency_p50_ms"] == pytest.approx(120.0, rel=0.25)  # the 429 left out
     assert bob["latency_p95_ms"] == pytest.approx(9000.0, rel=0.25)
-    by_key = await rollups.summary(path, days=7, by="key", now=now)
+    by_key = await summary(path, days=7, by="key", now=now)
     assert {g["key_id"] for g in by_key["data"]} == {1, None}  # bob's row had no key
-    by_model = await rollups.summary(path, days=30, by="model", now=now)
+    by_model = await summary(path, days=30, by="model", now=now)
     assert {g["group"]: g["requests"] for g in by_model["data"]} == {"m1": 2, None: 1, "m2": 1}

@@ -1,6 +1,6 @@
 """The usage ledger on its own: rows committed a second, and what recording one costs.
 
-llmgw's `Ledger` with `Store.insert_request_logs` as its writer, wired as `llmgw/app.py`
+llmgw's `Ledger` with `SqliteStore.insert_request_logs` as its writer, wired as `llmgw/app.py`
 wires them (flush every 0.25 s, batches of 1000), on a temporary SQLite file under
 uvloop. Two runs, each bounded in time and rows:
 
@@ -30,7 +30,7 @@ import orjson
 import uvloop
 
 from llmgw.ledger import Ledger, UsageRecord
-from llmgw.store import Store
+from llmgw.store import SqliteStore
 
 KEYS = 50
 MODELS = ("llama-3.1-70b", "qwen2.5-coder-32b", "llama-3.1-8b")
@@ -83,12 +83,13 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def run(path: Path, seconds: float, max_rows: int, rate: float | None, backlog: int) -> Any:
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     for k in range(KEYS):
-        await store.insert_key(
-            key_hash=f"hash{k}", key_prefix=f"sk-internal-{k:04d}", user_id=f"user{k:03d}",
-            tier="standard", description="",
-        )  # fmt: skip
+        async with store.transaction() as tx:
+            await tx.insert_key(
+                key_hash=f"hash{k}", key_prefix=f"sk-internal-{k:04d}", user_id=f"user{k:03d}",
+                tier="standard", description="",
+            )  # fmt: skip
     ledger = Ledger(store.insert_request_logs, flush_interval=0.25, batch_size=1000)
     writer = asyncio.create_task(ledger.run())
     calls: list[float] = []

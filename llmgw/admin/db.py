@@ -53,8 +53,8 @@ async def prune(request: web.Request) -> web.Response:
     store = request.config_dict[STORE]
     with store_available():
         deleted = await store.prune_request_logs(before)
-    async with change(store):
-        await store.record_audit(
+    async with change(store) as tx:
+        await tx.record_audit(
             actor(request),
             "db.prune",
             "request_logs",

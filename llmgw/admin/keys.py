@@ -64,7 +64,7 @@ async def create_key(request: web.Request) -> web.Response:
     plaintext = generate_key()
     store = request.config_dict[STORE]
     async with change(store) as tx:
-        key = await store.insert_key(
+        key = await tx.insert_key(
             key_hash=hash_key(plaintext),
             key_prefix=display_prefix(plaintext),
             user_id=user_id.strip(),
@@ -72,7 +72,7 @@ async def create_key(request: web.Request) -> web.Response:
             description=changes.pop("description", ""),
             **changes,
         )
-        await store.record_audit(actor(request), "key.create", f"key:{key.id}", None, key.public())
+        await tx.record_audit(actor(request), "key.create", f"key:{key.id}", None, key.public())
         _follow(request, tx, key)
     return json_response({"key": plaintext, **key.public()}, status=201)
 
@@ -105,9 +105,9 @@ async def rotate_key(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     store = request.config_dict[STORE]
     async with change(store) as tx:
-        key = await _existing(store, request)
-        await store.delete_key(key.id)
-        await store.record_audit(actor(request), "key.delete", f"key:{key.id}", key.public(), None)
+        key = await _existing(tx, request)
+        await tx.delete_key(key.id)
+        await tx.record_audit(actor(request), "key.delete", f"key:{key.id}", key.public(), None)
         keys = request.config_dict[KEYS]
         tx.on_commit(lambda: keys.remove(key.id))
     # No request can name the key any more: what its limits held can go.
@@ -118,10 +118,10 @@ async def delete_key(request: web.Request) -> web.Response:
 async def _change(request: web.Request, action: str, changes: dict[str, Any]) -> ApiKey:
     store = request.config_dict[STORE]
     async with change(store) as tx:
-        before = await _existing(store, request)
-        after = await store.update_key(before.id, changes)
+        before = await _existing(tx, request)
+        after = await tx.update_key(before.id, changes)
         assert after is not None  # the row exists: we hold the write lock
-        await store.record_audit(
+        await tx.record_audit(
             actor(request), action, f"key:{after.id}", before.public(), after.public()
         )
         _follow(request, tx, after)
@@ -133,9 +133,9 @@ def _follow(request: web.Request, tx: Transaction, key: ApiKey) -> None:
     tx.on_commit(lambda: keys.put(key))
 
 
-async def _existing(store: Store, request: web.Request) -> ApiKey:
+async def _existing(source: Store | Transaction, request: web.Request) -> ApiKey:
     raw = request.match_info["key_id"]
-    key = await store.get_key(int(raw)) if raw.isdigit() else None
+    key = await source.get_key(int(raw)) if raw.isdigit() else None
     if key is None:
         raise GatewayError(404, f"No API key with id {raw}.", code="key_not_found")
     return key

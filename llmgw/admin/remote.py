@@ -24,6 +24,7 @@ limits as well; a success clears its address's and its username's count.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
@@ -40,7 +41,7 @@ from ..errors import GatewayError
 from ..middleware import error_middleware
 from ..passwords import verify_password
 from ..state import CLOCK, SETTINGS, STORE, TRUSTED_PROXIES
-from ..store import Actor
+from ..store import Actor, StoreUnavailable
 from ..times import parse_iso
 from .common import ACTOR, json_response, read_json
 
@@ -188,8 +189,11 @@ async def login(request: web.Request) -> web.Response:
     if not await verify_password(password, admin.hashed_password if usable and admin else None):
         raise _unauthorized("Wrong username or password.", "invalid_credentials")
     throttle.succeeded(client, username)
-    async with store.transaction():
-        await store.update_admin(username, logged_in=True)
+    # A login that cannot be recorded (the database is away) still logs in: the
+    # password was checked, and the last login is a note, not a guard.
+    with contextlib.suppress(StoreUnavailable):
+        async with store.transaction() as tx:
+            await tx.update_admin(username, logged_in=True)
     ttl = request.config_dict[SETTINGS].admin.token_ttl
     token = tokens.issue(request.app[SECRET], username, request.config_dict[CLOCK].wall(), ttl)
     return json_response({"access_token": token, "token_type": "bearer", "expires_in": int(ttl)})

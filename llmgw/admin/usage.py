@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import rollups
 from ..errors import GatewayError
-from ..state import CLOCK, SETTINGS, STORE
+from ..state import CLOCK, STORE
 from .common import int_query, json_response, store_available
 
 routes = web.RouteTableDef()
@@ -25,14 +25,9 @@ async def usage(request: web.Request) -> web.Response:
         raise GatewayError(
             400, f"'by' must be one of: {', '.join(rollups.GROUPINGS)}.", param="by"
         ) from None
-    # The statistics are read from the file, on a connection of their own: not while
-    # it is deleted.
+    store = request.config_dict[STORE]
+    # Not from a deleted database file: what it says may be about to vanish.
     with store_available():
-        await request.config_dict[STORE].check()
-    body = await rollups.summary(
-        request.config_dict[SETTINGS].database_path,
-        days=days,
-        by=by,
-        now=request.config_dict[CLOCK].wall(),
-    )
+        await store.check()
+        body = await store.usage_summary(days=days, by=by, now=request.config_dict[CLOCK].wall())
     return json_response(body)

@@ -8,7 +8,6 @@ every request.
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from aiohttp import web
 from ..errors import GatewayError
 from ..passwords import check_strength, hash_password
 from ..state import STORE
-from ..store import AdminUser
+from ..store import AdminUser, AlreadyExists, Transaction
 from .common import actor, change, field, json_response, read_json
 
 routes = web.RouteTableDef()
@@ -40,12 +39,12 @@ async def add_admin(request: web.Request) -> web.Response:
         raise GatewayError(400, "'email' must be a string.", param="email")
     store = request.config_dict[STORE]
     try:
-        async with change(store):
-            admin = await store.insert_admin(username, hashed, email)
-            await store.record_audit(
+        async with change(store) as tx:
+            admin = await tx.insert_admin(username, hashed, email)
+            await tx.record_audit(
                 actor(request), "admin.create", f"admin:{username}", None, admin.public()
             )
-    except sqlite3.IntegrityError:
+    except AlreadyExists:
         raise GatewayError(
             409, f"An admin user named {username!r} exists already.", code="admin_exists"
         ) from None
@@ -63,19 +62,19 @@ async def update_admin(request: web.Request) -> web.Response:
     hashed = await hash_password(_password(body)) if "password" in body else None
     username = request.match_info["username"]
     store = request.config_dict[STORE]
-    async with change(store):
-        before = await _existing(request, username)
-        after = await store.update_admin(username, hashed_password=hashed, is_active=active)
+    async with change(store) as tx:
+        before = await _existing(tx, username)
+        after = await tx.update_admin(username, hashed_password=hashed, is_active=active)
         assert after is not None  # the row exists: we hold the write lock
         action = "admin.password" if hashed else "admin.enable" if active else "admin.disable"
-        await store.record_audit(
+        await tx.record_audit(
             actor(request), action, f"admin:{username}", before.public(), after.public()
         )
     return json_response(after.public())
 
 
-async def _existing(request: web.Request, username: str) -> AdminUser:
-    admin = await request.config_dict[STORE].get_admin(username)
+async def _existing(tx: Transaction, username: str) -> AdminUser:
+    admin = await tx.get_admin(username)
     if admin is None:
         raise GatewayError(404, f"No admin user named {username!r}.", code="admin_not_found")
     return admin

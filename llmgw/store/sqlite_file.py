@@ -31,7 +31,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from .migrations import foreign_database, migrate
+from .base import DatabaseGone, StoreError
+from .sqlite_migrations import foreign_database, migrate
 
 log = logging.getLogger("llmgw.store")
 
@@ -39,20 +40,18 @@ _FileId = tuple[int, int]  # st_dev, st_ino
 Clock = Callable[[], float]
 
 
-class StoreUnavailable(Exception):
-    """The database cannot take a change now; the message says why and what to do."""
-
-
-class DatabaseGone(StoreUnavailable):
-    """The database path no longer names the file that is open."""
-
-
 class Database:
-    """The connection to the database file, and the lock that makes changes one at a
-    time; the connection is replaced when another database is put at the path."""
+    """The connections to the database file (one that writes, under the lock that makes
+    changes one at a time, and one that only reads: in WAL mode a reader never waits for
+    a writer), replaced when another database is put at the path."""
 
-    def __init__(self, path: Path, connection: aiosqlite.Connection, clock: Clock) -> None:
-        self.connection = connection
+    def __init__(
+        self,
+        path: Path,
+        connections: tuple[aiosqlite.Connection, aiosqlite.Connection],
+        clock: Clock,
+    ) -> None:
+        self.connection, self.reader = connections
         self.lock = asyncio.Lock()
         self._file = WatchedFile(path)
         self._file.remember()
@@ -66,6 +65,7 @@ class Database:
         return cls(path, await _connect(path, clock), clock)
 
     async def close(self) -> None:
+        await self.reader.close()
         await self.connection.close()
 
     async def check(self) -> None:
@@ -74,6 +74,13 @@ class Database:
         if self._file.state() is not PathState.OPEN or self._reported:
             async with self.lock:
                 await self.follow_path()
+
+    def problem(self) -> str | None:
+        """What is wrong with the file now, by a `stat` alone (no query, no lock)."""
+        state = self._file.state()
+        if state is PathState.OPEN:
+            return None
+        return self._reported or self._file.problem(state, "not looked at yet")
 
     async def follow_path(self) -> None:
         """With the lock held: go on if the path names the open file, open another
@@ -101,7 +108,15 @@ class Database:
         SQLite's online backup API on this connection: it works while the file is
         deleted too. Changes and reads wait meanwhile."""
         async with self.lock:
-            return await self._backup()
+            copy = await self._backup()
+        # Checked once the lock is let go: it reads only the copy.
+        problem = await asyncio.to_thread(_integrity_problem, copy)
+        if problem is not None:
+            copy.unlink()
+            raise StoreError(
+                f"the backup of {self._file.path} failed its integrity check: {problem}"
+            )
+        return copy
 
     async def write_back(self) -> None:
         """Write the open database back to its path if the file (or its -wal) is gone
@@ -130,9 +145,9 @@ class Database:
     async def _reopen(self) -> None:
         # The old connection goes first: until it is closed its -wal and -shm are in
         # use, and they must be gone before the new file is opened.
-        await self.connection.close()
+        await self.close()
         self._file.remove_stale_companions()
-        self.connection = await _connect(self._file.path, self._clock)
+        self.connection, self.reader = await _connect(self._file.path, self._clock)
         self._file.remember()
         self._reported = None
         log.warning(
@@ -155,19 +170,34 @@ class Database:
         return Path(name)
 
 
-async def _connect(path: Path, clock: Clock) -> aiosqlite.Connection:
-    connection = await aiosqlite.connect(path, isolation_level=None)
+def _integrity_problem(path: Path) -> str | None:
+    with contextlib.closing(sqlite3.connect(path)) as copy:
+        result = copy.execute("PRAGMA integrity_check").fetchone()[0]
+    return None if result == "ok" else str(result)
+
+
+async def _connect(path: Path, clock: Clock) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+    """The writing connection (the schema brought up to date) and the reading one."""
     try:
-        await connection.execute("PRAGMA journal_mode=WAL")
+        writer = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from None
+    try:
+        await writer.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode loses no committed transaction on a crash of the
         # process, only (possibly) the last ones on a power cut.
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute("PRAGMA busy_timeout=5000")
-        await migrate(connection, clock)
-    except BaseException:
-        await connection.close()
+        await writer.execute("PRAGMA synchronous=NORMAL")
+        await writer.execute("PRAGMA busy_timeout=5000")
+        await migrate(writer, clock)
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        await reader.execute("PRAGMA query_only=ON")
+        await reader.execute("PRAGMA busy_timeout=5000")
+    except BaseException as exc:
+        await writer.close()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot open the database {path}: {exc}") from None
         raise
-    return connection
+    return writer, reader
 
 
 def warn_if_open_to_others(path: Path) -> None:

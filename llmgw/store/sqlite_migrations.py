@@ -15,7 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from .times import iso_utc
+from ..times import iso_utc
+from .base import StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +285,7 @@ async def migrate(db: aiosqlite.Connection, now: Callable[[], float]) -> list[Mi
         applied = {row[0] async for row in cursor}
     newest = max((m.version for m in MIGRATIONS), default=0)
     if applied and max(applied) > newest:
-        raise RuntimeError(
+        raise StoreError(
             f"the database is at schema version {max(applied)}, newer than this llmgw "
             f"knows ({newest}): upgrade llmgw"
         )

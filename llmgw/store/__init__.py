@@ -1,0 +1,38 @@
+"""The store: every byte of SQL lives under here (`base` is the interface, `sqlite*` the
+SQLite implementation); `open_store` opens the one the settings name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import Settings
+from .base import (
+    Actor,
+    AdminUser,
+    AlreadyExists,
+    DatabaseGone,
+    Store,
+    StoreError,
+    StoreHealth,
+    StoreUnavailable,
+    Transaction,
+)
+from .sqlite import SqliteStore
+
+__all__ = [
+    "Actor",
+    "AdminUser",
+    "AlreadyExists",
+    "DatabaseGone",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreHealth",
+    "StoreUnavailable",
+    "Transaction",
+    "open_store",
+]
+
+
+async def open_store(settings: Settings, clock: Callable[[], float]) -> Store:
+    return await SqliteStore.open(settings.database_path, clock)

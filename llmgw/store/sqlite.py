@@ -1,0 +1,283 @@
+"""The store on SQLite (aiosqlite, WAL mode): the default, needing no other server.
+
+Changes run one at a time on the writing connection (`transaction()`), so two admin
+changes to one key, or an admin change and a ledger batch, never interleave. Reads run
+on a connection of their own: in WAL mode they never wait for a ledger batch, nor a
+batch for them.
+
+Before each change the store checks that its path still names the file it has open
+(`sqlite_file`). A file deleted meanwhile is still open, and holds everything so far:
+the store refuses changes (`DatabaseGone`) rather than write what would vanish at the
+next start, until a database is at the path again (`llmgw db backup PATH` writes this
+one back there); then it opens that one and goes on. At shutdown it writes the open
+database back to a path left empty, so that the ledger's last records have a home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from .. import rollups
+from ..keys import ApiKey
+from ..ledger import RecordError, UsageRecord
+from ..times import iso_utc
+from .base import AdminUser, StoreHealth
+from .sqlite_file import Database
+from .sqlite_rows import (
+    ADMIN_COLUMNS,
+    FOLD_NEW_LOGS,
+    INSERT_LOG,
+    KEY_COLUMNS,
+    LAST_LOG_ID,
+    RECORD_ERRORS,
+    admin_from_row,
+    key_from_row,
+    log_row,
+)
+from .sqlite_tx import SqliteTransaction
+
+# What each grouping of `GET /usage` groups by, as a column of both rollup tables.
+_GROUP_BY: Mapping[rollups.Grouping, str] = {
+    "user": "user_id",
+    "key": "api_key_id",
+    "model": "model",
+    "day": "substr(hour, 1, 10)",
+}
+# A look at the database that takes longer than this is a failed look.
+_CHECK_TIMEOUT = 2.0
+
+
+class SqliteStore:
+    def __init__(self, database: Database, clock: Callable[[], float]) -> None:
+        self._database = database
+        self._clock = clock
+        self._checked: float | None = None  # monotonic time of the last good look
+        self._written: float | None = None  # ... and of the last ledger batch written
+        self._error: str | None = None
+
+    @classmethod
+    async def open(cls, path: Path, clock: Callable[[], float] = time.time) -> SqliteStore:
+        store = cls(await Database.open(path, clock), clock)
+        store._checked = time.monotonic()
+        return store
+
+    async def close(self) -> None:
+        await self._database.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        async with self._database.lock:
+            await self._database.follow_path()  # DatabaseGone: nothing is written
+            db = self._database.connection
+            await db.execute("BEGIN IMMEDIATE")
+            tx = SqliteTransaction(db, self._clock)
+            try:
+                yield tx
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+            for action in tx.after_commit:  # before the next change: in the same order
+                action()
+
+    @property
+    def _reader(self) -> aiosqlite.Connection:
+        # Not kept: a database put in place of a deleted one gets connections of its own.
+        return self._database.reader
+
+    # --- keys and admin users ---------------------------------------------------------
+
+    async def load_keys(
+        self, *, user_id: str | None = None, tier: str | None = None, active: bool | None = None
+    ) -> list[ApiKey]:
+        where, params = [], []
+        for column, value in (("user_id", user_id), ("tier", tier), ("is_active", active)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(int(value) if isinstance(value, bool) else value)
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        async with self._reader.execute(query + " ORDER BY id", params) as cursor:
+            return [key_from_row(row) async for row in cursor]
+
+    async def get_key(self, key_id: int) -> ApiKey | None:
+        row = await self._one(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        return key_from_row(row) if row else None
+
+    async def list_admins(self) -> list[AdminUser]:
+        async with self._reader.execute(
+            f"SELECT {ADMIN_COLUMNS} FROM admin_users ORDER BY id"
+        ) as cursor:
+            return [admin_from_row(row) async for row in cursor]
+
+    async def get_admin(self, username: str) -> AdminUser | None:
+        row = await self._one(
+            f"SELECT {ADMIN_COLUMNS} FROM admin_users WHERE username = ?", (username,)
+        )
+        return admin_from_row(row) if row else None
+
+    async def count_active_admins(self) -> int:
+        row = await self._one("SELECT count(*) FROM admin_users WHERE is_active = 1")
+        return int(row[0]) if row else 0
+
+    # --- the ledger -------------------------------------------------------------------
+
+    async def insert_request_logs(self, records: Sequence[UsageRecord]) -> int:
+        """The rows are made in SQLite's thread (the parameters are a generator) and
+        folded into the rollups by SQLite itself (only the rows new by request id: a
+        batch retried after a lost commit adds nothing twice), so a batch costs the
+        event loop next to nothing."""
+        try:
+            async with self.transaction():
+                db = self._database.connection
+                async with db.execute(LAST_LOG_ID) as cursor:
+                    row = await cursor.fetchone()
+                last_id = row[0] if row else 0
+                cursor = await db.executemany(INSERT_LOG, (log_row(r) for r in records))
+                inserted = cursor.rowcount
+                for statement in FOLD_NEW_LOGS:
+                    await db.execute(statement, (last_id,))
+        except RECORD_ERRORS as exc:
+            raise RecordError(f"{type(exc).__name__}: {exc}") from exc
+        self._written = time.monotonic()
+        return inserted
+
+    async def recent_requests(
+        self,
+        limit: int,
+        *,
+        after_id: int = 0,
+        user_id: str | None = None,
+        status: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        where = ["id > ?"]
+        params: list[Any] = [after_id]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if status is not None:
+            where.append("status_code BETWEEN ? AND ?")
+            params += list(status)
+        query = (
+            "SELECT id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
+            " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
+            f" FROM request_logs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        )
+        return await self._dicts(query, (*params, limit))
+
+    async def usage_summary(self, *, days: int, by: rollups.Grouping, now: float) -> dict[str, Any]:
+        since = rollups.window_start(days, now)
+        hour = iso_utc(since)[:13]
+        group = _GROUP_BY[by]
+        async with self._reader.execute(
+            f"SELECT {group}, sum(requests), sum(errors), sum(rate_limited),"
+            " sum(prompt_tokens), sum(completion_tokens), total(duration_ms_sum),"
+            " max(user_id) FROM usage_hourly WHERE hour >= ? GROUP BY 1",
+            (hour,),
+        ) as cursor:
+            groups = [
+                rollups.GroupTotals(name, (requests, errors, limited, prompt, done), spent, user)
+                async for name, requests, errors, limited, prompt, done, spent, user in cursor
+            ]
+        histograms: dict[Any, Counter[int]] = {}
+        async with self._reader.execute(
+            f"SELECT {group}, bucket, sum(count) FROM usage_hourly_latency"
+            " WHERE hour >= ? GROUP BY 1, 2",
+            (hour,),
+        ) as cursor:
+            async for name, bucket, count in cursor:
+                histograms.setdefault(name, Counter())[bucket] = count
+        prefixes: dict[int, str] = {}
+        if by == "key":
+            async with self._reader.execute("SELECT id, key_prefix FROM api_keys") as cursor:
+                prefixes = {key_id: prefix async for key_id, prefix in cursor}
+        return rollups.summarize(groups, histograms, prefixes, days=days, by=by, since=since)
+
+    async def prune_request_logs(self, before: float, chunk: int = 10_000) -> int:
+        """A chunk per transaction, so the ledger writer is never held up for long."""
+        cutoff = iso_utc(before)
+        deleted = 0
+        while True:
+            async with self.transaction():
+                cursor = await self._database.connection.execute(
+                    "DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs"
+                    " WHERE timestamp < ? ORDER BY timestamp LIMIT ?)",
+                    (cutoff, chunk),
+                )
+                count = cursor.rowcount
+            deleted += count
+            if count < chunk:
+                return deleted
+
+    # --- audit ------------------------------------------------------------------------
+
+    async def list_audit(self, limit: int, action: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT id, timestamp, actor, door, action, target, before, after FROM audit_log"
+        params: list[Any] = []
+        if action:
+            query += " WHERE substr(action, 1, ?) = ?"
+            params += [len(action), action]
+        rows = await self._dicts(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        for row in rows:
+            for name in ("before", "after"):
+                row[name] = orjson.loads(row[name]) if row[name] else None
+        return rows
+
+    # --- the database itself ----------------------------------------------------------
+
+    async def backup(self) -> Path:
+        return await self._database.backup()
+
+    async def write_back(self) -> None:
+        await self._database.write_back()
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.look()
+
+    async def look(self) -> None:
+        """Is the file where it belongs, and does it answer? (For `health`.)"""
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT):
+                await self._database.check()
+                await self._one("SELECT 1")
+        except TimeoutError:
+            self._error = f"no answer within {_CHECK_TIMEOUT:g} s"
+        except Exception as exc:  # any database failure is reported, not raised
+            self._error = f"{type(exc).__name__}: {exc}"
+        else:
+            self._error = None
+            self._checked = time.monotonic()
+
+    async def check(self) -> None:
+        await self._database.check()
+
+    def health(self) -> StoreHealth:
+        now = time.monotonic()
+        error = self._database.problem() or self._error
+        return StoreHealth(
+            ok=error is None,
+            error=error,
+            checked_s_ago=None if self._checked is None else round(now - self._checked, 1),
+            written_s_ago=None if self._written is None else round(now - self._written, 1),
+        )
+
+    async def _one(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        async with self._reader.execute(query, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _dicts(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        async with self._reader.execute(query, params) as cursor:
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) async for row in cursor]

@@ -1,0 +1,143 @@
+"""SQLite's SQL for the store: the column lists, the ledger's insert and fold, and the
+conversions between rows and the store's types (shared by reads and changes)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..keys import ApiKey
+from ..ledger import UsageRecord
+from ..rollups import BOUNDS_NS, OVERFLOW
+from ..times import iso_utc, parse_iso
+from .base import AdminUser
+
+KEY_COLUMNS = (
+    "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
+    " updated_at, expires_at, last_used_at, allowed_models, requests_per_minute,"
+    " requests_per_hour"
+)
+# What an update may change, and how each value is stored.
+KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
+    "tier": str,
+    "description": str,
+    "is_active": int,
+    "expires_at": lambda v: None if v is None else iso_utc(v),
+    "allowed_models": lambda v: None if v is None else orjson.dumps(v).decode(),
+    "requests_per_minute": lambda v: v,
+    "requests_per_hour": lambda v: v,
+    "key_hash": str,
+    "key_prefix": str,
+}
+# What SQLite raises for a value it cannot store (an integer past 2^63, text that is not
+# UTF-8) or a row a constraint refuses: the records' fault, not the database's, so the
+# ledger sets such a record aside instead of retrying it for ever.
+RECORD_ERRORS = (OverflowError, UnicodeEncodeError, sqlite3.IntegrityError, sqlite3.DataError)
+LAST_LOG_ID = "SELECT coalesce(max(id), 0) FROM request_logs"
+# ON CONFLICT, not OR IGNORE: that would also skip, silently, a row a CHECK refuses.
+INSERT_LOG = (
+    "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"
+    " status_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens, usage_source, model,"
+    " upstream, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+# The rows just inserted (ids above the batch's first: SQLite gives a new row the
+# highest id plus one) folded into the rollups, with the definitions of
+# `llmgw.rollups`, and into their keys' last use.
+_NEW = "FROM request_logs WHERE id > ?1"
+_CELL = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, '')"
+_BUCKET = (
+    "CASE "
+    + " ".join(f"WHEN duration_ms * 1000000 < {b} THEN {i}" for i, b in enumerate(BOUNDS_NS))
+    + f" ELSE {OVERFLOW} END"
+)
+FOLD_NEW_LOGS = (
+    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+    " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
+    f" SELECT {_CELL}, count(*), sum(status_code >= 400 AND status_code != 429),"
+    " sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),"
+    f" total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END) {_NEW}"
+    " GROUP BY 1, 2, 3, 4"
+    " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+    " requests = requests + excluded.requests, errors = errors + excluded.errors,"
+    " rate_limited = rate_limited + excluded.rate_limited,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
+    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
+    f" SELECT {_CELL}, {_BUCKET}, count(*) {_NEW} AND status_code != 429"
+    " GROUP BY 1, 2, 3, 4, 5"
+    " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+    " count = count + excluded.count",
+    "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), used.last)"
+    f" FROM (SELECT api_key_id, max(timestamp) AS last {_NEW} AND api_key_id IS NOT NULL"
+    " GROUP BY api_key_id) AS used WHERE api_keys.id = used.api_key_id",
+)
+ADMIN_COLUMNS = (
+    "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
+    " tokens_valid_after"
+)
+
+
+def key_from_row(row: Sequence[Any]) -> ApiKey:
+    (
+        key_id,
+        key_hash,
+        key_prefix,
+        user_id,
+        tier,
+        description,
+        is_active,
+        created_at,
+        updated_at,
+        expires_at,
+        last_used_at,
+        allowed_models,
+        requests_per_minute,
+        requests_per_hour,
+    ) = row
+    return ApiKey(
+        id=key_id,
+        key_hash=key_hash,
+        key_prefix=key_prefix,
+        user_id=user_id,
+        tier=tier,
+        description=description,
+        is_active=bool(is_active),
+        created_at=parse_iso(created_at),
+        updated_at=parse_iso(updated_at),
+        expires_at=parse_iso(expires_at) if expires_at else None,
+        last_used_at=parse_iso(last_used_at) if last_used_at else None,
+        allowed_models=tuple(orjson.loads(allowed_models)) if allowed_models else None,
+        requests_per_minute=requests_per_minute,
+        requests_per_hour=requests_per_hour,
+    )
+
+
+def admin_from_row(row: Sequence[Any]) -> AdminUser:
+    admin_id, username, hashed, email, active, created, last_login, changed, valid_after = row
+    return AdminUser(
+        admin_id, username, hashed, email, bool(active), created, last_login, changed, valid_after
+    )
+
+
+def log_row(r: UsageRecord) -> tuple[Any, ...]:
+    return (
+        r.request_id,
+        r.user_id,
+        r.api_key_id,
+        r.endpoint,
+        r.method,
+        r.status_code,
+        round(r.duration_ms, 3),
+        None if r.ttft_ms is None else round(r.ttft_ms, 3),
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.usage_source,
+        r.model,
+        r.upstream,
+        iso_utc(r.timestamp),
+    )

@@ -1,0 +1,173 @@
+"""A change in the SQLite store: the statements of one transaction on the writing
+connection (`SqliteStore.transaction` begins and ends it)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from ..keys import ApiKey
+from ..times import iso_utc
+from .base import Actor, AdminUser, AlreadyExists
+from .sqlite_rows import ADMIN_COLUMNS, KEY_COLUMNS, KEY_UPDATABLE, admin_from_row, key_from_row
+
+
+class SqliteTransaction:
+    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float]) -> None:
+        self._db = db
+        self._clock = clock
+        self.after_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        self.after_commit.append(action)
+
+    # --- keys -----------------------------------------------------------------------
+
+    async def get_key(self, key_id: int) -> ApiKey | None:
+        return await self._key(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+
+    async def insert_key(
+        self,
+        *,
+        key_hash: str,
+        key_prefix: str,
+        user_id: str,
+        tier: str,
+        description: str,
+        expires_at: float | None = None,
+        allowed_models: tuple[str, ...] | None = None,
+        requests_per_minute: int | None = None,
+        requests_per_hour: int | None = None,
+    ) -> ApiKey:
+        now = iso_utc(self._clock())
+        key = await self._key(
+            "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
+            " is_active, created_at, updated_at, expires_at, allowed_models,"
+            " requests_per_minute, requests_per_hour)"
+            " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
+            f" RETURNING {KEY_COLUMNS}",
+            (
+                key_hash,
+                key_prefix,
+                user_id,
+                tier,
+                description,
+                now,
+                now,
+                KEY_UPDATABLE["expires_at"](expires_at),
+                KEY_UPDATABLE["allowed_models"](allowed_models),
+                requests_per_minute,
+                requests_per_hour,
+            ),
+        )
+        assert key is not None  # RETURNING always yields the inserted row
+        return key
+
+    async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
+        columns = [name for name in changes if name in KEY_UPDATABLE]
+        if len(columns) != len(changes):
+            raise ValueError(f"not updatable: {sorted(set(changes) - set(columns))}")
+        assignments = ", ".join(f"{name} = ?" for name in [*columns, "updated_at"])
+        params = [KEY_UPDATABLE[name](changes[name]) for name in columns]
+        return await self._key(
+            f"UPDATE api_keys SET {assignments} WHERE id = ? RETURNING {KEY_COLUMNS}",
+            (*params, iso_utc(self._clock()), key_id),
+        )
+
+    async def delete_key(self, key_id: int) -> ApiKey | None:
+        return await self._key(
+            f"DELETE FROM api_keys WHERE id = ? RETURNING {KEY_COLUMNS}", (key_id,)
+        )
+
+    # --- admin users ----------------------------------------------------------------
+
+    async def get_admin(self, username: str) -> AdminUser | None:
+        return await self._admin(
+            f"SELECT {ADMIN_COLUMNS} FROM admin_users WHERE username = ?", (username,)
+        )
+
+    async def insert_admin(
+        self, username: str, hashed_password: str, email: str | None
+    ) -> AdminUser:
+        now = iso_utc(self._clock())
+        try:
+            admin = await self._admin(
+                "INSERT INTO admin_users (username, hashed_password, email, is_active,"
+                " created_at, password_changed_at) VALUES (?, ?, ?, 1, ?, ?)"
+                f" RETURNING {ADMIN_COLUMNS}",
+                (username, hashed_password, email, now, now),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"an admin user named {username!r} exists already") from None
+        assert admin is not None
+        return admin
+
+    async def update_admin(
+        self,
+        username: str,
+        *,
+        hashed_password: str | None = None,
+        is_active: bool | None = None,
+        logged_in: bool = False,
+    ) -> AdminUser | None:
+        now = iso_utc(self._clock())
+        sets: list[str] = []
+        params: list[Any] = []
+        if hashed_password is not None:
+            sets += ["hashed_password = ?", "password_changed_at = ?"]
+            params += [hashed_password, now]
+        if is_active is not None:
+            sets.append("is_active = ?")
+            params.append(int(is_active))
+        if hashed_password is not None or is_active is False:
+            # Every token issued so far dies, and stays dead if the user is enabled again.
+            sets.append("tokens_valid_after = ?")
+            params.append(now)
+        if logged_in:
+            sets.append("last_login = ?")
+            params.append(now)
+        if not sets:
+            return await self.get_admin(username)
+        return await self._admin(
+            f"UPDATE admin_users SET {', '.join(sets)} WHERE username = ?"
+            f" RETURNING {ADMIN_COLUMNS}",
+            (*params, username),
+        )
+
+    # --- audit ----------------------------------------------------------------------
+
+    async def record_audit(
+        self,
+        actor: Actor,
+        action: str,
+        target: str | None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO audit_log (timestamp, actor, door, action, target, before, after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                iso_utc(self._clock()),
+                actor.name,
+                actor.door,
+                action,
+                target,
+                None if before is None else orjson.dumps(before).decode(),
+                None if after is None else orjson.dumps(after).decode(),
+            ),
+        )
+
+    async def _key(self, query: str, params: tuple[Any, ...]) -> ApiKey | None:
+        async with self._db.execute(query, params) as cursor:
+            row = await cursor.fetchone()
+        return key_from_row(row) if row else None
+
+    async def _admin(self, query: str, params: tuple[Any, ...]) -> AdminUser | None:
+        async with self._db.execute(query, params) as cursor:
+            row = await cursor.fetchone()
+        return admin_from_row(row) if row else None
