@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Literal
 
 import click
@@ -63,6 +66,9 @@ def serve(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     server = settings.server
+    if demo and host is None:
+        # The demo prints a working key: not for the network unless --host says so.
+        host = "127.0.0.1"
     settings = dataclasses.replace(
         settings,
         server=dataclasses.replace(
@@ -114,6 +120,14 @@ async def _demo(settings: Settings) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _llmgw_command() -> str:
+    """How to run this llmgw from a shell: `llmgw` if that is it on PATH, else its full
+    path (the README's install puts it in .venv/bin, which is not on PATH)."""
+    this = Path(sys.argv[0]).resolve()
+    found = shutil.which("llmgw")
+    return "llmgw" if found and Path(found).resolve() == this else shlex.quote(str(this))
+
+
 def _print_demo(url: str, key: str, settings: Settings) -> None:
     click.echo(
         f"""
@@ -130,7 +144,7 @@ Try it:
 
   or the OpenAI SDK: OpenAI(base_url="{url}/v1", api_key="{key}")
 
-Admin: llmgw --socket {settings.socket_path} key list
+Admin: {_llmgw_command()} --socket {settings.socket_path} key list
 Stop:  Ctrl-C
 """,
     )

@@ -86,8 +86,15 @@ class ServerSettings:
     stream_idle_timeout: float = setting(
         300.0, "Seconds a stream may go without a byte from the upstream before it is cut off."
     )
+    shutdown_drain_delay: float = setting(
+        5.0,
+        "Seconds after SIGTERM during which the gateway still accepts and serves, while "
+        "/health answers 503, so a load balancer's health checks see it leave before "
+        "its port closes (0: close at once). A second signal ends the delay.",
+    )
     shutdown_grace_period: float = setting(
-        30.0, "Seconds SIGTERM waits for in-flight requests (streams included) to finish."
+        30.0,
+        "Seconds SIGTERM then waits for in-flight requests (streams included) to finish.",
     )
     health_check_interval: float = setting(
         10.0, "Seconds between upstream health checks (GET /health and /v1/models)."
@@ -458,8 +465,9 @@ def _validate(settings: Settings) -> None:
     ):
         if getattr(server, name) <= 0:
             raise ConfigError(f"[server] {name}: must be greater than 0")
-    if server.shutdown_grace_period < 0:
-        raise ConfigError("[server] shutdown_grace_period: must not be negative")
+    for name in ("shutdown_grace_period", "shutdown_drain_delay"):
+        if getattr(server, name) < 0:
+            raise ConfigError(f"[server] {name}: must not be negative")
     db = settings.database
     if db.flush_interval <= 0 or db.batch_size < 1 or db.max_pending < 1:
         raise ConfigError("[database] flush_interval, batch_size, max_pending: must be positive")

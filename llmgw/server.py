@@ -67,7 +67,7 @@ async def run_gateway(settings: Settings, on_ready: OnReady | None = None) -> No
             if on_ready is not None:
                 await on_ready(runner)
             await stop.wait()
-            app[METRICS].draining = True
+            await _drain(app, stop, server.shutdown_drain_delay)
             log.info(
                 "shutting down: %d requests in flight, grace period %g s",
                 app[METRICS].in_flight,
@@ -112,6 +112,20 @@ async def listen(host: str, port: int) -> list[socket.socket]:
         reason = (exc.strerror or str(exc)).lower()
         raise ListenError(f"cannot listen on {where}: {reason}: {hint}") from None
     return listening
+
+
+async def _drain(app: web.Application, stop: asyncio.Event, delay: float) -> None:
+    """Say `/health` 503 while still serving for `delay` seconds (or until a second
+    signal): a load balancer that checks health learns the gateway is leaving from an
+    answer, not from a refused connection, and sends its requests elsewhere first."""
+    app[METRICS].draining = True
+    if delay <= 0:
+        return
+    log.info("draining: /health answers 503 for %g s, then no new connections", delay)
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await stop.wait()
 
 
 def _addresses(runner: web.AppRunner) -> list[str]:

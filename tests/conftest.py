@@ -359,6 +359,7 @@ class Served:
 host = "127.0.0.1"
 port = {self.port}
 shutdown_grace_period = 20
+shutdown_drain_delay = 0.5
 
 [admin]
 socket = "{self.socket}"

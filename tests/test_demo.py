@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import shlex
 import signal
 from pathlib import Path
 
@@ -47,10 +50,22 @@ async def test_demo_serves_the_openai_sdk_and_cleans_up() -> None:
         assert reply.choices[0].message.content == " tok0 tok1 tok2"
         assert streamed == " tok0 tok1 tok2"
         assert Path(database[1]).exists()
+        # The admin hint works as printed, from a shell without .venv/bin on its PATH.
+        hint = re.search(r"Admin: (.+)", text)
+        assert hint
+        admin = await asyncio.create_subprocess_exec(
+            *shlex.split(hint[1]), "--json", stdout=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        listed, _ = await admin.communicate()
+        assert admin.returncode == 0
+        assert [k["user_id"] for k in json.loads(listed)] == ["demo"]
     finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
+    # It printed a working key: it listens on loopback only (no --host given).
+    assert f"llmgw serving on http://127.0.0.1:{port}\n" in stderr.decode()
     assert not Path(database[1]).parent.exists()  # the throwaway database is gone
     assert key[1] not in stderr.decode()

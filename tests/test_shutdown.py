@@ -59,7 +59,20 @@ async def test_signal_drains_streams_and_flushes_every_row(
         assert b'"role":"assistant"' in first
 
         served.process.send_signal(signum)
-        # It stops accepting new connections while the stream goes on.
+        # Load balancer health checks, each on a new connection, learn it is leaving: for
+        # the drain delay (0.5 s here) every one gets an answer, 503...
+        statuses = []
+        async with asyncio.timeout(5):
+            while len(statuses) < 6 or statuses[-6] != 503:
+                async with (
+                    aiohttp.ClientSession() as probe,
+                    probe.get(f"{served.url}/health") as resp,
+                ):
+                    statuses.append(resp.status)
+                    assert resp.status == 200 or (await resp.json())["draining"] is True
+                await asyncio.sleep(0.05)
+        assert set(statuses[statuses.index(503) :]) == {503}
+        # ...and it stops accepting new connections while the stream goes on.
         async with asyncio.timeout(5):
             while True:
                 try:
