@@ -61,7 +61,7 @@ async def test_signal_drains_streams_and_flushes_every_row(
         served.process.send_signal(signum)
         # Load balancer health checks, each on a new connection, learn it is leaving: for
         # the drain delay (0.5 s here) every one gets an answer, 503...
-        statuses = []
+        statuses: list[int] = []
         async with asyncio.timeout(5):
             while len(statuses) < 6 or statuses[-6] != 503:
                 async with (
