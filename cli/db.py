@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -19,11 +21,23 @@ def db() -> None:
 
 
 @db.command("backup")
-@click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+@click.argument(
+    "path", type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path)
+)
 @json_option
 @pass_state
 def backup(state: CliState, path: Path, as_json: bool) -> None:
-    """Write an online backup of the database to PATH (the gateway keeps serving)."""
+    """Write an online backup of the database to PATH (the gateway keeps serving).
+
+    PATH `-` writes it to stdout instead, e.g. `ssh gw llmgw db backup - > llmgw.db`.
+    """
+    if str(path) == "-":
+        _backup_to_stdout(state, as_json)
+        return
+    if not path.parent.is_dir():
+        raise click.ClickException(
+            f"There is no directory {path.parent}: create it first, or give another PATH."
+        )
     partial = path.with_name(path.name + ".partial")
     try:
         size = state.call(lambda c: c.backup(partial))
@@ -31,12 +45,38 @@ def backup(state: CliState, path: Path, as_json: bool) -> None:
         if problem:
             raise click.ClickException(f"The backup failed its integrity check: {problem}")
         partial.replace(path)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot write {path}: {exc.strerror}. Give a PATH you can write to."
+        ) from None
     finally:
         partial.unlink(missing_ok=True)
     if as_json:
         emit_json({"path": str(path), "bytes": size})
         return
     say(f"Backed up the database to {path} ({size} bytes, integrity checked).")
+
+
+def _backup_to_stdout(state: CliState, as_json: bool) -> None:
+    """The backup as the whole of stdout, sent only once it passed its integrity check."""
+    if as_json:
+        raise click.UsageError("--json and PATH - both want stdout: give one of them.")
+    if sys.stdout.isatty():
+        raise click.UsageError(
+            "Not writing a database to a terminal: redirect stdout (`- > llmgw.db`), "
+            "or give a PATH."
+        )
+    with tempfile.TemporaryDirectory(prefix="llmgw-backup-") as workdir:
+        copy = Path(workdir) / "llmgw.db"  # the directory is the user's alone (mode 0700)
+        size = state.call(lambda c: c.backup(copy))
+        problem = _integrity_problem(copy)
+        if problem:
+            raise click.ClickException(f"The backup failed its integrity check: {problem}")
+        stdout = sys.stdout.buffer
+        with copy.open("rb") as file:
+            while chunk := file.read(1024 * 1024):
+                stdout.write(chunk)
+    say(f"Backed up the database to stdout ({size} bytes, integrity checked).")
 
 
 def _integrity_problem(path: Path) -> str | None:
