@@ -12,7 +12,15 @@ from typing import Any
 import openai
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Input, Select, Static, TabbedContent
+from textual.widgets import (
+    Button,
+    DataTable,
+    Input,
+    Label,
+    Select,
+    Static,
+    TabbedContent,
+)
 from textual.worker import WorkerFailed, WorkerState
 
 from tui.app import LlmgwTui
@@ -199,6 +207,23 @@ async def test_search_filters_the_rows(gateway: Gateway) -> None:
         assert cursor.row_key.value == str(bob["id"])  # the cursor stayed on bob
 
 
+async def test_escape_leaves_the_search_and_the_keys_act_again(gateway: Gateway) -> None:
+    alice = await gateway.create_key("alice")
+    await gateway.create_key("bob")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_keys_tab(pilot, keys=2)
+        search = app.query_one("#keys-search", Input)
+        await pilot.press("slash", *"alice", "escape")
+        assert app.focused is table(app)
+        assert search.value == "alice"  # the filter stays, as after enter
+        assert column(app, "user_id") == ["alice"]
+        await pilot.press("v")  # a key, not a letter of the search
+        assert search.value == "alice"
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"Revoke key {alice['id']} (" in str(app.screen.query_one(Label).render())
+
+
 async def test_sort_by_the_cursor_column_toggles(gateway: Gateway) -> None:
     for user in ("bob", "Carol", "alice"):
         await gateway.create_key(user)
@@ -263,6 +288,20 @@ async def test_rotate_shows_a_new_secret_and_the_old_one_stops(gateway: Gateway)
         assert await chat(gateway, new)
         with pytest.raises(openai.AuthenticationError):
             await chat(gateway, old)
+
+
+async def test_a_confirmation_shows_a_user_id_as_it_is(gateway: Gateway) -> None:
+    created = await gateway.create_key("team[ops]")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        for action in ("v", "x", "o"):
+            await pilot.press(action)
+            assert isinstance(app.screen, ConfirmScreen)
+            question = str(app.screen.query_one(Label).render())
+            assert f"key {created['id']} ({created['key_prefix']}, team[ops])" in question
+            assert "\\" not in question
+            await pilot.press("n")
 
 
 async def test_delete_removes_the_row(gateway: Gateway) -> None:

@@ -14,7 +14,6 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.markup import escape
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
@@ -73,6 +72,8 @@ class KeysPane(Vertical):
         Binding("r", "reload", "Refresh"),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("s", "sort", "Sort"),
+        # Out of the search, keeping its filter (as enter does), so the keys act again.
+        Binding("escape", "to_table", "To the table", show=False),
     ]
 
     def __init__(self) -> None:
@@ -242,9 +243,9 @@ class KeysPane(Vertical):
             if yes:
                 then(key)
 
-        # ConfirmScreen reads its question as markup (a user id is free text), and does
-        # not wrap it: hence the line breaks in the questions.
-        question = question.format(escape(describe(key)))
+        # ConfirmScreen shows its question as plain text (a user id is free text, such
+        # as team[ops]), and wraps it; a line break parts the question from the detail.
+        question = question.format(describe(key))
         self.app.push_screen(ConfirmScreen(question, verb), answered)
 
     def action_reload(self) -> None:
@@ -252,6 +253,9 @@ class KeysPane(Vertical):
 
     def action_search(self) -> None:
         self.query_one(Input).focus()
+
+    def action_to_table(self) -> None:
+        self.query_one(KeyTable).focus()
 
     def action_sort(self) -> None:
         self.query_one(KeyTable).sort_by()
