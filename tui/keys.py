@@ -49,6 +49,14 @@ class KeyRotated(Message):
     key: Key = field(repr=False)  # never in a log
 
 
+def rotated(key: Key) -> str:
+    """What the new-secret screen says after a rotate."""
+    heading = f"New secret for {describe(key)}; the old one no longer works."
+    if not key["is_active"]:  # else the new secret's 401 would puzzle
+        heading += " The key is still revoked: edit it (e) and switch it to active to use it."
+    return heading
+
+
 class KeysPane(Vertical):
     DEFAULT_CSS = """
     KeysPane > Input {
@@ -149,8 +157,7 @@ class KeysPane(Vertical):
 
     @on(KeyRotated)
     def key_rotated(self, event: KeyRotated) -> None:
-        heading = f"New secret for {describe(event.key)}; the old one no longer works."
-        self.app.push_screen(NewKeyScreen(event.key["key"], heading))
+        self.app.push_screen(NewKeyScreen(event.key["key"], rotated(event.key)))
         self.reload()
 
     @on(Input.Changed, "#keys-search")
@@ -210,7 +217,8 @@ class KeysPane(Vertical):
 
     def _edited(self, updated: Key | None) -> None:
         if updated is not None:
-            self.notify(f"Saved {describe(updated)}.", markup=False)
+            state = "active" if updated["is_active"] else "revoked"
+            self.notify(f"Saved {describe(updated)}: {state}.", markup=False)
             self.reload()
 
     def action_revoke(self) -> None:
