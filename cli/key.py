@@ -32,7 +32,7 @@ def key() -> None:
 @click.option("--user", "user_id", required=True, help="Who the key is for (user or team id).")
 @click.option("--tier", help="Rate-limit tier (default: [admin] default_tier).")
 @click.option("--description", help="What the key is for.")
-@click.option("--expires", help="Expiry: 2027-01-31, an ISO datetime, or 30d / 12h / 2w.")
+@click.option("--expires", help="Expiry: 2027-01-31, an ISO datetime, 30d / 12h / 2w, or 'never'.")
 @click.option("--model", "models", multiple=True, help="Allow only this model (repeatable).")
 @click.option(
     "--rpm", type=click.IntRange(min=1), help="Requests per minute, instead of the tier's."
@@ -57,7 +57,7 @@ def add(
             user_id,
             tier=tier,
             description=description,
-            expires_at=expires,
+            expires_at=None if expires == "never" else expires,
             allowed_models=list(models) or None,
             requests_per_minute=rpm,
             requests_per_hour=rph,
