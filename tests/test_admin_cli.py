@@ -124,9 +124,26 @@ async def test_audit_lists_changes_newest_first_without_secrets(gateway: Gateway
     assert code == 0
     lines = out.splitlines()
     assert len(lines) == 3  # header and two entries
-    assert "tier: free -> premium" in lines[2]
+    assert 'tier: "free" -> "premium"' in lines[2]
     only_rotate = await ok_json(gateway, "audit", "--action", "key.rotate")
     assert [e["action"] for e in only_rotate] == ["key.rotate"]
+
+
+async def test_audit_shows_values_as_json_spells_them(gateway: Gateway) -> None:
+    created = await gateway.create_key("ivy")
+    async with gateway.admin() as admin:
+        await admin.update_key(created["id"], {"is_active": False})
+        await admin.update_key(created["id"], {"allowed_models": ["a", "b"]})
+        await admin.update_key(created["id"], {"description": "null\x1b[2J"})
+        await admin.revoke_key(created["id"])  # already revoked: nothing changes
+    code, out, _ = await cli(gateway, "audit", "--limit", "4")
+    assert code == 0
+    revoke, description, models, disable = out.splitlines()[1:]
+    assert disable.endswith("is_active: true -> false")
+    assert models.endswith('allowed_models: null -> ["a", "b"]')
+    assert description.endswith('description: "" -> "null\\u001b[2J"')
+    assert "\x1b" not in out
+    assert revoke.endswith("no change")
 
 
 async def test_backup_while_serving_and_prune(gateway: Gateway, tmp_path: Path) -> None:
