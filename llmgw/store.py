@@ -332,9 +332,10 @@ class Store:
         after_id: int = 0,
         user_id: str | None = None,
         status: tuple[int, int] | None = None,
+        except_status: int | None = None,
     ) -> list[dict[str, Any]]:
         """The newest ledger rows (newest first) with an id above `after_id`, optionally
-        of one user and with a status in [status[0], status[1]]."""
+        of one user and with a status in [status[0], status[1]] other than `except_status`."""
         where = ["id > ?"]
         params: list[Any] = [after_id]
         if user_id is not None:
@@ -343,6 +344,9 @@ class Store:
         if status is not None:
             where.append("status_code BETWEEN ? AND ?")
             params += list(status)
+        if except_status is not None:
+            where.append("status_code != ?")
+            params.append(except_status)
         query = (
             "SELECT id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
             " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
