@@ -484,6 +484,28 @@ async def show_new_key(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def test_the_table_fits_the_width_it_has() -> None:
+    """The description gives way, then the prefix's common part: the dates stay whole
+    and no sideways scrollbar appears (its blocks were left in the empty rows)."""
+    app = LlmgwTui(SOCKET, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await show_canned_keys(pilot)
+        grid = table(app)
+        used = ["2026-03-02 14:31", "never", "2026-02-11 08:02", "2026-03-02 14:35"]
+        assert column(app, "last_used_at") == used
+        assert column(app, "key_prefix") == ["…Qx3v", "…9fKd", "…mT0a", "…Lw7Z"]
+        assert all(d.endswith("…") for d in column(app, "description"))
+        assert grid.virtual_size.width <= grid.scrollable_content_region.width
+        assert not grid.show_horizontal_scrollbar
+
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert column(app, "key_prefix")[0] == "sk-internal-Qx3v"
+        assert column(app, "description")[:3] == ["laptop", "ci runner [nightly]", "notebook"]
+        assert column(app, "description")[3].startswith("batch embeddings for")
+        assert grid.virtual_size.width <= grid.scrollable_content_region.width
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_the_keys_tab_looks_right(snap_compare: Any, size: tuple[int, int]) -> None:
     app = LlmgwTui(SOCKET, live=False)

@@ -72,12 +72,14 @@ class KeysPane(Vertical):
     }
     """
     BINDINGS = [
-        Binding("n", "new", "New key"),
+        # Short, and refresh (the table refreshes itself) only in the help: so that the
+        # footer holds these, help and quit at 80 columns.
+        Binding("n", "new", "New"),
         Binding("e", "edit", "Edit"),
         Binding("v", "revoke", "Revoke"),
         Binding("o", "rotate", "Rotate"),
         Binding("x", "delete", "Delete"),
-        Binding("r", "reload", "Refresh"),
+        Binding("r", "reload", "Refresh", show=False),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("s", "sort", "Sort"),
         # Out of the search, keeping its filter (as enter does), so the keys act again.
