@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -41,4 +42,12 @@ def _changes(entry: dict[str, Any]) -> str:
     if not before or not after:
         return "created" if after else "deleted" if before else ""
     changed = [name for name in after if before.get(name) != after[name] and name != "updated_at"]
-    return ", ".join(f"{name}: {before.get(name)} -> {after[name]}" for name in changed)
+    shown = (f"{name}: {_value(before.get(name))} -> {_value(after[name])}" for name in changed)
+    return ", ".join(shown) or "no change"
+
+
+def _value(value: Any) -> str:
+    """A value as --json spells it (true, null, "text", ["a", "b"]), whatever its
+    type: "null" the text and null the value look different, and a control character
+    someone put in a description stays escaped instead of reaching the terminal."""
+    return json.dumps(value, ensure_ascii=False)

@@ -88,13 +88,29 @@ def check(state: CliState, path: str | None, as_json: bool) -> None:
     if state.socket:  # `llmgw --socket PATH serve` listens there, whatever the file says
         admin = dataclasses.replace(settings.admin, socket=state.socket)
         settings = dataclasses.replace(settings, admin=admin)
+    settings, defaults = _effective_paths(settings)
     shown = masked(settings)
     if as_json:
         emit_json(settings_dict(shown))
     else:
-        click.echo(render_config(shown, comments=False), nl=False)
+        notes = dict.fromkeys(defaults, "the default for this user")
+        click.echo(render_config(shown, comments=False, notes=notes), nl=False)
     source = f"Read {found}" if found else "No config file; defaults and environment only"
     say(f"{source}. The settings are valid.")
+
+
+def _effective_paths(settings: Settings) -> tuple[Settings, list[str]]:
+    """`settings` with the socket and database paths the gateway will use in place of
+    "" (the default, which depends on the user and XDG_*), and which ones were ""."""
+    defaults = []
+    admin, database = settings.admin, settings.database
+    if not admin.socket:
+        admin = dataclasses.replace(admin, socket=str(settings.socket_path))
+        defaults.append("admin.socket")
+    if not database.path:
+        database = dataclasses.replace(database, path=str(settings.database_path))
+        defaults.append("database.path")
+    return dataclasses.replace(settings, admin=admin, database=database), defaults
 
 
 def _write_private(path: Path, text: str, *, force: bool) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
+
+from llmgw.admin_client import AdminClient
 
 from .output import cell, emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
@@ -29,7 +32,7 @@ def key() -> None:
 @click.option("--user", "user_id", required=True, help="Who the key is for (user or team id).")
 @click.option("--tier", help="Rate-limit tier (default: [admin] default_tier).")
 @click.option("--description", help="What the key is for.")
-@click.option("--expires", help="Expiry: 2027-01-31, an ISO datetime, or 30d / 12h / 2w.")
+@click.option("--expires", help="Expiry: 2027-01-31, an ISO datetime, 30d / 12h / 2w, or 'never'.")
 @click.option("--model", "models", multiple=True, help="Allow only this model (repeatable).")
 @click.option(
     "--rpm", type=click.IntRange(min=1), help="Requests per minute, instead of the tier's."
@@ -54,7 +57,7 @@ def add(
             user_id,
             tier=tier,
             description=description,
-            expires_at=expires,
+            expires_at=None if expires == "never" else expires,
             allowed_models=list(models) or None,
             requests_per_minute=rpm,
             requests_per_hour=rph,
@@ -148,11 +151,16 @@ def update(
         changes["is_active"] = active
     if not changes:
         raise click.UsageError("Nothing to change: give at least one option (see --help).")
-    updated = state.call(lambda c: c.update_key(key_id, changes))
+
+    async def change(c: AdminClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        before = await c.get_key(key_id)
+        return before, await c.update_key(key_id, changes)
+
+    before, updated = state.call(change)
     if as_json:
         emit_json(updated)
         return
-    say(f"Updated key {_describe(updated)}.")
+    say(f"Updated key {_describe(updated)}. {_state(updated, before)}")
 
 
 @key.command("revoke")
@@ -161,11 +169,19 @@ def update(
 @pass_state
 def revoke(state: CliState, key_id: int, as_json: bool) -> None:
     """Revoke a key: refused from the very next request."""
-    revoked = state.call(lambda c: c.revoke_key(key_id))
+
+    async def revoke_(c: AdminClient) -> tuple[dict[str, Any], dict[str, Any]]:
+        before = await c.get_key(key_id)
+        return before, await c.revoke_key(key_id)
+
+    before, revoked = state.call(revoke_)
     if as_json:
         emit_json(revoked)
         return
-    say(f"Revoked key {_describe(revoked)}.")
+    if not before["is_active"]:
+        say(f"Key {_describe(revoked)} was already revoked; nothing changed.")
+        return
+    say(f"Revoked key {_describe(revoked)}. {_state(revoked, before)}")
 
 
 @key.command("rotate")
@@ -183,6 +199,8 @@ def rotate(state: CliState, key_id: int, as_json: bool) -> None:
         f"Rotated key {_describe(rotated)}: the old secret is refused from now on. "
         "Store the new one now: it will not be shown again."
     )
+    if not _usable(rotated):  # a new secret for a key that is refused would puzzle
+        say(_state(rotated, rotated, to="to use the new secret"))
 
 
 @key.command("delete")
@@ -201,6 +219,30 @@ def delete(state: CliState, key_id: int, yes: bool, as_json: bool) -> None:
         emit_json(deleted)
         return
     say(f"Deleted key {_describe(deleted)}.")
+
+
+def _state(key: dict[str, Any], before: dict[str, Any], to: str = "to let it in again") -> str:
+    """The key's state after a change, and the command that lets it in if it is refused."""
+    if not key["is_active"]:
+        enable = f"`llmgw key update {key['id']} --enable`"
+        if not before["is_active"]:
+            return f"It is still revoked: {enable} {to}."
+        return f"It is revoked: refused from the very next request ({enable} {to})."
+    if _expired(key):
+        extend = f"`llmgw key update {key['id']} --expires 30d` (or a date, or never)"
+        return f"It expired at {key['expires_at']}: {extend} {to}."
+    if not before["is_active"]:
+        return "It is active again: its secret works from the very next request."
+    return "It is active."
+
+
+def _usable(key: dict[str, Any]) -> bool:
+    return bool(key["is_active"]) and not _expired(key)
+
+
+def _expired(key: dict[str, Any]) -> bool:
+    expires = key.get("expires_at")
+    return expires is not None and datetime.fromisoformat(expires) <= datetime.now(UTC)
 
 
 def _describe(k: dict[str, Any]) -> str:

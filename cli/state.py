@@ -29,12 +29,23 @@ OPTION_FOR_FIELD = {
     "allowed_models": "--model",
     "requests_per_minute": "--rpm",
     "requests_per_hour": "--rph",
+    "is_active": "--enable/--disable",
     "username": "USERNAME",
-    "password": "password",
+    "password": "The password",
     "email": "--email",
     "older_than_days": "--older-than",
     "days": "--days",
     "by": "--by",
+    "limit": "--limit",
+    "action": "--action",
+}
+# What the API's words for a field's values are on the command line: its null is
+# `--expires never` or `--rpm tier`, and its list of models is one --model each.
+CLI_WORDS = {
+    "expires_at": ("or null", "or never"),
+    "requests_per_minute": ("or null", "or tier"),
+    "requests_per_hour": ("or null", "or tier"),
+    "allowed_models": ("a list of model names, or null for all", "a model name"),
 }
 
 
@@ -79,9 +90,20 @@ class CliState:
             raise GatewayNotReachable(str(exc)) from None
         except AdminApiError as exc:
             if exc.status == 400 and exc.param:
-                hint = OPTION_FOR_FIELD.get(exc.param, exc.param)
-                raise click.BadParameter(exc.message, param_hint=hint) from None
+                raise click.UsageError(in_cli_words(exc.message, exc.param)) from None
             raise click.ClickException(exc.message) from None
 
 
 pass_state = click.make_pass_decorator(CliState)
+
+
+def in_cli_words(message: str, field: str) -> str:
+    """The gateway's refusal of `field` as the command line says it: `'expires_at' must
+    be a future date, or null` becomes `--expires must be a future date, or never`."""
+    option = OPTION_FOR_FIELD.get(field)
+    if option is None:
+        return message
+    api, cli = CLI_WORDS.get(field, ("", ""))
+    if api:
+        message = message.replace(api, cli)
+    return message.replace(f"'{field}'", option)

@@ -110,7 +110,8 @@ class AdminClient:
         user_id: str | None = None,
         status: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest ledger rows, newest first; `status` is 429, 4xx or error."""
+        """The newest ledger rows, newest first; `status` is 429, 4xx or error (400 and
+        up except 429)."""
         params: dict[str, Any] = {"limit": limit, "after_id": after_id}
         params |= {k: v for k, v in (("user_id", user_id), ("status", status)) if v}
         return await self._list("/requests", params)

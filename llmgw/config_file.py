@@ -43,14 +43,21 @@ HEADER = (
 )
 
 
-def render_config(settings: Settings | None = None, *, comments: bool = True) -> str:
+def render_config(
+    settings: Settings | None = None,
+    *,
+    comments: bool = True,
+    notes: Mapping[str, str] | None = None,
+) -> str:
     """`settings` (default: the built-in ones) as TOML that `load_settings` reads back.
 
     With `comments`, a header and each setting's help come first; without, it is the
-    plain listing `llmgw config check` prints. Secrets are written as they are: mask
-    them first (`masked`) to show the result to anyone.
+    plain listing `llmgw config check` prints. `notes` ("admin.socket": "default") end
+    a setting's line as a comment. Secrets are written as they are: mask them first
+    (`masked`) to show the result to anyone.
     """
     settings = Settings() if settings is None else settings
+    notes = notes or {}
     blocks = ["\n".join(_header())] if comments else []
     for section in dataclasses.fields(Settings):
         for i, (header, table) in enumerate(_tables(section.name, getattr(settings, section.name))):
@@ -59,7 +66,9 @@ def render_config(settings: Settings | None = None, *, comments: bool = True) ->
             for f in dataclasses.fields(table):
                 if comments:
                     lines += _comment(f.metadata["help"])
-                lines.append(tomli_w.dumps({f.name: getattr(table, f.name)}).rstrip("\n"))
+                line = tomli_w.dumps({f.name: getattr(table, f.name)}).rstrip("\n")
+                note = notes.get(f"{section.name}.{f.name}")
+                lines.append(f"{line}  # {note}" if note else line)
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -14,7 +15,7 @@ import pytest
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 
-from .conftest import CliRun, Gateway, GatewayFactory, read_rows, run_llmgw, with_secret
+from .conftest import LLMGW, CliRun, Gateway, GatewayFactory, read_rows, run_llmgw, with_secret
 
 PASSWORD = "correct horse battery staple"
 
@@ -123,9 +124,26 @@ async def test_audit_lists_changes_newest_first_without_secrets(gateway: Gateway
     assert code == 0
     lines = out.splitlines()
     assert len(lines) == 3  # header and two entries
-    assert "tier: free -> premium" in lines[2]
+    assert 'tier: "free" -> "premium"' in lines[2]
     only_rotate = await ok_json(gateway, "audit", "--action", "key.rotate")
     assert [e["action"] for e in only_rotate] == ["key.rotate"]
+
+
+async def test_audit_shows_values_as_json_spells_them(gateway: Gateway) -> None:
+    created = await gateway.create_key("ivy")
+    async with gateway.admin() as admin:
+        await admin.update_key(created["id"], {"is_active": False})
+        await admin.update_key(created["id"], {"allowed_models": ["a", "b"]})
+        await admin.update_key(created["id"], {"description": "null\x1b[2J"})
+        await admin.revoke_key(created["id"])  # already revoked: nothing changes
+    code, out, _ = await cli(gateway, "audit", "--limit", "4")
+    assert code == 0
+    revoke, description, models, disable = out.splitlines()[1:]
+    assert disable.endswith("is_active: true -> false")
+    assert models.endswith('allowed_models: null -> ["a", "b"]')
+    assert description.endswith('description: "" -> "null\\u001b[2J"')
+    assert "\x1b" not in out
+    assert revoke.endswith("no change")
 
 
 async def test_backup_while_serving_and_prune(gateway: Gateway, tmp_path: Path) -> None:
@@ -162,6 +180,38 @@ async def test_backup_while_serving_and_prune(gateway: Gateway, tmp_path: Path) 
     code, _, err = await cli(gateway, "db", "prune", "--older-than", "soon")
     assert code == 2
     assert "--older-than" in err
+
+
+async def test_backup_into_a_missing_directory_says_so(gateway: Gateway, tmp_path: Path) -> None:
+    code, out, err = await cli(gateway, "db", "backup", str(tmp_path / "nowhere" / "x.db"))
+    assert code == 1
+    assert out == ""
+    assert "Traceback" not in err
+    assert f"There is no directory {tmp_path / 'nowhere'}: create it first" in err
+    assert not (tmp_path / "nowhere").exists()
+
+
+async def test_backup_to_dash_streams_the_database_to_stdout(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    await gateway.create_key("jo")
+    process = await asyncio.create_subprocess_exec(
+        LLMGW, "--socket", str(gateway.socket_path), "db", "backup", "-",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    assert not (tmp_path / "-").exists()
+    assert out.startswith(b"SQLite format 3\0")
+    assert f"({len(out)} bytes, integrity checked)" in err.decode()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(out)
+    assert read_rows(copy, "SELECT user_id FROM api_keys") == [{"user_id": "jo"}]
+
+    code, out_text, err_text = await cli(gateway, "db", "backup", "-", "--json")
+    assert (code, out_text) == (2, "")
+    assert "--json and PATH - both want stdout" in err_text
 
 
 @pytest.mark.parametrize("command", [["key", "list"], ["audit"], ["admin", "list"]])

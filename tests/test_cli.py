@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from cli.main import cli
+from cli.state import OPTION_FOR_FIELD
 
 from .conftest import CliRun, Gateway, post_chat, run_llmgw
 
@@ -189,6 +190,61 @@ async def test_bad_expiry_exits_2_naming_the_option(gateway: Gateway, expires: s
     assert "--expires" in run.stderr
     assert ("past" if expires.startswith("2001") else "cannot read expiry") in run.stderr
     no_traceback(run)
+
+
+# Every command that sends the gateway values, each with one that is refused (by the
+# gateway, or by click before it): the message names the flag, never the API's field.
+REFUSED = [
+    (["key", "add", "--user", ""], "--user", "user_id"),
+    (["key", "add", "--user", "x", "--tier", "gold"], "--tier", "tier"),
+    (["key", "add", "--user", "x", "--expires", "2001-01-01"], "--expires", "expires_at"),
+    (["key", "add", "--user", "x", "--model", ""], "--model", "allowed_models"),
+    (["key", "add", "--user", "x", "--rpm", "0"], "--rpm", "requests_per_minute"),
+    (["key", "add", "--user", "x", "--rph", "0"], "--rph", "requests_per_hour"),
+    (["key", "update", "ID", "--tier", "gold"], "--tier", "tier"),
+    (["key", "update", "ID", "--expires", "someday"], "--expires", "expires_at"),
+    (["key", "update", "ID", "--model", ""], "--model", "allowed_models"),
+    (["key", "update", "ID", "--rpm", "0"], "--rpm", "requests_per_minute"),
+    (["key", "update", "ID", "--rph", "-1"], "--rph", "requests_per_hour"),
+    (["admin", "add", "no spaces", "--password-stdin"], "USERNAME", "username"),
+    (["admin", "add", "ops", "--password-stdin"], "The password", "password"),
+    (["admin", "passwd", "ops", "--password-stdin"], "The password", "password"),
+    (["usage", "--days", "0"], "--days", "days"),
+    (["usage", "--by", "tier"], "--by", "by"),
+    (["db", "prune", "--older-than", "0"], "--older-than", "older_than_days"),
+    (["audit", "--limit", "0"], "--limit", "limit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "field"), REFUSED, ids=[" ".join(a) for a, _, _ in REFUSED]
+)
+async def test_a_refused_value_names_the_flag_not_the_api_field(
+    gateway: Gateway, args: list[str], option: str, field: str
+) -> None:
+    created = await gateway.create_key("kim")
+    args = [str(created["id"]) if a == "ID" else a for a in args]
+    run = await run_llmgw(*args, stdin="short\n")  # a password too weak for the gateway
+    assert run.code == 2, run.stderr
+    assert run.stdout == ""
+    assert option in run.stderr
+    assert f"'{field}'" not in run.stderr
+    assert "null" not in run.stderr  # the API's word: the CLI says never, tier, --model
+    no_traceback(run)
+
+
+async def test_key_add_takes_expires_never_as_the_error_suggests(gateway: Gateway) -> None:
+    run = await llmgw("key", "add", "--user", "kim", "--expires", "never", "--json")
+    assert run.code == 0, run.stderr
+    assert orjson.loads(run.stdout)["expires_at"] is None
+
+
+def test_every_flag_the_gateway_may_be_told_of_exists() -> None:
+    options = {o for _, c in COMMANDS for p in c.params for o in (*p.opts, *p.secondary_opts)}
+    arguments = {p.human_readable_name for _, command in COMMANDS for p in command.params}
+    for field, option in OPTION_FOR_FIELD.items():
+        flags = option.split("/") if option.startswith("--") else []
+        assert all(f in options for f in flags) or option in arguments or " " in option, field
 
 
 async def test_revoking_an_unknown_key_exits_1(gateway: Gateway) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llmgw.config import load_settings
-from llmgw.config_file import render_config
+from llmgw.config import Settings, default_database_path, default_socket_path, load_settings
+from llmgw.config_file import render_config, settings_dict
 
 from .conftest import LLMGW
 
@@ -189,8 +189,21 @@ def test_check_without_a_file_shows_the_defaults(tmp_path: Path) -> None:
     done = run(tmp_path, "config", "check")
     assert done.returncode == 0, done.stderr
     assert "no config file" in done.stderr.lower()
-    assert done.stdout == render_config(comments=False)
+    # The paths the gateway will use (they depend on the user), not "", marked so.
+    socket, database = default_socket_path(), default_database_path()
+    assert f'socket = "{socket}"  # the default for this user\n' in done.stdout
+    assert f'path = "{database}"  # the default for this user\n' in done.stdout
+    expected = settings_dict(Settings())
+    expected["admin"]["socket"], expected["database"]["path"] = str(socket), str(database)
+    assert tomllib.loads(done.stdout) == expected
     assert 'secret_key = ""' in done.stdout  # unset secrets are shown as unset
+
+    as_json = json.loads(run(tmp_path, "config", "check", "--json").stdout)
+    assert (as_json["admin"]["socket"], as_json["database"]["path"]) == (str(socket), str(database))
+    paths = {"LLMGW_ADMIN_SOCKET": "/srv/gw.sock", "LLMGW_DATABASE_PATH": "/srv/gw.db"}
+    chosen = run(tmp_path, "config", "check", env=paths).stdout
+    assert 'socket = "/srv/gw.sock"\n' in chosen  # set, so not marked as a default
+    assert 'path = "/srv/gw.db"\n' in chosen
 
 
 def test_check_a_bad_file_exits_1_naming_the_key(tmp_path: Path) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
 import pytest
 
 from llmgw.admin_client import AdminApiError
-from llmgw.state import KEYS
+from llmgw.state import KEYS, STORE
 
 from .conftest import CliRun, Gateway, read_rows, run_llmgw
 
@@ -100,6 +101,60 @@ async def test_rotation_keeps_the_id_and_history_and_refuses_the_old_secret(
         after = await admin.get_key(created["id"])
     assert after["key_prefix"] == new_key[:16]
     assert after["last_used_at"] is not None
+
+
+async def test_each_change_says_what_state_the_key_is_left_in(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """On stderr, with the command that lets a refused key in again; --json unchanged."""
+    created = await gateway.create_key("dan")
+    key_id = str(created["id"])
+    enable = f"`llmgw key update {key_id} --enable`"
+
+    code, out, err = await cli(gateway, "key", "update", key_id, "--disable")
+    assert (code, out) == (0, "")
+    assert f"It is revoked: refused from the very next request ({enable}" in err
+    code, out, err = await cli(gateway, "key", "update", key_id, "--disable")
+    assert f"It is still revoked: {enable} to let it in again." in err
+    code, out, err = await cli(gateway, "key", "revoke", key_id)
+    assert (code, out) == (0, "")
+    assert f"Key {key_id} (" in err and "was already revoked; nothing changed." in err
+
+    code, out, err = await cli(gateway, "key", "rotate", key_id)
+    assert code == 0, err
+    new_key = out.strip()  # stdout is the secret alone
+    assert new_key.startswith("sk-internal-")
+    assert f"It is still revoked: {enable} to use the new secret." in err
+    assert (await chat(http, gateway, new_key)).status == 401  # as the message says
+
+    code, out, err = await cli(gateway, "key", "update", key_id, "--enable")
+    assert (code, out) == (0, "")
+    assert "It is active again: its secret works from the very next request." in err
+    assert (await chat(http, gateway, new_key)).status == 200
+    code, out, err = await cli(gateway, "key", "update", key_id, "--description", "x")
+    assert err.rstrip().endswith("It is active.")
+    code, out, err = await cli(gateway, "key", "rotate", key_id)
+    assert "revoked" not in err and "expired" not in err
+
+    code, out, err = await cli(gateway, "key", "revoke", key_id)
+    assert f"Revoked key {key_id} (" in err
+    assert f"It is revoked: refused from the very next request ({enable}" in err
+    revoked = await cli_json(gateway, "key", "revoke", key_id)
+    async with gateway.admin() as admin:
+        assert revoked == await admin.get_key(created["id"])  # the API's view, nothing added
+
+
+async def test_rotating_an_expired_key_says_it_has_expired(gateway: Gateway) -> None:
+    created = await gateway.create_key("eve")
+    store = gateway.app[STORE]
+    # The API refuses a past expiry; the CLI, which judges by its own clock, must see
+    # one that passed meanwhile.
+    async with store.transaction() as tx:
+        await tx.update_key(created["id"], {"expires_at": time.time() - 60})
+    code, _, err = await cli(gateway, "key", "rotate", str(created["id"]))
+    assert code == 0, err
+    assert "It expired at " in err
+    assert f"`llmgw key update {created['id']} --expires 30d` (or a date, or never)" in err
 
 
 async def test_delete_keeps_the_usage_history(

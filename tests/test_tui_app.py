@@ -9,7 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from textual.widgets import TabbedContent
+from textual.widgets import Footer, TabbedContent
+from textual.widgets._footer import FooterKey
+from textual.widgets._tabbed_content import ContentTab
 
 from llmgw.admin_client import AdminClient
 from tui.app import LlmgwTui
@@ -35,6 +37,24 @@ async def test_tabs_and_help_are_a_key_away(gateway: Gateway) -> None:
         await pilot.press("question_mark")
         await pilot.pause()
         assert not app.screen.query("HelpPanel")
+
+
+@pytest.mark.parametrize("tab", ["dashboard", "keys", "usage", "requests"])
+async def test_at_80_columns_every_tab_shows_its_keys_help_and_quit(
+    tmp_path: Path, tab: str
+) -> None:
+    app = LlmgwTui(tmp_path / "no.sock", live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(tab[0] if tab != "requests" else "t")
+        await pilot.pause()
+        footer = app.query_one(Footer)
+        keys = {key.key: key for key in footer.query(FooterKey)}
+        assert {"question_mark", "q"} <= set(keys)
+        for key in keys.values():  # every key whole on the screen, none scrolled away
+            assert key.region.right <= footer.region.right, key.key
+        # The tab bar teaches the keys that switch tabs.
+        labels = [str(t.label) for t in app.query(ContentTab)]
+        assert labels == ["d Dashboard", "k Keys", "u Usage", "t Requests"]
 
 
 async def test_the_banner_comes_when_the_gateway_stops_and_goes_when_it_returns(

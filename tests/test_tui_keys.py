@@ -15,14 +15,23 @@ from openai.types.chat import ChatCompletionMessageParam
 from textual.app import App
 from textual.pilot import Pilot
 from textual.widget import Widget
-from textual.widgets import Button, DataTable, Input, Select, Static, TabbedContent
+from textual.widgets import (
+    Button,
+    DataTable,
+    Input,
+    Label,
+    Select,
+    Static,
+    Switch,
+    TabbedContent,
+)
 from textual.widgets.data_table import ColumnKey
 from textual.worker import WorkerFailed, WorkerState
 
 from tui.app import LlmgwTui
 from tui.confirm import ConfirmScreen
-from tui.key_form import KeyFormScreen
-from tui.keys import KeysLoaded, KeysPane
+from tui.key_form import KeyFormScreen, TiersLoaded
+from tui.keys import KeysLoaded, KeysPane, rotated
 from tui.new_key import NewKeyScreen
 
 from .conftest import Gateway
@@ -211,6 +220,23 @@ async def test_search_filters_the_rows(gateway: Gateway) -> None:
         assert cursor.row_key.value == str(bob["id"])  # the cursor stayed on bob
 
 
+async def test_escape_leaves_the_search_and_the_keys_act_again(gateway: Gateway) -> None:
+    alice = await gateway.create_key("alice")
+    await gateway.create_key("bob")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_keys_tab(pilot, keys=2)
+        search = app.query_one("#keys-search", Input)
+        await pilot.press("slash", *"alice", "escape")
+        assert app.focused is table(app)
+        assert search.value == "alice"  # the filter stays, as after enter
+        assert column(app, "user_id") == ["alice"]
+        await pilot.press("v")  # a key, not a letter of the search
+        assert search.value == "alice"
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"Revoke key {alice['id']} (" in str(app.screen.query_one(Label).render())
+
+
 async def test_sort_by_the_cursor_column_toggles(gateway: Gateway) -> None:
     for user in ("bob", "Carol", "alice"):
         await gateway.create_key(user)
@@ -275,6 +301,78 @@ async def test_rotate_shows_a_new_secret_and_the_old_one_stops(gateway: Gateway)
         assert await chat(gateway, new)
         with pytest.raises(openai.AuthenticationError):
             await chat(gateway, old)
+
+
+async def test_rotating_a_revoked_key_says_it_is_still_revoked(gateway: Gateway) -> None:
+    created = await gateway.create_key("alice")
+    async with gateway.admin() as admin:
+        await admin.revoke_key(created["id"])
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        await pilot.press("o", "y")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+        heading = app.screen.query_one("#heading", Label)
+        text = str(heading.render())
+        assert "the old one no longer works." in text
+        assert text.endswith(
+            "The key is still revoked: edit it (e) and switch it to active to use it."
+        )
+        # Wrapped inside the box, not cut by its edge.
+        box = app.screen.query_one("NewKeyScreen > Vertical")
+        assert heading.outer_size.width <= box.content_size.width
+        assert heading.outer_size.height > 1
+
+
+async def test_the_edit_form_lets_a_revoked_key_in_again(gateway: Gateway) -> None:
+    created = await gateway.create_key("alice")
+    async with gateway.admin() as admin:
+        await admin.revoke_key(created["id"])
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        await pilot.press("e")
+        switch = form(app).query_one("#is_active", Switch)
+        state = form(app).query_one("#is_active-state", Label)
+        assert switch.value is False
+        assert str(state.render()).startswith("revoked")
+        await pilot.press("shift+tab", "shift+tab")  # from the description, past the tier
+        assert app.focused is switch
+        await pilot.press("space")
+        assert str(state.render()) == "active"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: row_of(app, created["id"])["is_active"] == "yes")
+        assert any(n.message.endswith("alice): active.") for n in app._notifications)
+        assert await chat(gateway, created["key"])
+
+        await pilot.press("e")  # and off again: the same as revoking
+        await pilot.click("#is_active")
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: row_of(app, created["id"])["is_active"] == "no")
+        with pytest.raises(openai.AuthenticationError):
+            await chat(gateway, created["key"])
+
+
+async def test_a_new_key_has_no_status_switch(gateway: Gateway) -> None:
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=0)
+        await pilot.press("n")
+        assert not form(app).query(Switch)  # a new key is active; the API takes no status
+
+
+async def test_a_confirmation_shows_a_user_id_as_it_is(gateway: Gateway) -> None:
+    created = await gateway.create_key("team[ops]")
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        for action in ("v", "x", "o"):
+            await pilot.press(action)
+            assert isinstance(app.screen, ConfirmScreen)
+            question = str(app.screen.query_one(Label).render())
+            assert f"key {created['id']} ({created['key_prefix']}, team[ops])" in question
+            assert "\\" not in question
+            await pilot.press("n")
 
 
 async def test_delete_removes_the_row(gateway: Gateway) -> None:
@@ -398,10 +496,65 @@ async def show_new_key(pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def test_the_table_fits_the_width_it_has() -> None:
+    """The description gives way, then the prefix's common part: the dates stay whole
+    and no sideways scrollbar appears (its blocks were left in the empty rows)."""
+    app = LlmgwTui(SOCKET, live=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await show_canned_keys(pilot)
+        grid = table(app)
+        used = ["2026-03-02 14:31", "never", "2026-02-11 08:02", "2026-03-02 14:35"]
+        assert column(app, "last_used_at") == used
+        assert column(app, "key_prefix") == ["…Qx3v", "…9fKd", "…mT0a", "…Lw7Z"]
+        assert all(d.endswith("…") for d in column(app, "description"))
+        assert grid.virtual_size.width <= grid.scrollable_content_region.width
+        assert not grid.show_horizontal_scrollbar
+
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert column(app, "key_prefix")[0] == "sk-internal-Qx3v"
+        assert column(app, "description")[:3] == ["laptop", "ci runner [nightly]", "notebook"]
+        assert column(app, "description")[3].startswith("batch embeddings for")
+        assert grid.virtual_size.width <= grid.scrollable_content_region.width
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_the_keys_tab_looks_right(snap_compare: Any, size: tuple[int, int]) -> None:
     app = LlmgwTui(SOCKET, live=False)
     assert snap_compare(app, terminal_size=size, run_before=show_canned_keys)
+
+
+async def show_rotated_revoked_key(pilot: Pilot[None]) -> None:
+    await show_canned_keys(pilot)
+    carol = CANNED[2]  # revoked
+    assert not carol["is_active"]
+    await pilot.app.push_screen(NewKeyScreen(FAKE_SECRET, rotated(carol)))
+    await pilot.pause()
+
+
+async def edit_revoked_key(pilot: Pilot[None]) -> None:
+    await show_canned_keys(pilot)
+    await pilot.press("down", "down", "e")  # carol's key, revoked
+    with contextlib.suppress(WorkerFailed):  # the tiers: no gateway behind SOCKET
+        await pilot.app.workers.wait_for_complete()
+    tiers = [{"name": "standard", "requests_per_minute": 30, "requests_per_hour": 300}]
+    form(pilot.app).post_message(TiersLoaded("standard", tiers))
+    await pilot.pause()
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_rotated_revoked_key_screen_looks_right(
+    snap_compare: Any, size: tuple[int, int]
+) -> None:
+    app = LlmgwTui(SOCKET, live=False)
+    assert snap_compare(app, terminal_size=size, run_before=show_rotated_revoked_key)
+
+
+def test_the_edit_form_of_a_revoked_key_looks_right(snap_compare: Any) -> None:
+    app = LlmgwTui(SOCKET, live=False)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=edit_revoked_key)
 
 
 def test_the_new_key_screen_looks_right(snap_compare: Any) -> None:

@@ -114,6 +114,13 @@ async def test_filters_ask_the_gateway_for_a_user_and_a_status(gateway: Gateway)
         await until(pilot, lambda: len(shown(app)) == 5)
         assert users_and_statuses(app) == full
 
+        await pilot.press("s")  # errors, of everyone: alice's 429 is a refusal, not one
+        await until(pilot, lambda: len(shown(app)) == 2)
+        assert users_and_statuses(app) == [("bob", "404"), ("bob", "500")]
+        assert str(app.query_one("#requests-status", Select).selection) == "error"
+        await pilot.press("c")
+        await until(pilot, lambda: len(shown(app)) == 5)
+
         select: Select[str] = app.query_one("#requests-status", Select)
         select.value = "429"  # as the mouse would choose it
         await until(pilot, lambda: len(shown(app)) == 1)
@@ -201,6 +208,6 @@ def test_look_120x40(snap_compare: Any) -> None:
 
 
 def test_look_paused_with_errors_only_80x24(snap_compare: Any) -> None:
-    errors = [row for row in ROWS if row["status_code"] >= 400]
+    errors = [row for row in ROWS if row["status_code"] >= 400 and row["status_code"] != 429]
     run_before = showing(errors, "p", status="error")
     assert snap_compare(canned(), terminal_size=(80, 24), run_before=run_before)

@@ -203,6 +203,19 @@ def canned() -> LlmgwTui:
     return LlmgwTui(Path("/run/llmgw/admin.sock"), live=False)
 
 
+async def test_at_80_columns_the_figures_stay_whole() -> None:
+    """Names give way (a key's prefix its common part first), never the figures: no
+    sideways scrollbar, and the p95 column is there whole."""
+    app = canned()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await showing(BY_KEY)(pilot)
+        grid = app.query_one("#usage-table", DataTable)
+        assert [row[-1] for row in cells(app)] == ["1,800", "410", "1,900", "0.9", "1,800"]
+        assert [row[0] for row in cells(app)][:3] == ["…Q7xa", "…b_9K", "…mm2P"]
+        assert grid.virtual_size.width <= grid.scrollable_content_region.width
+        assert not grid.show_horizontal_scrollbar
+
+
 def test_look_by_user_80x24(snap_compare: Any) -> None:
     assert snap_compare(canned(), terminal_size=(80, 24), run_before=showing(BY_USER))
 

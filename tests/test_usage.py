@@ -228,6 +228,22 @@ async def test_latency_percentiles_are_within_the_histograms_precision(
     assert groups["carol"]["rate_limited"] == 400
 
 
+async def test_the_requests_tail_counts_as_errors_what_usage_does(gateway: Gateway) -> None:
+    """One definition of an error (400 and up, 499 included, 429 not) for /usage and
+    the tail's `status=error`, which the TUI's filter asks for."""
+    now = time.time()
+    statuses = [200, 400, 401, 404, 429, 429, 499, 500, 502, 200]
+    await gateway.app[STORE].insert_request_logs(
+        [record(None, "ann", now - 60 + i, status=s) for i, s in enumerate(statuses)]
+    )
+    async with gateway.admin() as admin:
+        errors = await admin.requests(status="error")
+        usage = await admin.usage(1, "user")
+    assert sorted(r["status_code"] for r in errors) == [400, 401, 404, 499, 500, 502]
+    assert usage["total"]["errors"] == len(errors)
+    assert usage["total"]["rate_limited"] == statuses.count(429)
+
+
 def test_percentile_precision_holds_over_the_whole_range() -> None:
     rng = random.Random(11)
     for _ in range(200):

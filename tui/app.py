@@ -30,17 +30,26 @@ from .requests import RequestsPane
 from .usage import UsagePane
 
 TABS = ("dashboard", "keys", "usage", "requests")
+# Each tab's title, with the key that shows it in the footer's key colour.
+TAB_TITLES = {
+    tab: f"[b $footer-key-foreground]{key}[/] {title}"
+    for tab, key, title in zip(
+        TABS, "dkut", ("Dashboard", "Keys", "Usage", "Requests"), strict=True
+    )
+}
 
 
 class LlmgwTui(App[None]):
     TITLE = "llmgw"
     # Absolute: Textual resolves a relative path from the file of the (sub)class.
     CSS_PATH = Path(__file__).with_name("llmgw.tcss")
+    # The tab bar shows each tab's key (TAB_TITLES), so the footer has the room, even at
+    # 80 columns, for the keys of the tab shown, help and quit.
     BINDINGS = [
-        Binding("d", "show_tab('dashboard')", "Dashboard"),
-        Binding("k", "show_tab('keys')", "Keys"),
-        Binding("u", "show_tab('usage')", "Usage"),
-        Binding("t", "show_tab('requests')", "Requests"),
+        Binding("d", "show_tab('dashboard')", "Dashboard", show=False),
+        Binding("k", "show_tab('keys')", "Keys", show=False),
+        Binding("u", "show_tab('usage')", "Usage", show=False),
+        Binding("t", "show_tab('requests')", "Requests", show=False),
         Binding("question_mark", "toggle_help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -60,13 +69,13 @@ class LlmgwTui(App[None]):
         yield Header()
         yield ConnectionBanner()
         with TabbedContent(initial="dashboard"):
-            with TabPane("Dashboard", id="dashboard"):
+            with TabPane(TAB_TITLES["dashboard"], id="dashboard"):
                 yield DashboardPane()
-            with TabPane("Keys", id="keys"):
+            with TabPane(TAB_TITLES["keys"], id="keys"):
                 yield KeysPane()
-            with TabPane("Usage", id="usage"):
+            with TabPane(TAB_TITLES["usage"], id="usage"):
                 yield UsagePane()
-            with TabPane("Requests", id="requests"):
+            with TabPane(TAB_TITLES["requests"], id="requests"):
                 yield RequestsPane()
         # The palette (ctrl+p) still works; its footer label would crowd out the keys at 80 columns.
         yield Footer(show_command_palette=False)

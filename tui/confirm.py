@@ -16,13 +16,14 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen > Vertical {
         width: 60;
+        max-width: 100%;
         height: auto;
         border: thick $warning;
         background: $surface;
         padding: 1 2;
     }
     ConfirmScreen > Vertical > Label {
-        width: 100%;
+        width: 100%;  /* wraps at the box's edge, not cut by it */
     }
     ConfirmScreen Horizontal {
         height: auto;

@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select, Static, Switch
 from textual.worker import Worker, WorkerState
 
 from llmgw.admin_client import AdminApiError
@@ -33,7 +33,9 @@ HINTS = {
     "limits": "whole numbers; empty = the tier's",
 }
 LIMITS = ("requests_per_minute", "requests_per_hour")
-FIELDS = ("user_id", "tier", "description", "expires_at", "allowed_models", *LIMITS)
+FIELDS = ("user_id", "is_active", "tier", "description", "expires_at", "allowed_models", *LIMITS)
+# What the status switch says beside it, off and on.
+STATES = ("revoked: every request with it is refused", "active")
 
 
 @dataclass
@@ -97,6 +99,30 @@ class KeyFormScreen(ModalScreen[Key | None]):
         width: auto;
         padding: 0 1 0 2;
     }
+    KeyFormScreen .row > Switch {
+        /* One line like the other rows: the focus shows as a tint, not a border. */
+        border: none;
+        padding: 0 1;
+        height: 1;
+        background: $surface;
+        & > .switch--slider {
+            color: $error;
+            background: $surface;
+        }
+        &.-on > .switch--slider {
+            color: $success;
+        }
+        &:focus {
+            border: none;
+            background-tint: $foreground 15%;
+        }
+    }
+    KeyFormScreen #is_active-state {
+        color: $text-error;
+    }
+    KeyFormScreen #is_active-state.-on {
+        color: $text-success;
+    }
     KeyFormScreen .note {
         padding-left: 15;
         color: $text-muted;
@@ -140,6 +166,14 @@ class KeyFormScreen(ModalScreen[Key | None]):
             else:
                 title = f"Edit key {key['id']} ({key['key_prefix']}, {key['user_id']})"
                 yield Label(title, id="title", markup=False)
+                # The CLI's --enable/--disable: a revoked key can be let in again here.
+                with Horizontal(classes="row"):
+                    yield Label("Status")
+                    active = bool(key["is_active"])
+                    yield Switch(active, animate=False, id="is_active")
+                    state = Label(STATES[active], id="is_active-state", classes="per")
+                    yield state.set_class(active, "-on")
+                yield self._note("is_active")
             tiers: Select[str] = Select([], prompt="loading tiers...", compact=True)
             yield from self._row("tier", "Tier", tiers)
             for name, label in (
@@ -237,6 +271,12 @@ class KeyFormScreen(ModalScreen[Key | None]):
         if param is not None:
             self.query_one(f"#{param}").focus()
 
+    @on(Switch.Changed, "#is_active")
+    def status_switched(self, event: Switch.Changed) -> None:
+        state = self.query_one("#is_active-state", Label)
+        state.update(STATES[event.value])
+        state.set_class(event.value, "-on")
+
     @on(FormSaved)
     def saved(self, event: FormSaved) -> None:
         self.dismiss(event.key)
@@ -287,6 +327,8 @@ class KeyFormScreen(ModalScreen[Key | None]):
         fields: dict[str, Any] = {}
         if self._key is None:
             fields["user_id"] = text("user_id")
+        else:  # a new key is active: the API takes is_active on a change only
+            fields["is_active"] = self.query_one("#is_active", Switch).value
         tier = self.query_one("#tier", Select).value
         if isinstance(tier, str):  # blank until the tiers arrive: the gateway's default
             fields["tier"] = tier

@@ -1,7 +1,8 @@
 """The table of keys: filtered by a search, ordered by any column, never a secret.
 
 It holds the admin API's public view of each key. The cursor is a cell, not a row:
-its row is the selected key, and its column is the one a sort applies to.
+its row is the selected key, and its column is the one a sort applies to. It fits its
+width: the description gives way first, then the prefix loses the part every key shares.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from typing import Any
 
 from rich.text import Text
 from textual import on
+from textual.events import Resize
 from textual.widgets import DataTable
+
+from .fit import cut_to_fit, short_prefix
 
 Key = dict[str, Any]
 
@@ -25,6 +29,8 @@ COLUMNS = (
     ("description", "description"),
 )
 SEARCHED = ("user_id", "key_prefix", "tier", "description")
+DESCRIPTION = [name for name, _ in COLUMNS].index("description")
+DESCRIPTION_ROOM = 20  # cells the description keeps before the prefix is shortened
 
 
 def describe(key: Key) -> str:
@@ -32,8 +38,10 @@ def describe(key: Key) -> str:
     return f"key {key['id']} ({key['key_prefix']}, {key['user_id']})"
 
 
-def cell(key: Key, name: str) -> str:
+def cell(key: Key, name: str, *, short: bool = False) -> str:
     value = key.get(name)
+    if name == "key_prefix" and short:
+        return short_prefix(str(value))
     if name == "is_active":
         return "yes" if value else "no"
     if name in ("expires_at", "last_used_at"):
@@ -68,6 +76,14 @@ def ordered(keys: list[Key], column: str, reverse: bool) -> list[Key]:
 
 
 class KeyTable(DataTable[Text]):
+    # The columns leave room for the vertical scrollbar (`_refill`), should there be
+    # more keys than lines: it must not take much.
+    DEFAULT_CSS = """
+    KeyTable {
+        scrollbar-size-vertical: 1;
+    }
+    """
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="cell", zebra_stripes=True)
         self.keys: dict[int, Key] = {}
@@ -104,6 +120,9 @@ class KeyTable(DataTable[Text]):
         row_key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
         return None if row_key.value is None else int(row_key.value)
 
+    def on_resize(self, event: Resize) -> None:
+        self._refill()
+
     @on(DataTable.HeaderSelected)
     def header_selected(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
@@ -115,14 +134,28 @@ class KeyTable(DataTable[Text]):
         column = self.cursor_column
         shown = ordered(matching(list(self.keys.values()), self._search), *self._sort)
         by, reverse = self._sort
-        self.clear(columns=True)
-        for name, label in COLUMNS:
-            arrow = (" ▼" if reverse else " ▲") if name == by else ""
-            self.add_column(label + arrow, key=name)
-        for key in shown:
+        room = self.size.width - self.styles.scrollbar_size_vertical
+        for short in (False, True):
+            headers = [
+                Text(label + ((" ▼" if reverse else " ▲") if name == by else ""))
+                for name, label in COLUMNS
+            ]
             # Text, not str: a str cell is read as markup, and users and descriptions
             # are free text.
-            row = [Text(cell(key, name), no_wrap=True) for name, _ in COLUMNS]
+            rows = [
+                [Text(cell(key, name, short=short), no_wrap=True) for name, _ in COLUMNS]
+                for key in shown
+            ]
+            if room <= 0:
+                break  # before the first layout there is no width to fit: a resize follows
+            # The whole prefix while the description keeps some room, else the short one.
+            least = 1 if short else DESCRIPTION_ROOM
+            if cut_to_fit(headers, rows, room, self.cell_padding, [DESCRIPTION], least) or short:
+                break
+        self.clear(columns=True)
+        for (name, _), header in zip(COLUMNS, headers, strict=True):
+            self.add_column(header, key=name)
+        for key, row in zip(shown, rows, strict=True):
             self.add_row(*row, key=str(key["id"]))
         ids = [key["id"] for key in shown]
         at = ids.index(select) if select in ids else 0

@@ -14,7 +14,6 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.markup import escape
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
@@ -50,6 +49,14 @@ class KeyRotated(Message):
     key: Key = field(repr=False)  # never in a log
 
 
+def rotated(key: Key) -> str:
+    """What the new-secret screen says after a rotate."""
+    heading = f"New secret for {describe(key)}; the old one no longer works."
+    if not key["is_active"]:  # else the new secret's 401 would puzzle
+        heading += " The key is still revoked: edit it (e) and switch it to active to use it."
+    return heading
+
+
 class KeysPane(Vertical):
     DEFAULT_CSS = """
     KeysPane > Input {
@@ -65,14 +72,18 @@ class KeysPane(Vertical):
     }
     """
     BINDINGS = [
-        Binding("n", "new", "New key"),
+        # Short, and refresh (the table refreshes itself) only in the help: so that the
+        # footer holds these, help and quit at 80 columns.
+        Binding("n", "new", "New"),
         Binding("e", "edit", "Edit"),
         Binding("v", "revoke", "Revoke"),
         Binding("o", "rotate", "Rotate"),
         Binding("x", "delete", "Delete"),
-        Binding("r", "reload", "Refresh"),
+        Binding("r", "reload", "Refresh", show=False),
         Binding("slash", "search", "Search", key_display="/"),
         Binding("s", "sort", "Sort"),
+        # Out of the search, keeping its filter (as enter does), so the keys act again.
+        Binding("escape", "to_table", "To the table", show=False),
     ]
 
     def __init__(self) -> None:
@@ -148,8 +159,7 @@ class KeysPane(Vertical):
 
     @on(KeyRotated)
     def key_rotated(self, event: KeyRotated) -> None:
-        heading = f"New secret for {describe(event.key)}; the old one no longer works."
-        self.app.push_screen(NewKeyScreen(event.key["key"], heading))
+        self.app.push_screen(NewKeyScreen(event.key["key"], rotated(event.key)))
         self.reload()
 
     @on(Input.Changed, "#keys-search")
@@ -209,7 +219,8 @@ class KeysPane(Vertical):
 
     def _edited(self, updated: Key | None) -> None:
         if updated is not None:
-            self.notify(f"Saved {describe(updated)}.", markup=False)
+            state = "active" if updated["is_active"] else "revoked"
+            self.notify(f"Saved {describe(updated)}: {state}.", markup=False)
             self.reload()
 
     def action_revoke(self) -> None:
@@ -242,9 +253,9 @@ class KeysPane(Vertical):
             if yes:
                 then(key)
 
-        # ConfirmScreen reads its question as markup (a user id is free text), and does
-        # not wrap it: hence the line breaks in the questions.
-        question = question.format(escape(describe(key)))
+        # ConfirmScreen shows its question as plain text (a user id is free text, such
+        # as team[ops]), and wraps it; a line break parts the question from the detail.
+        question = question.format(describe(key))
         self.app.push_screen(ConfirmScreen(question, verb), answered)
 
     def action_reload(self) -> None:
@@ -252,6 +263,9 @@ class KeysPane(Vertical):
 
     def action_search(self) -> None:
         self.query_one(Input).focus()
+
+    def action_to_table(self) -> None:
+        self.query_one(KeyTable).focus()
 
     def action_sort(self) -> None:
         self.query_one(KeyTable).sort_by()

@@ -20,10 +20,14 @@ class NewKeyScreen(ModalScreen[None]):
     }
     NewKeyScreen > Vertical {
         width: 70;
+        max-width: 100%;
         height: auto;
         border: thick $success;
         background: $surface;
         padding: 1 2;
+    }
+    NewKeyScreen #heading {
+        width: 100%;  /* wraps at the box's edge, not cut by it */
     }
     NewKeyScreen #secret {
         margin: 1 0;

@@ -23,7 +23,14 @@ from textual.worker import Worker
 
 from .gateway import client, connected, relay_failure
 
-STATUSES = (("all", "all"), ("errors", "error"), ("4xx", "4xx"), ("5xx", "5xx"), ("429", "429"))
+# "errors" are what the usage tab and the dashboard count: 400 and up except the 429s.
+STATUSES = (
+    ("all", "all"),
+    ("errors (no 429)", "error"),
+    ("4xx", "4xx"),
+    ("5xx", "5xx"),
+    ("429", "429"),
+)
 COLUMNS = ("time UTC", "user", "model", "status", "prompt", "completion", "duration ms")
 NUMERIC = {"prompt", "completion", "duration ms"}
 
@@ -55,7 +62,7 @@ class RequestsPane(Vertical):
         width: 20;
     }
     RequestsPane > #requests-filters > Select {
-        width: 12;
+        width: 19;
     }
     RequestsPane > #requests-filters > #requests-state {
         color: $success;

@@ -16,11 +16,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Label, Select
 from textual.worker import Worker
 
 from .bar_chart import BarChart
+from .fit import cut_to_fit, short_prefix
 from .gateway import client, connected, relay_failure
 
 GROUPINGS = ("user", "key", "model", "day")
@@ -37,6 +39,7 @@ FIGURES = (
 )
 LATENCIES = ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms")
 METRICS = {"requests": "Requests", "total_tokens": "Tokens (prompt + completion)"}
+DAYS_KEYS = Binding.Group("Days")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class UsagePane(Vertical):
     UsagePane > DataTable {
         height: auto;
         max-height: 60%;
+        /* The columns leave it room (`_fill_table`): it must not take much. */
+        scrollbar-size-vertical: 1;
     }
     UsagePane > #usage-chart-box {
         height: 1fr;
@@ -75,8 +80,9 @@ class UsagePane(Vertical):
     """
     BINDINGS = [
         Binding("b", "next_grouping", "Group by"),
-        Binding("plus,equals_sign", "step_days(1)", "More days", key_display="+"),
-        Binding("minus", "step_days(-1)", "Fewer days", key_display="-"),
+        # One footer entry for both (`+ - Days`), so that help and quit fit at 80 columns.
+        Binding("plus,equals_sign", "step_days(1)", "More days", key_display="+", group=DAYS_KEYS),
+        Binding("minus", "step_days(-1)", "Fewer days", key_display="-", group=DAYS_KEYS),
         Binding("m", "chart('total_tokens')", "Chart tokens"),
         Binding("m", "chart('requests')", "Chart requests"),
         Binding("r", "refresh", "Refresh"),
@@ -152,6 +158,10 @@ class UsagePane(Vertical):
         self._fill_table(keep_cursor=same_grouping)
         self._plot()
 
+    def on_resize(self, event: Resize) -> None:
+        if self._usage is not None:
+            self._fill_table(keep_cursor=True)
+
     def action_next_grouping(self) -> None:
         by, _ = self.choice
         following = GROUPINGS[(GROUPINGS.index(by) + 1) % len(GROUPINGS)]
@@ -179,21 +189,35 @@ class UsagePane(Vertical):
     # --- layout -----------------------------------------------------------------------
 
     def _fill_table(self, *, keep_cursor: bool) -> None:
+        """The table of `self._usage`, its names cut to fit the width: the figures stay
+        whole (a key is its prefix without `sk-internal-` when that helps)."""
         assert self._usage is not None
         by = self._usage["by"]
         table = self.query_one("#usage-table", DataTable)
         row = table.cursor_row
-        table.clear(columns=True)
         first = {"key": ("key", "user"), "day": ("day (UTC)",)}.get(by, (by,))
-        for heading in first:
-            table.add_column(heading, key=heading)
-        for field, heading in FIGURES:
-            table.add_column(Text(heading, justify="right"), key=field)
-        for index, entry in enumerate(_entries(self._usage)):
-            names = (_key_name(entry), entry.get("user_id") or "") if by == "key" else ()
-            table.add_row(*(names or (_group_name(entry, by),)), *_figures(entry), key=str(index))
-        total = [Text("TOTAL", style="bold"), *[""] * (len(first) - 1)]
-        table.add_row(*total, *_figures(self._usage["total"], style="bold"), key="total")
+        # Room for the vertical scrollbar too, should the rows outgrow the table's height.
+        room = table.size.width - table.styles.scrollbar_size_vertical
+        for short in (False, True):
+            headers = [Text(h) for h in first]
+            headers += [Text(heading, justify="right") for _, heading in FIGURES]
+            rows = [
+                [*_names(entry, by, short), *_figures(entry)] for entry in _entries(self._usage)
+            ]
+            total = [Text("TOTAL", style="bold"), *[Text("") for _ in first[1:]]]
+            rows.append([*total, *_figures(self._usage["total"], style="bold")])
+            # A key keeps its whole prefix if all fits so; then the user gives way before
+            # the key. Before the first layout there is no width to fit: a resize follows.
+            flexible = (0,) if by != "key" else (1, 0) if short else ()
+            fits = room <= 0 or cut_to_fit(headers, rows, room, table.cell_padding, flexible)
+            if fits or short or by != "key":
+                break
+        table.clear(columns=True)
+        columns = [*first, *(field for field, _ in FIGURES)]
+        for column, heading in zip(columns, headers, strict=True):
+            table.add_column(heading, key=column)
+        for index, cells in enumerate(rows):
+            table.add_row(*cells, key="total" if index == len(rows) - 1 else str(index))
         if keep_cursor:
             table.move_cursor(row=min(row, table.row_count - 1), animate=False)
 
@@ -227,10 +251,23 @@ def _group_name(entry: dict[str, Any], by: str) -> str:
     return str(group)
 
 
-def _key_name(entry: dict[str, Any]) -> str:
+def _key_name(entry: dict[str, Any], short: bool = False) -> str:
     if entry.get("key_id") is None:
         return "(no key)"
-    return str(entry.get("key_prefix") or f"key {entry['key_id']}")
+    prefix = entry.get("key_prefix")
+    if not prefix:
+        return f"key {entry['key_id']}"
+    return short_prefix(prefix) if short else str(prefix)
+
+
+def _names(entry: dict[str, Any], by: str, short: bool) -> list[Text]:
+    """The cells that name a group: its key and user, or its user, model or day."""
+    if by == "key":
+        names = [_key_name(entry, short), entry.get("user_id") or ""]
+    else:
+        names = [_group_name(entry, by)]
+    # Text, not str: a str cell is read as markup, and names are free text.
+    return [Text(name, no_wrap=True) for name in names]
 
 
 def _bar_label(entry: dict[str, Any], by: str) -> str:

@@ -161,9 +161,11 @@ class Store(Protocol):
         after_id: int = 0,
         user_id: str | None = None,
         status: tuple[int, int] | None = None,
+        except_status: int | None = None,
     ) -> list[dict[str, Any]]:
         """The newest ledger rows (newest first) with an id above `after_id`,
-        optionally of one user and with a status in [status[0], status[1]]."""
+        optionally of one user and with a status in [status[0], status[1]] other than
+        `except_status`."""
 
     async def list_audit(self, limit: int, action: str | None = None) -> list[dict[str, Any]]:
         """The newest audit rows first; `action` filters by prefix (`key.`, `admin.`)."""

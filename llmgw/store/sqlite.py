@@ -159,6 +159,7 @@ class SqliteStore:
         after_id: int = 0,
         user_id: str | None = None,
         status: tuple[int, int] | None = None,
+        except_status: int | None = None,
     ) -> list[dict[str, Any]]:
         where = ["id > ?"]
         params: list[Any] = [after_id]
@@ -168,6 +169,9 @@ class SqliteStore:
         if status is not None:
             where.append("status_code BETWEEN ? AND ?")
             params += list(status)
+        if except_status is not None:
+            where.append("status_code != ?")
+            params.append(except_status)
         query = (
             "SELECT id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
             " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
