@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmgw import rollups
+from llmgw.api_types import UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.store import SqliteStore
 from llmgw.store.sqlite_migrations import MIGRATIONS
@@ -162,9 +163,9 @@ def raw_by_user(path: Path, since: float) -> dict[str, dict[str, Any]]:
     return out
 
 
-def agree(summary: dict[str, Any], raw: dict[str, dict[str, Any]]) -> bool:
+def agree(summary: UsageReport, raw: dict[str, dict[str, Any]]) -> bool:
     """Counts equal; percentiles within the histogram's 25 %."""
-    rolled = {g["group"]: g for g in summary["data"]}
+    rolled: dict[Any, Any] = {g["group"]: g for g in summary["data"]}
     if rolled.keys() != raw.keys():
         return False
     for user, exact in raw.items():
@@ -254,7 +255,7 @@ async def main() -> None:
         try:
             for by in rollups.GROUPINGS:
 
-                def query(by: rollups.Grouping = by) -> Awaitable[dict[str, Any]]:
+                def query(by: rollups.Grouping = by) -> Awaitable[UsageReport]:
                     return store.usage_summary(days=7, by=by, now=now)
 
                 median, low = await timed(query, args.runs)

@@ -3,7 +3,8 @@
 Through the admin Unix socket (no login; the gateway checks the caller's uid), or,
 given a URL and a token, through `/admin/api` on a remote gateway's public port: the
 same routes either way. It is the only way in for `cli/` and `tui/`: neither opens the
-database.
+database. What it returns is typed (`llmgw.api_types`): the gateway's handlers build
+the same types, so the two sides are checked against one definition.
 """
 
 from __future__ import annotations
@@ -11,10 +12,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
+
+from .api_types import (
+    AdminView,
+    AuditEntry,
+    CreatedKey,
+    DeletedKey,
+    Health,
+    KeyView,
+    LoginToken,
+    PruneResult,
+    RequestRow,
+    Stats,
+    Tiers,
+    UsageReport,
+)
 
 
 class GatewayUnreachable(Exception):
@@ -75,17 +91,18 @@ class AdminClient:
 
     # --- gateway --------------------------------------------------------------------
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> Health:
         # /health answers 503 with a full body when the gateway cannot serve.
-        return await self._json("GET", "/health", ok=(200, 503))
+        return cast(Health, await self._json("GET", "/health", ok=(200, 503)))
 
-    async def usage(self, days: int = 7, by: str = "user") -> dict[str, Any]:
-        return await self._json("GET", "/usage", params={"days": days, "by": by})
+    async def usage(self, days: int = 7, by: str = "user") -> UsageReport:
+        params = {"days": days, "by": by}
+        return cast(UsageReport, await self._json("GET", "/usage", params=params))
 
-    async def stats(self, seconds: int = 300) -> dict[str, Any]:
-        return await self._json("GET", "/stats", params={"seconds": seconds})
+    async def stats(self, seconds: int = 300) -> Stats:
+        return cast(Stats, await self._json("GET", "/stats", params={"seconds": seconds}))
 
-    async def stream_stats(self, seconds: int = 60) -> AsyncIterator[dict[str, Any]]:
+    async def stream_stats(self, seconds: int = 60) -> AsyncIterator[Stats]:
         """One snapshot a second from `/stats/stream`, until the gateway goes away."""
         session = self._open()
         try:
@@ -98,7 +115,7 @@ class AdminClient:
                     raise _api_error(resp.status, await resp.read())
                 async for line in resp.content:
                     if line.startswith(b"data: "):
-                        yield orjson.loads(line[6:])
+                        yield cast(Stats, orjson.loads(line[6:]))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unreachable(exc) from None
 
@@ -109,68 +126,69 @@ class AdminClient:
         after_id: int = 0,
         user_id: str | None = None,
         status: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RequestRow]:
         """The newest ledger rows, newest first; `status` is 429, 4xx or error (400 and
         up except 429)."""
         params: dict[str, Any] = {"limit": limit, "after_id": after_id}
         params |= {k: v for k, v in (("user_id", user_id), ("status", status)) if v}
-        return await self._list("/requests", params)
+        return cast(list[RequestRow], await self._list("/requests", params))
 
     # --- keys -----------------------------------------------------------------------
 
-    async def create_key(self, user_id: str, **fields: Any) -> dict[str, Any]:
+    async def create_key(self, user_id: str, **fields: Any) -> CreatedKey:
         body = {"user_id": user_id} | {k: v for k, v in fields.items() if v is not None}
-        return await self._json("POST", "/keys", json=body)
+        return cast(CreatedKey, await self._json("POST", "/keys", json=body))
 
-    async def list_keys(self, **filters: Any) -> list[dict[str, Any]]:
+    async def list_keys(self, **filters: Any) -> list[KeyView]:
         params = {
             k: str(v).lower() if isinstance(v, bool) else v
             for k, v in filters.items()
             if v is not None
         }
-        return await self._list("/keys", params)
+        return cast(list[KeyView], await self._list("/keys", params))
 
-    async def get_key(self, key_id: int) -> dict[str, Any]:
-        return await self._json("GET", f"/keys/{key_id}")
+    async def get_key(self, key_id: int) -> KeyView:
+        return cast(KeyView, await self._json("GET", f"/keys/{key_id}"))
 
-    async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._json("PUT", f"/keys/{key_id}", json=dict(changes))
+    async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> KeyView:
+        return cast(KeyView, await self._json("PUT", f"/keys/{key_id}", json=dict(changes)))
 
-    async def revoke_key(self, key_id: int) -> dict[str, Any]:
-        return await self._json("POST", f"/keys/{key_id}/revoke")
+    async def revoke_key(self, key_id: int) -> KeyView:
+        return cast(KeyView, await self._json("POST", f"/keys/{key_id}/revoke"))
 
-    async def rotate_key(self, key_id: int) -> dict[str, Any]:
-        return await self._json("POST", f"/keys/{key_id}/rotate")
+    async def rotate_key(self, key_id: int) -> CreatedKey:
+        return cast(CreatedKey, await self._json("POST", f"/keys/{key_id}/rotate"))
 
-    async def delete_key(self, key_id: int) -> dict[str, Any]:
-        return await self._json("DELETE", f"/keys/{key_id}")
+    async def delete_key(self, key_id: int) -> DeletedKey:
+        return cast(DeletedKey, await self._json("DELETE", f"/keys/{key_id}"))
 
-    async def tiers(self) -> dict[str, Any]:
-        return await self._json("GET", "/tiers")
+    async def tiers(self) -> Tiers:
+        return cast(Tiers, await self._json("GET", "/tiers"))
 
     # --- admin users, audit, database -------------------------------------------------
 
-    async def login(self, username: str, password: str) -> dict[str, Any]:
-        return await self._json("POST", "/login", json={"username": username, "password": password})
+    async def login(self, username: str, password: str) -> LoginToken:
+        body = {"username": username, "password": password}
+        return cast(LoginToken, await self._json("POST", "/login", json=body))
 
-    async def list_admins(self) -> list[dict[str, Any]]:
-        return await self._list("/admins")
+    async def list_admins(self) -> list[AdminView]:
+        return cast(list[AdminView], await self._list("/admins"))
 
-    async def add_admin(
-        self, username: str, password: str, email: str | None = None
-    ) -> dict[str, Any]:
+    async def add_admin(self, username: str, password: str, email: str | None = None) -> AdminView:
         body = {"username": username, "password": password, "email": email}
-        return await self._json("POST", "/admins", json={k: v for k, v in body.items() if v})
+        body = {k: v for k, v in body.items() if v}
+        return cast(AdminView, await self._json("POST", "/admins", json=body))
 
-    async def update_admin(self, username: str, **changes: Any) -> dict[str, Any]:
-        return await self._json("PUT", f"/admins/{username}", json=changes)
+    async def update_admin(self, username: str, **changes: Any) -> AdminView:
+        return cast(AdminView, await self._json("PUT", f"/admins/{username}", json=changes))
 
-    async def audit(self, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+    async def audit(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
         params: dict[str, Any] = {"limit": limit} | ({"action": action} if action else {})
-        return await self._list("/audit", params)
+        return cast(list[AuditEntry], await self._list("/audit", params))
 
-    async def prune(self, older_than_days: int) -> dict[str, Any]:
-        return await self._json("POST", "/db/prune", json={"older_than_days": older_than_days})
+    async def prune(self, older_than_days: int) -> PruneResult:
+        body = {"older_than_days": older_than_days}
+        return cast(PruneResult, await self._json("POST", "/db/prune", json=body))
 
     async def backup(self, target: Path) -> int:
         """Stream an online backup of the gateway's database into `target`; its size."""

@@ -8,13 +8,13 @@ nothing: it reports what the store's watcher last saw, and when the ledger last 
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
+from typing import Literal
 
 import orjson
 from aiohttp import web
 
+from .api_types import DatabaseStatus, Health
 from .state import KEYS, LEDGER, METRICS, STORE, UPSTREAMS
 
 
@@ -24,22 +24,28 @@ async def health(request: web.Request) -> web.Response:
     # What the store last saw: a load balancer's probes never queue behind a write.
     database = cfg[STORE].health()
     serving = pool.any_healthy and not metrics.draining
+    status: Literal["ok", "degraded", "unavailable"]
     if not serving:
         status = "unavailable"
     elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error:
         status = "degraded"  # still serving: keys are in memory, the ledger buffers
     else:
         status = "ok"
-    body: dict[str, Any] = {
-        "status": status,
-        "draining": metrics.draining,
-        "uptime_s": round(time.time() - metrics.started_at, 1),
-        "in_flight": metrics.in_flight,
-        "keys": len(cfg[KEYS]),
-        "database": dataclasses.asdict(database),
-        "ledger": ledger.status(),
-        "upstreams": [u.status() for u in pool.upstreams],
-    }
+    body = Health(
+        status=status,
+        draining=metrics.draining,
+        uptime_s=round(time.time() - metrics.started_at, 1),
+        in_flight=metrics.in_flight,
+        keys=len(cfg[KEYS]),
+        database=DatabaseStatus(
+            ok=database.ok,
+            error=database.error,
+            checked_s_ago=database.checked_s_ago,
+            written_s_ago=database.written_s_ago,
+        ),
+        ledger=ledger.status(),
+        upstreams=[u.status() for u in pool.upstreams],
+    )
     return web.Response(
         status=200 if serving else 503, body=orjson.dumps(body), content_type="application/json"
     )

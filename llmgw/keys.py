@@ -10,15 +10,14 @@ locked database never turns into 401s.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
+from .api_types import KeyView
 from .errors import GatewayError
 from .times import iso_utc, parse_iso
 
@@ -96,15 +95,27 @@ class ApiKey:
     def may_use(self, model: str | None) -> bool:
         return self.allowed_models is None or model in self.allowed_models
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> KeyView:
         """The admin API's view: everything but the hash, times as ISO text."""
-        view = dataclasses.asdict(self)
-        del view["key_hash"]
-        for name in ("created_at", "updated_at", "expires_at", "last_used_at"):
-            if view[name] is not None:
-                view[name] = iso_utc(view[name])
-        view["allowed_models"] = list(self.allowed_models) if self.allowed_models else None
-        return view
+        return KeyView(
+            id=self.id,
+            key_prefix=self.key_prefix,
+            user_id=self.user_id,
+            tier=self.tier,
+            description=self.description,
+            is_active=self.is_active,
+            created_at=iso_utc(self.created_at),
+            updated_at=iso_utc(self.updated_at),
+            expires_at=_iso_or_none(self.expires_at),
+            last_used_at=_iso_or_none(self.last_used_at),
+            allowed_models=list(self.allowed_models) if self.allowed_models else None,
+            requests_per_minute=self.requests_per_minute,
+            requests_per_hour=self.requests_per_hour,
+        )
+
+
+def _iso_or_none(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_utc(epoch)
 
 
 class KeyTable:

@@ -26,6 +26,8 @@ from typing import Literal
 
 import orjson
 
+from .api_types import LedgerStatus
+
 log = logging.getLogger("llmgw.ledger")
 
 # `invalid`: the upstream reported a count that cannot be true; the row is estimated.
@@ -92,16 +94,16 @@ class Ledger:
         """Records not yet committed, including a batch being written."""
         return len(self._pending) + self._writing
 
-    def status(self) -> dict[str, int | str | None]:
+    def status(self) -> LedgerStatus:
         """What `/health` and the live stats say of the ledger."""
-        return {
-            "pending": self.pending,
-            "written": self.written,
-            "dropped": self.dropped,
-            "rejected": self.rejected,
-            "failed_writes": self.failed_writes,
-            "last_error": self.last_error,
-        }
+        return LedgerStatus(
+            pending=self.pending,
+            written=self.written,
+            dropped=self.dropped,
+            rejected=self.rejected,
+            failed_writes=self.failed_writes,
+            last_error=self.last_error,
+        )
 
     def record(self, record: UsageRecord) -> None:
         """Queue one record; never blocks."""

@@ -20,8 +20,8 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
+from .api_types import KeyActivity, LiveSnapshot, LiveTotals, Rate
 from .ledger import UsageRecord
 
 # The counters of one second, stored side by side in a ring's array.
@@ -129,7 +129,7 @@ class LiveStats:
         if ring is not None:
             ring.streams = max(0, ring.streams - 1)
 
-    def snapshot(self, seconds: int, top: int = 50) -> dict[str, Any]:
+    def snapshot(self, seconds: int, top: int = 50) -> LiveSnapshot:
         """The last `seconds` seconds, oldest first; the newest is the current, still
         filling, second. `keys` holds the `top` busiest keys active in that time."""
         if not 1 <= seconds <= self.window:
@@ -155,16 +155,24 @@ class LiveStats:
         for span in sorted({min(s, window) for s in RATE_SPANS}):
             rates[f"{span}s"] = self._rate(total, now, last, span)
         active, keys = self._busiest(now, first, last, top)
-        return {
-            "now": round(now, 3),
-            "window": window,
-            "seconds": seconds,
-            "start": first,
-            "total": {"tokens": tokens, **series, "streams": total.streams},
-            "rates": rates,
-            "keys_active": active,
-            "keys": keys,
-        }
+        return LiveSnapshot(
+            now=round(now, 3),
+            window=window,
+            seconds=seconds,
+            start=first,
+            total=LiveTotals(
+                tokens=tokens,
+                requests=series["requests"],
+                prompt_tokens=series["prompt_tokens"],
+                completion_tokens=series["completion_tokens"],
+                errors=series["errors"],
+                rate_limited=series["rate_limited"],
+                streams=total.streams,
+            ),
+            rates=rates,
+            keys_active=active,
+            keys=keys,
+        )
 
     # --- internals ----------------------------------------------------------------
 
@@ -211,25 +219,25 @@ class LiveStats:
         covered = span - 1 + min(max(now - last, 0.0), 1.0)
         return max(1.0, min(covered, now - self._started))
 
-    def _rate(self, ring: _Ring, now: float, last: int, span: int) -> dict[str, Any]:
+    def _rate(self, ring: _Ring, now: float, last: int, span: int) -> Rate:
         first, window = last - span + 1, self.window
         requests = ring.total(_REQUESTS, first, last, window)
         tokens = ring.total(_PROMPT, first, last, window) + ring.total(
             _COMPLETION, first, last, window
         )
         elapsed = self._elapsed(now, last, span)
-        return {
-            "requests": requests,
-            "tokens": tokens,
-            "errors": ring.total(_ERRORS, first, last, window),
-            "rate_limited": ring.total(_LIMITED, first, last, window),
-            "requests_per_s": round(requests / elapsed, 3),
-            "tokens_per_s": round(tokens / elapsed, 3),
-        }
+        return Rate(
+            requests=requests,
+            tokens=tokens,
+            errors=ring.total(_ERRORS, first, last, window),
+            rate_limited=ring.total(_LIMITED, first, last, window),
+            requests_per_s=round(requests / elapsed, 3),
+            tokens_per_s=round(tokens / elapsed, 3),
+        )
 
     def _busiest(
         self, now: float, first: int, last: int, top: int
-    ) -> tuple[int, list[dict[str, Any]]]:
+    ) -> tuple[int, list[KeyActivity]]:
         """How many keys had a request in `first`..`last` or have a stream open, and the
         `top` busiest of them: by requests over the last 10 s, then open streams, then
         tokens over the last 10 s, then the most recently active."""
@@ -253,17 +261,17 @@ class LiveStats:
             prompt = ring.total(_PROMPT, first, last, window)
             completion = ring.total(_COMPLETION, first, last, window)
             rows.append(
-                {
-                    "key_id": key_id,
-                    "requests_per_s": round(-requests / elapsed, 3),
-                    "tokens_per_s": round(-tokens / elapsed, 3),
-                    "requests": ring.total(_REQUESTS, first, last, window),
-                    "tokens": prompt + completion,
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "errors": ring.total(_ERRORS, first, last, window),
-                    "rate_limited": ring.total(_LIMITED, first, last, window),
-                    "streams": ring.streams,
-                }
+                KeyActivity(
+                    key_id=key_id,
+                    requests_per_s=round(-requests / elapsed, 3),
+                    tokens_per_s=round(-tokens / elapsed, 3),
+                    requests=ring.total(_REQUESTS, first, last, window),
+                    tokens=prompt + completion,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    errors=ring.total(_ERRORS, first, last, window),
+                    rate_limited=ring.total(_LIMITED, first, last, window),
+                    streams=ring.streams,
+                )
             )
         return len(ranked), rows

@@ -37,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from .api_types import UsageFigures, UsageGroup, UsageReport
 from .times import iso_utc
 
 Grouping = Literal["user", "key", "model", "day"]
@@ -65,15 +66,13 @@ def bucket_range(bucket: int) -> tuple[float, float | None]:
 
 # --- reading ------------------------------------------------------------------------
 
-_COUNTS = ("requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens")
-
 
 @dataclass(frozen=True, slots=True)
 class GroupTotals:
     """One group's sums over a window, as the store reads them from `usage_hourly`."""
 
     name: Any  # the user, key id, model or day; None (or 0, '') for none
-    counts: tuple[int, int, int, int, int]  # in the order of _COUNTS
+    counts: tuple[int, int, int, int, int]  # requests, errors, 429s, prompt, completion
     duration_ms_sum: float
     user_id: str  # by key: the key's user (a key never changes hands)
 
@@ -98,41 +97,60 @@ def summarize(
     days: int,
     by: Grouping,
     since: float,
-) -> dict[str, Any]:
+) -> UsageReport:
     """The body of `GET /usage`: each group's figures and the total, from the sums and
     latency histograms of the window that starts at `since`."""
-    data = []
+    data: list[UsageGroup] = []
     overall: Counter[int] = Counter()
     for group in groups:
         histogram = histograms.get(group.name, {})
         overall.update(histogram)
-        entry = {
-            "group": group.name or None,
-            **_figures(group.counts, group.duration_ms_sum, histogram),
-        }
+        entry = _group(group.name or None, _figures(group.counts, group.duration_ms_sum, histogram))
         if by == "key":
-            entry["group"] = entry["key_id"] = group.name or None
-            entry |= {"key_prefix": key_prefixes.get(group.name), "user_id": group.user_id}
+            entry["key_id"] = group.name or None
+            entry["key_prefix"] = key_prefixes.get(group.name)
+            entry["user_id"] = group.user_id
         data.append(entry)
     if by == "day":
-        data.sort(key=lambda e: e["group"])  # a calendar reads in date order
+        data.sort(key=lambda e: str(e["group"]))  # a calendar reads in date order
     else:  # the biggest first; ties in a stable order, the unnamed group last
         data.sort(key=lambda e: (-e["requests"], e["group"] is None, e["group"] or 0))
-    sums = [sum(g.counts[i] for g in groups) for i in range(len(_COUNTS))]
+    sums = [sum(g.counts[i] for g in groups) for i in range(5)]
     total = _figures(sums, sum(g.duration_ms_sum for g in groups), overall)
-    return {"days": days, "by": by, "since": iso_utc(since), "data": data, "total": total}
+    return UsageReport(days=days, by=by, since=iso_utc(since), data=data, total=total)
+
+
+def _group(name: str | int | None, figures: UsageFigures) -> UsageGroup:
+    return UsageGroup(
+        group=name,
+        requests=figures["requests"],
+        errors=figures["errors"],
+        rate_limited=figures["rate_limited"],
+        prompt_tokens=figures["prompt_tokens"],
+        completion_tokens=figures["completion_tokens"],
+        total_tokens=figures["total_tokens"],
+        latency_mean_ms=figures["latency_mean_ms"],
+        latency_p50_ms=figures["latency_p50_ms"],
+        latency_p95_ms=figures["latency_p95_ms"],
+    )
 
 
 def _figures(
     counts: Sequence[int], duration_sum: float, histogram: Mapping[int, int]
-) -> dict[str, Any]:
-    figures: dict[str, Any] = dict(zip(_COUNTS, counts, strict=True))
-    figures["total_tokens"] = figures["prompt_tokens"] + figures["completion_tokens"]
-    timed = figures["requests"] - figures["rate_limited"]
-    figures["latency_mean_ms"] = round(duration_sum / timed, 3) if timed else None
-    figures["latency_p50_ms"] = percentile(histogram, 0.50)
-    figures["latency_p95_ms"] = percentile(histogram, 0.95)
-    return figures
+) -> UsageFigures:
+    requests, errors, rate_limited, prompt, completion = counts
+    timed = requests - rate_limited
+    return UsageFigures(
+        requests=requests,
+        errors=errors,
+        rate_limited=rate_limited,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        latency_mean_ms=round(duration_sum / timed, 3) if timed else None,
+        latency_p50_ms=percentile(histogram, 0.50),
+        latency_p95_ms=percentile(histogram, 0.95),
+    )
 
 
 def percentile(histogram: Mapping[int, int], q: float) -> float | None:

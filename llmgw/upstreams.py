@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from .api_types import UpstreamStatus
 from .config import UpstreamSettings
 from .times import iso_utc
 
@@ -70,16 +71,16 @@ class Upstream:
         self.healthy = False
         self.last_error = error
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "in_flight": self.in_flight,
-            "latency_ms": self.latency_ms,
-            "models": sorted(self.configured_models or self.discovered_models),
-            "last_error": self.last_error,
-            "checked_at": iso_utc(self.checked_at) if self.checked_at else None,
-        }
+    def status(self) -> UpstreamStatus:
+        return UpstreamStatus(
+            url=self.url,
+            healthy=self.healthy,
+            in_flight=self.in_flight,
+            latency_ms=self.latency_ms,
+            models=sorted(self.configured_models or self.discovered_models),
+            last_error=self.last_error,
+            checked_at=iso_utc(self.checked_at) if self.checked_at else None,
+        )
 
 
 class UpstreamPool:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from llmgw.api_types import KeyActivity, LiveSnapshot
 from llmgw.ledger import UsageRecord
 from llmgw.live import LiveStats
 
@@ -29,11 +30,10 @@ def record(key_id: int | None = 1, status: int = 200, prompt: int = 3, completio
     )  # fmt: skip
 
 
-def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
+def key_row(snapshot: LiveSnapshot, key_id: int) -> KeyActivity:
     rows = [k for k in snapshot["keys"] if k["key_id"] == key_id]
     assert len(rows) == 1, f"key {key_id} is not among {snapshot['keys']}"
-    row: dict[str, Any] = rows[0]
-    return row
+    return rows[0]
 
 
 # --- LiveStats with a fake clock ----------------------------------------------------------

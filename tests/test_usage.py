@@ -9,6 +9,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from llmgw import rollups
+from llmgw.api_types import UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 from llmgw.store import SqliteStore
@@ -77,7 +79,7 @@ def expected(rows: list[dict[str, Any]], group: str) -> dict[Any, dict[str, int]
     return {name: {f: sums[f] for f in FIGURES} for name, sums in out.items()}
 
 
-def figures(entry: dict[str, Any]) -> dict[str, int]:
+def figures(entry: Mapping[str, Any]) -> dict[str, int]:
     assert entry["total_tokens"] == entry["prompt_tokens"] + entry["completion_tokens"]
     return {f: entry[f] for f in FIGURES}
 
@@ -263,7 +265,7 @@ def test_percentile_precision_holds_over_the_whole_range() -> None:
     assert rollups.percentile(Counter(), 0.5) is None
 
 
-async def summary(path: Path, **query: Any) -> dict[str, Any]:
+async def summary(path: Path, **query: Any) -> UsageReport:
     """`GET /usage`'s body for the database at `path`, read as the gateway reads it."""
     store = await SqliteStore.open(path)
     try:

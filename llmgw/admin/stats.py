@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
 
+from ..api_types import BusyKey, KeyActivity, KeyBudget, Stats, StatsTotals, WindowBudget
 from ..config import Settings
 from ..keys import ApiKey
 from ..limits import Limiter, WindowState, limits_for
@@ -79,16 +79,24 @@ async def stats_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def snapshot(request: web.Request, seconds: int) -> dict[str, Any]:
+async def snapshot(request: web.Request, seconds: int) -> Stats:
     cfg = request.config_dict
-    snap = cfg[LIVE].snapshot(seconds, top=TOP_KEYS)
-    snap["total"]["in_flight"] = cfg[METRICS].in_flight
+    live = cfg[LIVE].snapshot(seconds, top=TOP_KEYS)
     keys, limiter, settings = cfg[KEYS], cfg[LIMITER], cfg[SETTINGS]
-    for row in snap["keys"]:
-        row.update(await _key_view(keys.get(row["key_id"]), limiter, settings))
-    snap["upstreams"] = [u.status() for u in cfg[UPSTREAMS].upstreams]
-    snap["ledger"] = cfg[LEDGER].status()
-    return snap
+    return Stats(
+        now=live["now"],
+        window=live["window"],
+        seconds=live["seconds"],
+        start=live["start"],
+        total=StatsTotals(**live["total"], in_flight=cfg[METRICS].in_flight),
+        rates=live["rates"],
+        keys_active=live["keys_active"],
+        keys=[
+            await _busy_key(row, keys.get(row["key_id"]), limiter, settings) for row in live["keys"]
+        ],
+        upstreams=[u.status() for u in cfg[UPSTREAMS].upstreams],
+        ledger=cfg[LEDGER].status(),
+    )
 
 
 def _seconds(request: web.Request) -> int:
@@ -113,18 +121,18 @@ def _until_next_tick(now: float) -> float:
     return wait + 1.0 if wait < 0.5 else wait
 
 
-async def _key_view(key: ApiKey | None, limiter: Limiter, settings: Settings) -> dict[str, Any]:
-    """Who the key is and what is left of its budget; all null for a deleted key."""
+async def _busy_key(
+    row: KeyActivity, key: ApiKey | None, limiter: Limiter, settings: Settings
+) -> BusyKey:
+    """Who the key is and what is left of its limits; all null for a deleted key."""
     if key is None:
-        return {"key_prefix": None, "user_id": None, "tier": None, "budget": None}
+        return BusyKey(**row, key_prefix=None, user_id=None, tier=None, budget=None)
     windows = await limiter.windows(key.id, limits_for(key, settings))
-    return {
-        "key_prefix": key.key_prefix,
-        "user_id": key.user_id,
-        "tier": key.tier,
-        "budget": {"minute": _budget(windows.minute), "hour": _budget(windows.hour)},
-    }
+    budget = KeyBudget(minute=_budget(windows.minute), hour=_budget(windows.hour))
+    return BusyKey(
+        **row, key_prefix=key.key_prefix, user_id=key.user_id, tier=key.tier, budget=budget
+    )
 
 
-def _budget(state: WindowState) -> dict[str, Any]:
-    return {"limit": state.limit, "remaining": state.remaining, "reset_s": round(state.reset, 1)}
+def _budget(state: WindowState) -> WindowBudget:
+    return WindowBudget(limit=state.limit, remaining=state.remaining, reset_s=round(state.reset, 1))

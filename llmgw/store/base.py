@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..api_types import AdminView, AuditEntry, RequestRow, UsageReport
 from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..rollups import Grouping
@@ -48,16 +49,16 @@ class AdminUser:
     password_changed_at: str | None
     tokens_valid_after: str | None  # tokens issued before it are refused
 
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "username": self.username,
-            "email": self.email,
-            "is_active": self.is_active,
-            "created_at": self.created_at,
-            "last_login": self.last_login,
-            "password_changed_at": self.password_changed_at,
-        }
+    def public(self) -> AdminView:
+        return AdminView(
+            id=self.id,
+            username=self.username,
+            email=self.email,
+            is_active=self.is_active,
+            created_at=self.created_at,
+            last_login=self.last_login,
+            password_changed_at=self.password_changed_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +163,15 @@ class Store(Protocol):
         user_id: str | None = None,
         status: tuple[int, int] | None = None,
         except_status: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RequestRow]:
         """The newest ledger rows (newest first) with an id above `after_id`,
         optionally of one user and with a status in [status[0], status[1]] other than
         `except_status`."""
 
-    async def list_audit(self, limit: int, action: str | None = None) -> list[dict[str, Any]]:
+    async def list_audit(self, limit: int, action: str | None = None) -> list[AuditEntry]:
         """The newest audit rows first; `action` filters by prefix (`key.`, `admin.`)."""
 
-    async def usage_summary(self, *, days: int, by: Grouping, now: float) -> dict[str, Any]:
+    async def usage_summary(self, *, days: int, by: Grouping, now: float) -> UsageReport:
         """The body of `GET /usage` (`rollups.summarize`) for the last `days`."""
 
     # --- the ledger -----------------------------------------------------------------

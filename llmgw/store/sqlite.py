@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from .. import rollups
+from ..api_types import AuditEntry, RequestRow, UsageReport
 from ..keys import ApiKey
 from ..ledger import RecordError, UsageRecord
 from ..times import iso_utc
@@ -40,8 +40,10 @@ from .sqlite_rows import (
     LAST_LOG_ID,
     RECORD_ERRORS,
     admin_from_row,
+    audit_entry,
     key_from_row,
     log_row,
+    request_row,
 )
 from .sqlite_tx import SqliteTransaction
 
@@ -88,6 +90,7 @@ class SqliteStore:
             await db.execute("COMMIT")
             for action in tx.after_commit:  # before the next change: in the same order
                 action()
+        self._looked_well()  # a change committed: the database works
 
     @property
     def _reader(self) -> aiosqlite.Connection:
@@ -160,7 +163,7 @@ class SqliteStore:
         user_id: str | None = None,
         status: tuple[int, int] | None = None,
         except_status: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[RequestRow]:
         where = ["id > ?"]
         params: list[Any] = [after_id]
         if user_id is not None:
@@ -177,9 +180,10 @@ class SqliteStore:
             " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
             f" FROM request_logs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
         )
-        return await self._dicts(query, (*params, limit))
+        async with self._reader.execute(query, (*params, limit)) as cursor:
+            return [request_row(row) async for row in cursor]
 
-    async def usage_summary(self, *, days: int, by: rollups.Grouping, now: float) -> dict[str, Any]:
+    async def usage_summary(self, *, days: int, by: rollups.Grouping, now: float) -> UsageReport:
         since = rollups.window_start(days, now)
         hour = iso_utc(since)[:13]
         group = _GROUP_BY[by]
@@ -225,17 +229,16 @@ class SqliteStore:
 
     # --- audit ------------------------------------------------------------------------
 
-    async def list_audit(self, limit: int, action: str | None = None) -> list[dict[str, Any]]:
+    async def list_audit(self, limit: int, action: str | None = None) -> list[AuditEntry]:
         query = "SELECT id, timestamp, actor, door, action, target, before, after FROM audit_log"
         params: list[Any] = []
         if action:
             query += " WHERE substr(action, 1, ?) = ?"
             params += [len(action), action]
-        rows = await self._dicts(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        for row in rows:
-            for name in ("before", "after"):
-                row[name] = orjson.loads(row[name]) if row[name] else None
-        return rows
+        async with self._reader.execute(
+            query + " ORDER BY id DESC LIMIT ?", (*params, limit)
+        ) as cursor:
+            return [audit_entry(row) async for row in cursor]
 
     # --- the database itself ----------------------------------------------------------
 
@@ -261,8 +264,11 @@ class SqliteStore:
         except Exception as exc:  # any database failure is reported, not raised
             self._error = f"{type(exc).__name__}: {exc}"
         else:
-            self._error = None
-            self._checked = time.monotonic()
+            self._looked_well()
+
+    def _looked_well(self) -> None:
+        self._error = None
+        self._checked = time.monotonic()
 
     async def check(self) -> None:
         await self._database.check()
@@ -280,8 +286,3 @@ class SqliteStore:
     async def _one(self, query: str, params: tuple[Any, ...] = ()) -> Any:
         async with self._reader.execute(query, params) as cursor:
             return await cursor.fetchone()
-
-    async def _dicts(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        async with self._reader.execute(query, params) as cursor:
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) async for row in cursor]

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ..api_types import AuditEntry, RequestRow
 from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..rollups import BOUNDS_NS, OVERFLOW
@@ -140,4 +141,41 @@ def log_row(r: UsageRecord) -> tuple[Any, ...]:
         r.model,
         r.upstream,
         iso_utc(r.timestamp),
+    )
+
+
+def request_row(row: Sequence[Any]) -> RequestRow:
+    (
+        row_id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,
+        prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream,
+    ) = row  # fmt: skip
+    return RequestRow(
+        id=row_id,
+        request_id=request_id,
+        timestamp=timestamp,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        endpoint=endpoint,
+        model=model,
+        status_code=status_code,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        usage_source=usage_source,
+        duration_ms=duration_ms,
+        ttft_ms=ttft_ms,
+        upstream=upstream,
+    )
+
+
+def audit_entry(row: Sequence[Any]) -> AuditEntry:
+    entry_id, timestamp, actor, door, action, target, before, after = row
+    return AuditEntry(
+        id=entry_id,
+        timestamp=timestamp,
+        actor=actor,
+        door=door,
+        action=action,
+        target=target,
+        before=orjson.loads(before) if before else None,
+        after=orjson.loads(after) if after else None,
     )

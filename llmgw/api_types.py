@@ -1,0 +1,259 @@
+"""The admin API's data, typed: what the handlers send, `AdminClient` returns, and the
+CLI and the TUI read. One definition on both sides of the socket, checked by mypy,
+instead of `dict[str, Any]` and `.get(...) or {}` guards."""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+# --- keys ---------------------------------------------------------------------------
+
+
+class KeyView(TypedDict):
+    """A key as the admin API shows it: never its secret or hash; times as ISO text."""
+
+    id: int
+    key_prefix: str
+    user_id: str
+    tier: str
+    description: str
+    is_active: bool
+    created_at: str
+    updated_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    allowed_models: list[str] | None
+    requests_per_minute: int | None
+    requests_per_hour: int | None
+
+
+class CreatedKey(KeyView):
+    """A new (or rotated) key: the secret, shown this once."""
+
+    key: str
+
+
+class DeletedKey(KeyView):
+    deleted: bool
+
+
+class TierView(TypedDict):
+    name: str
+    requests_per_minute: int
+    requests_per_hour: int
+
+
+class Tiers(TypedDict):
+    default: str
+    data: list[TierView]
+
+
+# --- admin users and the audit log ----------------------------------------------------
+
+
+class AdminView(TypedDict):
+    id: int
+    username: str
+    email: str | None
+    is_active: bool
+    created_at: str
+    last_login: str | None
+    password_changed_at: str | None
+
+
+class LoginToken(TypedDict):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int
+
+
+class AuditEntry(TypedDict):
+    id: int
+    timestamp: str
+    actor: str
+    door: str
+    action: str
+    target: str | None
+    before: dict[str, object] | None
+    after: dict[str, object] | None
+
+
+# --- the ledger and usage -------------------------------------------------------------
+
+
+class RequestRow(TypedDict):
+    """One row of the ledger, as `GET /requests` lists it."""
+
+    id: int
+    request_id: str
+    timestamp: str
+    user_id: str
+    api_key_id: int | None
+    endpoint: str
+    model: str | None
+    status_code: int
+    prompt_tokens: int
+    completion_tokens: int
+    usage_source: str
+    duration_ms: float
+    ttft_ms: float | None
+    upstream: str | None
+
+
+class UsageFigures(TypedDict):
+    requests: int
+    errors: int  # status >= 400 except 429
+    rate_limited: int  # status 429
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    latency_mean_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+
+
+class UsageGroup(UsageFigures):
+    group: str | int | None  # the user, key id, model or day; None: none
+    # by=key only: the key's id (as `group` too), display prefix and user.
+    key_id: NotRequired[int | None]
+    key_prefix: NotRequired[str | None]
+    user_id: NotRequired[str | None]
+
+
+class UsageReport(TypedDict):
+    days: int
+    by: str
+    since: str
+    data: list[UsageGroup]
+    total: UsageFigures
+
+
+class PruneResult(TypedDict):
+    deleted: int
+    before: str
+
+
+# --- health and live statistics -------------------------------------------------------
+
+
+class LedgerStatus(TypedDict):
+    pending: int
+    written: int
+    dropped: int
+    rejected: int
+    failed_writes: int
+    last_error: str | None
+
+
+class DatabaseStatus(TypedDict):
+    ok: bool
+    error: str | None
+    checked_s_ago: float | None
+    written_s_ago: float | None
+
+
+class UpstreamStatus(TypedDict):
+    url: str
+    healthy: bool
+    in_flight: int
+    latency_ms: float | None
+    models: list[str]
+    last_error: str | None
+    checked_at: str | None
+
+
+class Health(TypedDict):
+    status: Literal["ok", "degraded", "unavailable"]
+    draining: bool
+    uptime_s: float
+    in_flight: int
+    keys: int
+    database: DatabaseStatus
+    ledger: LedgerStatus
+    upstreams: list[UpstreamStatus]
+
+
+class Rate(TypedDict):
+    requests: int
+    tokens: int
+    errors: int
+    rate_limited: int
+    requests_per_s: float
+    tokens_per_s: float
+
+
+class LiveTotals(TypedDict):
+    """Per-second series over the snapshot's seconds, oldest first; and what is open."""
+
+    tokens: list[int]
+    requests: list[int]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    errors: list[int]
+    rate_limited: list[int]
+    streams: int
+
+
+class KeyActivity(TypedDict):
+    key_id: int
+    requests_per_s: float
+    tokens_per_s: float
+    requests: int
+    tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+    rate_limited: int
+    streams: int
+
+
+class LiveSnapshot(TypedDict):
+    """What `LiveStats` counted: the last seconds of traffic."""
+
+    now: float
+    window: int
+    seconds: int
+    start: int
+    total: LiveTotals
+    rates: dict[str, Rate]
+    keys_active: int
+    keys: list[KeyActivity]
+
+
+class WindowBudget(TypedDict):
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+class KeyBudget(TypedDict):
+    minute: WindowBudget
+    hour: WindowBudget
+
+
+class BusyKey(KeyActivity):
+    """A busy key with who it is and what is left of its limits (null once deleted)."""
+
+    key_prefix: str | None
+    user_id: str | None
+    tier: str | None
+    budget: KeyBudget | None
+
+
+class StatsTotals(LiveTotals):
+    in_flight: int
+
+
+class Stats(TypedDict):
+    """`GET /stats`: the live snapshot with what the gateway knows besides."""
+
+    now: float
+    window: int
+    seconds: int
+    start: int
+    total: StatsTotals
+    rates: dict[str, Rate]
+    keys_active: int
+    keys: list[BusyKey]
+    upstreams: list[UpstreamStatus]
+    ledger: LedgerStatus
