@@ -8,6 +8,7 @@ start. Never edit a migration that has shipped: add the next one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import aiosqlite
 
 from ..times import iso_utc
 from .base import StoreError
+
+log = logging.getLogger("llmgw.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +297,9 @@ async def migrate(db: aiosqlite.Connection, now: Callable[[], float]) -> list[Mi
         if migration.version not in applied:
             await _apply(db, migration, now())
             done.append(migration)
+            log.info(
+                "database schema: applied migration %d (%s)", migration.version, migration.name
+            )
     return done
 
 
