@@ -17,6 +17,7 @@ from llmgw.ledger import Ledger, RecordError, UsageRecord
 from llmgw.state import LEDGER
 
 from ..conftest import Gateway, auth, post, read_rows, sse_events
+from ..test_ledger import record as ledger_record
 from .conftest import assert_settled
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say three words"}]}
@@ -78,23 +79,7 @@ async def test_invalid_usage_is_logged_once_with_the_raw_value(
 
 
 def record(n: int, **changes: Any) -> UsageRecord:
-    row = UsageRecord(
-        request_id=f"probe-{n}",
-        user_id="alice",
-        api_key_id=1,
-        endpoint="/v1/chat/completions",
-        method="POST",
-        status_code=200,
-        duration_ms=5.0,
-        ttft_ms=1.0,
-        prompt_tokens=10,
-        completion_tokens=5,
-        usage_source="reported",
-        model="fake-model",
-        upstream="http://u",
-        timestamp=1_800_000_000.0,
-    )
-    return dataclasses.replace(row, **changes)
+    return dataclasses.replace(ledger_record(n), request_id=f"probe-{n}", **changes)
 
 
 async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_written(
