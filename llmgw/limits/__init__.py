@@ -1,8 +1,13 @@
-"""Per-key limits: the interface (`base`) and its backends (`memory`)."""
+"""Per-key limits: the interface (`base`) and its backends (`memory`, `redis`; the
+latter imported from `limits.redis` by who needs it)."""
+
+from __future__ import annotations
 
 from .base import (
     Decision,
     Limiter,
+    LimiterStatus,
+    LimiterUnavailable,
     LimitExceeded,
     RequestLimits,
     Reservation,
@@ -16,6 +21,8 @@ __all__ = [
     "Decision",
     "LimitExceeded",
     "Limiter",
+    "LimiterStatus",
+    "LimiterUnavailable",
     "MemoryLimiter",
     "RequestLimits",
     "Reservation",
