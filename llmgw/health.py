@@ -1,9 +1,10 @@
 """`GET /health` and `GET /metrics`: what operators and load balancers watch.
 
 `/health` answers 200 while the gateway can serve (at least one healthy upstream, not
-shutting down) and 503 otherwise; its body says what is wrong, database and ledger
-included, so one request tells an operator where to look. It asks the database
-nothing: it reports what the store's watcher last saw, and when the ledger last wrote.
+shutting down) and 503 otherwise; its body says what is wrong, database, ledger and
+limits included, so one request tells an operator where to look. It asks the database
+nothing: it reports what the store's watcher last saw, and when the ledger last wrote;
+nor Redis: the limiter knows whether its last call was answered.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .state import KEYS, LEDGER, METRICS, STORE, UPSTREAMS
+from .state import KEYS, LEDGER, LIMITER, METRICS, STORE, UPSTREAMS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -23,11 +24,14 @@ async def health(request: web.Request) -> web.Response:
     pool, ledger, metrics = cfg[UPSTREAMS], cfg[LEDGER], cfg[METRICS]
     # What the store last saw: a load balancer's probes never queue behind a write.
     database = cfg[STORE].health()
+    limits = cfg[LIMITER].status()
     serving = pool.any_healthy and not metrics.draining
     if not serving:
         status = "unavailable"
-    elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error:
-        status = "degraded"  # still serving: keys are in memory, the ledger buffers
+    elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error or limits.error:
+        # Still serving: keys are in memory, the ledger buffers, limits are counted alone
+        # (or, under on_redis_error = "deny", refused: the body says which).
+        status = "degraded"
     else:
         status = "ok"
     body: dict[str, Any] = {
@@ -38,6 +42,7 @@ async def health(request: web.Request) -> web.Response:
         "keys": len(cfg[KEYS]),
         "database": dataclasses.asdict(database),
         "ledger": ledger.status(),
+        "limits": dataclasses.asdict(limits),
         "upstreams": [u.status() for u in pool.upstreams],
     }
     return web.Response(
@@ -47,7 +52,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     cfg = request.config_dict
-    text = cfg[METRICS].render(cfg[LEDGER], cfg[UPSTREAMS])
+    text = cfg[METRICS].render(cfg[LEDGER], cfg[UPSTREAMS], cfg[LIMITER].status())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

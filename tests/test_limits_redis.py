@@ -1,16 +1,34 @@
 """The Redis limiter against a real redis-server: exact under concurrency (one client,
-and three clients as three replicas would have), its keys as documented."""
+three clients as three replicas would have, two whole gateways), its keys as
+documented, and the policy when Redis cannot be reached."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import sqlite3
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import aiohttp
+import orjson
+import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
-from llmgw.limits import LimitExceeded, RequestLimits
+from llmgw.config import DatabaseSettings, LimitsSettings, load_settings
+from llmgw.limits import (
+    LimiterUnavailable,
+    LimitExceeded,
+    MemoryLimiter,
+    RequestLimits,
+)
+from llmgw.limits.failover import FailoverLimiter
 from llmgw.limits.redis import RedisLimiter, connect
+
+from .conftest import FakeClock, GatewayFactory, auth, free_port, tiers
 
 TEN_A_MINUTE = RequestLimits(per_minute=10, per_hour=1000)
 AT_ONCE = 300
@@ -103,3 +121,102 @@ async def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
     finally:
         await client.aclose()
         await limiter.close()
+
+
+NOWHERE = free_port()
+
+
+@pytest.fixture
+async def gone() -> RedisLimiter:
+    """A Redis limiter pointed at a port nothing listens on."""
+    return RedisLimiter.from_url(f"redis://127.0.0.1:{NOWHERE}/0")
+
+
+async def test_redis_gone_the_local_policy_decides_and_refunds_locally(
+    gone: RedisLimiter, clock: FakeClock
+) -> None:
+    local = MemoryLimiter(clock)
+    limiter = FailoverLimiter(gone, local, "local", "nowhere")
+    limits = RequestLimits(per_minute=1, per_hour=10)
+    try:
+        await limiter.start()
+        assert not limiter.status().shared
+        assert f"Error 111 connecting to 127.0.0.1:{NOWHERE}" in str(limiter.status().error)
+        async with limiter.admit(1, limits) as held:
+            assert (held.decision.minute.remaining, held.decision.hour.remaining) == (0, 9)
+            assert local.peek(1, limits).minute.remaining == 0  # taken here, not in Redis
+            await held.refund()
+        assert local.peek(1, limits).minute.remaining == 1  # and given back here
+        with pytest.raises(LimitExceeded):
+            async with limiter.admit(1, limits), limiter.admit(1, limits):
+                pass
+        assert limiter.status().local_decisions == 3
+    finally:
+        await limiter.close()
+
+
+async def test_redis_gone_the_deny_policy_refuses(gone: RedisLimiter, clock: FakeClock) -> None:
+    limiter = FailoverLimiter(gone, MemoryLimiter(clock), "deny", "nowhere")
+    try:
+        await limiter.start()
+        with pytest.raises(LimiterUnavailable, match="Redis"):
+            async with limiter.admit(1, TEN_A_MINUTE):
+                pass
+        with pytest.raises(LimiterUnavailable):
+            await limiter.windows(1, TEN_A_MINUTE)
+        assert limiter.status().local_decisions == 0
+    finally:
+        await limiter.close()
+
+
+CHAT = orjson.dumps(
+    {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+)
+
+
+async def test_two_gateways_grant_a_key_its_limit_once(
+    gateway_factory: GatewayFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """Two replicas, one Redis. Keys live in each gateway's own database (SQLite here):
+    the second starts on a copy of the first's, so the key is the same row in both."""
+    limits = LimitsSettings(backend="redis", redis_url=redis_url)
+    first = await gateway_factory(limits=limits, tiers=tiers(free=(10, 1000)))
+    created = await first.create_key("alice", tier="free")
+    copy = tmp_path / "second.db"
+    with (
+        contextlib.closing(sqlite3.connect(first.settings.database_path)) as source,
+        contextlib.closing(sqlite3.connect(copy)) as target,
+    ):
+        source.backup(target)
+    admin = dataclasses.replace(load_settings(None).admin, socket=str(tmp_path / "second.sock"))
+    second = await gateway_factory(
+        limits=limits,
+        tiers=tiers(free=(10, 1000)),
+        admin=admin,
+        database=DatabaseSettings(path=str(copy), flush_interval=0.01),
+    )
+    headers = auth(created["key"]) | {"Content-Type": "application/json"}
+
+    async def one(session: aiohttp.ClientSession, url: str) -> int:
+        async with session.post(f"{url}/v1/chat/completions", data=CHAT, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    connector = aiohttp.TCPConnector(limit=0)  # all at once: no client-side queue
+    async with aiohttp.ClientSession(connector=connector) as session:
+        statuses = await asyncio.gather(
+            *(one(session, (first, second)[i % 2].url) for i in range(AT_ONCE))
+        )
+    assert Counter(statuses) == {200: 10, 429: AT_ONCE - 10}
+    for gateway in (first, second):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{gateway.url}/health") as resp,
+        ):
+            health = await resp.json()
+        assert health["limits"] == {
+            "backend": "redis",
+            "shared": True,
+            "error": None,
+            "local_decisions": 0,
+        }

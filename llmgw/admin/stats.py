@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..keys import ApiKey
-from ..limits import Limiter, WindowState, limits_for
+from ..limits import Limiter, LimiterUnavailable, WindowState, limits_for
 from ..state import KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
 from .common import int_query, json_response
 
@@ -117,12 +117,17 @@ async def _key_view(key: ApiKey | None, limiter: Limiter, settings: Settings) ->
     """Who the key is and what is left of its budget; all null for a deleted key."""
     if key is None:
         return {"key_prefix": None, "user_id": None, "tier": None, "budget": None}
-    windows = await limiter.windows(key.id, limits_for(key, settings))
+    try:
+        windows = await limiter.windows(key.id, limits_for(key, settings))
+    except LimiterUnavailable:  # Redis gone, and the policy is to refuse: nothing to show
+        budget = None
+    else:
+        budget = {"minute": _budget(windows.minute), "hour": _budget(windows.hour)}
     return {
         "key_prefix": key.key_prefix,
         "user_id": key.user_id,
         "tier": key.tier,
-        "budget": {"minute": _budget(windows.minute), "hour": _budget(windows.hour)},
+        "budget": budget,
     }
 
 

@@ -1,8 +1,14 @@
-"""Per-key limits: the interface (`base`) and its backends (`memory`, `redis`; the
-latter imported from `limits.redis` by who needs it)."""
+"""Per-key limits: the interface (`base`), its backends (`memory`, `redis`), the policy
+for a Redis that cannot be reached (`failover`), and `open_limiter`, which builds the
+one the settings name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from yarl import URL
+
+from ..config import Settings
 from .base import (
     Decision,
     Limiter,
@@ -29,4 +35,23 @@ __all__ = [
     "WindowState",
     "format_duration",
     "limits_for",
+    "open_limiter",
 ]
+
+
+async def open_limiter(settings: Settings, clock: Callable[[], float]) -> Limiter:
+    """The limiter of [limits]: memory, or Redis with the memory one (on `clock`) to
+    fall back on. Redis is asked once, so a Redis already gone is logged at start."""
+    local = MemoryLimiter(clock)
+    config = settings.limits
+    if config.backend == "memory":
+        return local
+    # Here, not at the top: the redis package costs every `llmgw` command 50 ms to import.
+    from .failover import FailoverLimiter
+    from .redis import RedisLimiter
+
+    where = str(URL(config.redis_url).with_user(None))  # never a password in the log
+    shared = RedisLimiter.from_url(config.redis_url)
+    limiter = FailoverLimiter(shared, local, config.on_redis_error, where)
+    await limiter.start()
+    return limiter
