@@ -24,6 +24,7 @@ from llmgw.limits import (
     LimitExceeded,
     MemoryLimiter,
     RequestLimits,
+    shown,
 )
 from llmgw.limits.failover import FailoverLimiter
 from llmgw.limits.redis import RedisLimiter, connect
@@ -121,6 +122,19 @@ async def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
     finally:
         await client.aclose()
         await limiter.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+        ("redis://:s3cret@cache/1", "redis://cache/1"),
+        ("rediss://alice:s3cret@cache:6380/2", "rediss://cache:6380/2"),
+        ("unix:///run/redis/redis.sock?db=1&password=s3cret", "unix:///run/redis/redis.sock"),
+    ],
+)
+def test_the_redis_url_is_logged_without_its_password(url: str, logged: str) -> None:
+    assert shown(url) == logged
 
 
 NOWHERE = free_port()

@@ -4,9 +4,8 @@ one the settings name."""
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
-
-from yarl import URL
 
 from ..config import Settings
 from .base import (
@@ -50,8 +49,17 @@ async def open_limiter(settings: Settings, clock: Callable[[], float]) -> Limite
     from .failover import FailoverLimiter
     from .redis import RedisLimiter
 
-    where = str(URL(config.redis_url).with_user(None))  # never a password in the log
     shared = RedisLimiter.from_url(config.redis_url)
-    limiter = FailoverLimiter(shared, local, config.on_redis_error, where)
+    limiter = FailoverLimiter(shared, local, config.on_redis_error, shown(config.redis_url))
     await limiter.start()
     return limiter
+
+
+def shown(url: str) -> str:
+    """`url` as the log may show it: no user, no password (nor a query, which may hold
+    one)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
