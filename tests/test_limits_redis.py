@@ -221,7 +221,8 @@ async def test_two_gateways_grant_a_key_its_limit_once(
         statuses = await asyncio.gather(
             *(one(session, (first, second)[i % 2].url) for i in range(AT_ONCE))
         )
-    assert Counter(statuses) == {200: 10, 429: AT_ONCE - 10}
+    # First: had a Redis call timed out (a machine too busy), the gateway would have
+    # decided alone, and this says so rather than a count off by some.
     for gateway in (first, second):
         async with (
             aiohttp.ClientSession() as session,
@@ -234,3 +235,4 @@ async def test_two_gateways_grant_a_key_its_limit_once(
             "error": None,
             "local_decisions": 0,
         }
+    assert Counter(statuses) == {200: 10, 429: AT_ONCE - 10}
