@@ -152,6 +152,13 @@ class DatabaseStatus(TypedDict):
     written_s_ago: float | None
 
 
+class LimitsStatus(TypedDict):
+    backend: Literal["memory", "redis"]
+    shared: bool  # decided together with the other replicas (in Redis) now
+    error: str | None  # why not, while Redis cannot be reached
+    local_decisions: int  # admissions this replica decided alone while Redis was away
+
+
 class UpstreamStatus(TypedDict):
     url: str
     healthy: bool
@@ -170,6 +177,7 @@ class Health(TypedDict):
     keys: int
     database: DatabaseStatus
     ledger: LedgerStatus
+    limits: LimitsStatus
     upstreams: list[UpstreamStatus]
 
 

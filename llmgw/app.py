@@ -1,10 +1,10 @@
 """The app factory: the public application, its resources, and the admin socket.
 
 Each resource is set up and torn down by its own `cleanup_ctx` generator, in this
-order: log flusher, database (and the key table loaded from it), ledger writer,
-upstream client and health prober, admin socket. Teardown runs in reverse, so the admin
-socket goes first, the ledger is flushed after the last request has finished, and the
-log after the last line of the shutdown.
+order: log flusher, limiter (its Redis client, if any), database (and the key table
+loaded from it), ledger writer, upstream client and health prober, admin socket.
+Teardown runs in reverse, so the admin socket goes first, the ledger is flushed after
+the last request has finished, and the log after the last line of the shutdown.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
-from .limits import MemoryLimiter
+from .limits import open_limiter
 from .live import LiveStats
 from .logs import FLUSH_INTERVAL, flush_logs
 from .metrics import Metrics
@@ -73,14 +73,15 @@ def create_app(
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[KEYS] = KeyTable()
-    app[LIMITER] = MemoryLimiter(clock.monotonic)
     app[TRUSTED_PROXIES] = TrustedProxies(settings.admin.trusted_proxies)
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
     if admin_listener is not None:
         app[ADMIN_LISTENER] = admin_listener
-    app.cleanup_ctx.extend([_log_flusher, _database, _ledger, _upstream_client, _admin_socket])
+    app.cleanup_ctx.extend(
+        [_log_flusher, _limiter, _database, _ledger, _upstream_client, _admin_socket]
+    )
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
     proxy.add_routes(app)
@@ -125,6 +126,13 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     flush_logs()
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    limiter = await open_limiter(app[SETTINGS], app[CLOCK].monotonic)
+    app[LIMITER] = limiter
+    yield
+    await limiter.close()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,30 @@ class TierSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    backend: Literal["memory", "redis"] = setting(
+        "memory",
+        "Where the keys' rate limits are counted. memory: in this process (one gateway). "
+        "redis: in a Redis (or Valkey) server shared by every replica, so that together "
+        "they grant a key its limit once, not once each.",
+    )
+    redis_url: str = setting(
+        "",
+        'The Redis server of backend = "redis" (required then): redis://HOST:PORT/DB, '
+        "rediss:// for TLS, with a password redis://:PASSWORD@HOST:PORT/DB.",
+        secret=True,
+    )
+    on_redis_error: Literal["local", "deny"] = setting(
+        "local",
+        "What a replica does while Redis cannot be reached (refused, or no answer in "
+        "0.5 s). local: it counts alone, with its own limits, so each replica grants a key "
+        "its whole limit; /health says degraded and llmgw_limiter_local_decisions_total "
+        "counts. deny: requests are refused with 503 limiter_unavailable. Redis is tried "
+        "every second; the shared limits resume as soon as it answers.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: Literal["debug", "info", "warning", "error"] = setting(
         "info", "debug, info, warning or error."
@@ -216,6 +241,10 @@ class Settings:
             "Rate-limit tiers: requests per minute and per hour, per key. These three are the "
             "defaults; a partial table changes only what it names, and new tiers may be added."
         ),
+    )
+    limits: LimitsSettings = field(
+        default=LimitsSettings(),
+        metadata=doc("Where rate limits are counted: in this process, or shared in Redis."),
     )
     logging: LoggingSettings = field(
         default=LoggingSettings(), metadata=doc("How and where the gateway logs.")
@@ -278,6 +307,7 @@ _SIMPLE_SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "admin": AdminSettings,
     "database": DatabaseSettings,
+    "limits": LimitsSettings,
     "logging": LoggingSettings,
 }
 
@@ -484,8 +514,38 @@ def _validate(settings: Settings) -> None:
             parse_network(entry)
         except ValueError as exc:
             raise ConfigError(f"[admin] trusted_proxies: {exc}") from None
+    _validate_limits(settings.limits)
     if settings.admin.default_tier not in settings.tiers:
         raise ConfigError(
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "
             f"(tiers: {', '.join(settings.tiers)})"
         )
+
+
+def _validate_limits(limits: LimitsSettings) -> None:
+    if limits.backend != "redis":
+        return
+    where = "[limits] redis_url"
+    if not limits.redis_url:
+        raise ConfigError(
+            f'{where}: required when backend = "redis", as redis://HOST:PORT/DB '
+            "(in the file, or LLMGW_LIMITS_REDIS_URL)"
+        )
+    # The URL itself stays out of the message: it may hold a password.
+    url = urllib.parse.urlsplit(limits.redis_url)
+    if url.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{where}: expected redis://HOST:PORT/DB (or rediss://, unix://PATH), "
+            f"not a {url.scheme or 'schemeless'} URL"
+        )
+    try:
+        url.port  # noqa: B018 - parsed here to be checked
+    except ValueError:
+        raise ConfigError(f"{where}: the port must be a number from 0 to 65535") from None
+    if url.scheme == "unix":
+        if not url.path:
+            raise ConfigError(f"{where}: expected unix://PATH, the path of Redis's socket")
+    elif not url.hostname:
+        raise ConfigError(f"{where}: expected redis://HOST:PORT/DB, with a host")
+    elif not (url.path.strip("/") or "0").isdigit():
+        raise ConfigError(f"{where}: the database after the port must be a number, as in /0")

@@ -1,9 +1,10 @@
 """`GET /health` and `GET /metrics`: what operators and load balancers watch.
 
 `/health` answers 200 while the gateway can serve (at least one healthy upstream, not
-shutting down) and 503 otherwise; its body says what is wrong, database and ledger
-included, so one request tells an operator where to look. It asks the database
-nothing: it reports what the store's watcher last saw, and when the ledger last wrote.
+shutting down) and 503 otherwise; its body says what is wrong, database, ledger and
+limits included, so one request tells an operator where to look. It asks the database
+nothing: it reports what the store's watcher last saw, and when the ledger last wrote;
+nor Redis: the limiter knows whether its last call was answered.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Literal
 import orjson
 from aiohttp import web
 
-from .api_types import DatabaseStatus, Health
-from .state import KEYS, LEDGER, METRICS, STORE, UPSTREAMS
+from .api_types import DatabaseStatus, Health, LimitsStatus
+from .state import KEYS, LEDGER, LIMITER, METRICS, STORE, UPSTREAMS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -23,12 +24,15 @@ async def health(request: web.Request) -> web.Response:
     pool, ledger, metrics = cfg[UPSTREAMS], cfg[LEDGER], cfg[METRICS]
     # What the store last saw: a load balancer's probes never queue behind a write.
     database = cfg[STORE].health()
+    limits = cfg[LIMITER].status()
     serving = pool.any_healthy and not metrics.draining
     status: Literal["ok", "degraded", "unavailable"]
     if not serving:
         status = "unavailable"
-    elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error:
-        status = "degraded"  # still serving: keys are in memory, the ledger buffers
+    elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error or limits.error:
+        # Still serving: keys are in memory, the ledger buffers, limits are counted alone
+        # (or, under on_redis_error = "deny", refused: the body says which).
+        status = "degraded"
     else:
         status = "ok"
     body = Health(
@@ -44,6 +48,12 @@ async def health(request: web.Request) -> web.Response:
             written_s_ago=database.written_s_ago,
         ),
         ledger=ledger.status(),
+        limits=LimitsStatus(
+            backend=limits.backend,
+            shared=limits.shared,
+            error=limits.error,
+            local_decisions=limits.local_decisions,
+        ),
         upstreams=[u.status() for u in pool.upstreams],
     )
     return web.Response(
@@ -53,7 +63,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     cfg = request.config_dict
-    text = cfg[METRICS].render(cfg[LEDGER], cfg[UPSTREAMS])
+    text = cfg[METRICS].render(cfg[LEDGER], cfg[UPSTREAMS], cfg[LIMITER].status())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .ledger import Ledger
+from .limits import LimiterStatus
 from .upstreams import UpstreamPool
 
 
@@ -22,7 +23,7 @@ class Metrics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
-    def render(self, ledger: Ledger, pool: UpstreamPool) -> str:
+    def render(self, ledger: Ledger, pool: UpstreamPool, limits: LimiterStatus) -> str:
         lines = [
             "# HELP llmgw_requests_in_flight Requests being handled now.",
             "# TYPE llmgw_requests_in_flight gauge",
@@ -52,6 +53,14 @@ class Metrics:
             "# HELP llmgw_ledger_rejected_total Usage records the database refused (set aside).",
             "# TYPE llmgw_ledger_rejected_total counter",
             f"llmgw_ledger_rejected_total {ledger.rejected}",
+            "# HELP llmgw_limiter_local_decisions_total Admissions this replica decided alone "
+            "because Redis could not be reached.",
+            "# TYPE llmgw_limiter_local_decisions_total counter",
+            f"llmgw_limiter_local_decisions_total {limits.local_decisions}",
+            "# HELP llmgw_limiter_shared 1 while limits are counted in Redis with the other "
+            "replicas.",
+            "# TYPE llmgw_limiter_shared gauge",
+            f'llmgw_limiter_shared{{backend="{limits.backend}"}} {int(limits.shared)}',
             "# HELP llmgw_upstream_healthy 1 when the upstream's last health check passed.",
             "# TYPE llmgw_upstream_healthy gauge",
             *(

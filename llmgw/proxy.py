@@ -27,7 +27,7 @@ from yarl import URL
 from .context import RequestContext
 from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey, presented_key
-from .limits import LimitExceeded, Reservation, limits_for
+from .limits import LimiterUnavailable, LimitExceeded, Reservation, limits_for
 from .outgoing import Outgoing, read_outgoing
 from .relay import answer, relay_stream, upstream_failed
 from .routes import ROUTES, Route
@@ -98,12 +98,18 @@ async def _admitted(
     except LimitExceeded as exc:
         ctx.rate_headers = dict(exc.headers())
         raise GatewayError(429, str(exc), type_=exc.kind, code="rate_limit_exceeded") from None
+    except LimiterUnavailable as exc:  # Redis is gone and [limits] on_redis_error = "deny"
+        raise GatewayError(
+            503, str(exc), code="limiter_unavailable", headers={"Retry-After": "1"}
+        ) from None
 
 
 async def _show_windows(request: web.Request, ctx: RequestContext, key: ApiKey) -> None:
-    """The limit headers of a request refused before admission (which took nothing)."""
+    """The limit headers of a request refused before admission (which took nothing);
+    none when the limits cannot be read (Redis gone, and no local count to show)."""
     limits = limits_for(key, request.app[SETTINGS])
-    ctx.rate_headers = (await request.app[LIMITER].windows(key.id, limits)).headers()
+    with contextlib.suppress(LimiterUnavailable):
+        ctx.rate_headers = (await request.app[LIMITER].windows(key.id, limits)).headers()
 
 
 class _Unreachable(Exception):

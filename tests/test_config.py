@@ -18,6 +18,7 @@ from llmgw.config import (
     AdminSettings,
     ConfigError,
     DatabaseSettings,
+    LimitsSettings,
     LoggingSettings,
     ServerSettings,
     Settings,
@@ -38,6 +39,7 @@ SETTINGS_CLASSES = (
     DatabaseSettings,
     UpstreamSettings,
     TierSettings,
+    LimitsSettings,
     LoggingSettings,
 )
 
@@ -199,6 +201,22 @@ def test_llmgw_variables_override_settings() -> None:
     assert settings.tiers["free"] == TierSettings(10, 100)
 
 
+def test_shared_limits_are_set_by_llmgw_variables_and_the_url_is_never_echoed() -> None:
+    settings = load_settings(
+        None,
+        {
+            "LLMGW_LIMITS_BACKEND": "redis",
+            "LLMGW_LIMITS_REDIS_URL": "redis://:s3cret@cache:6380/2",
+            "LLMGW_LIMITS_ON_REDIS_ERROR": "deny",
+        },
+    )
+    assert settings.limits == LimitsSettings("redis", "redis://:s3cret@cache:6380/2", "deny")
+    assert "s3cret" not in repr(settings)
+    assert load_settings(None, {}).limits.backend == "memory"
+    bad = {"LLMGW_LIMITS_BACKEND": "redis", "LLMGW_LIMITS_REDIS_URL": "redis://:s3cret@x:99999"}
+    assert "s3cret" not in config_error(None, bad)
+
+
 def test_variables_that_steer_the_cli_are_not_settings() -> None:
     environ = {"LLMGW_CONFIG": "/nowhere.toml", "LLMGW_URL": "http://x", "LLMGW_TOKEN": "t"}
     assert load_settings(None, environ) == load_settings(None, {})
@@ -313,6 +331,30 @@ def test_config_file_is_found_explicitly_or_through_llmgw_config(tmp_path: Path)
             {"DATABASE_URL": "postgres://u:p@db/llmgw"},
             ["DATABASE_URL", "sqlite"],
             id="postgres-database-url",
+        ),
+        pytest.param(
+            '[limits]\nbackend = "redis"\n',
+            {},
+            ["[limits] redis_url", "required", "redis://HOST:PORT/DB", "LLMGW_LIMITS_REDIS_URL"],
+            id="redis-backend-without-url",
+        ),
+        pytest.param(
+            "",
+            {"LLMGW_LIMITS_BACKEND": "redis", "LLMGW_LIMITS_REDIS_URL": "http://:pw@cache:6379"},
+            ["[limits] redis_url", "redis://HOST:PORT/DB"],
+            id="redis-url-not-redis",
+        ),
+        pytest.param(
+            '[limits]\nbackend = "redis"\nredis_url = "redis://cache:6379/zero"\n',
+            {},
+            ["[limits] redis_url", "database"],
+            id="redis-url-bad-database",
+        ),
+        pytest.param(
+            '[limits]\nbackend = "valkey"\n', {}, ["backend", "memory, redis"], id="bad-backend"
+        ),
+        pytest.param(
+            "", {"LLMGW_LIMITS_ON_REDIS_ERROR": "open"}, ["on_redis_error"], id="bad-policy"
         ),
         pytest.param("server = 8080\n", {}, ["server"], id="section-not-a-table"),
         pytest.param(

@@ -28,6 +28,13 @@ async def test_health_follows_the_upstream_down_and_back(
     assert status == 200
     assert body["status"] == "ok"
     assert body["upstreams"][0]["models"] == ["fake-model"]
+    # The default limits: this process's own, shared with no one, nothing wrong.
+    assert body["limits"] == {
+        "backend": "memory",
+        "shared": False,
+        "error": None,
+        "local_decisions": 0,
+    }
 
     await fake.stop()
     async with asyncio.timeout(5):

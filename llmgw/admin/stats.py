@@ -21,7 +21,7 @@ from aiohttp import web
 from ..api_types import BusyKey, KeyActivity, KeyBudget, Stats, StatsTotals, WindowBudget
 from ..config import Settings
 from ..keys import ApiKey
-from ..limits import Limiter, WindowState, limits_for
+from ..limits import Limiter, LimiterUnavailable, WindowState, limits_for
 from ..state import KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
 from .common import int_query, json_response
 
@@ -127,8 +127,13 @@ async def _busy_key(
     """Who the key is and what is left of its limits; all null for a deleted key."""
     if key is None:
         return BusyKey(**row, key_prefix=None, user_id=None, tier=None, budget=None)
-    windows = await limiter.windows(key.id, limits_for(key, settings))
-    budget = KeyBudget(minute=_budget(windows.minute), hour=_budget(windows.hour))
+    budget: KeyBudget | None
+    try:
+        windows = await limiter.windows(key.id, limits_for(key, settings))
+    except LimiterUnavailable:  # Redis gone, and the policy is to refuse: nothing to show
+        budget = None
+    else:
+        budget = KeyBudget(minute=_budget(windows.minute), hour=_budget(windows.hour))
     return BusyKey(
         **row, key_prefix=key.key_prefix, user_id=key.user_id, tier=key.tier, budget=budget
     )

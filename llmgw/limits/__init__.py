@@ -1,8 +1,18 @@
-"""Per-key limits: the interface (`base`) and its backends (`memory`)."""
+"""Per-key limits: the interface (`base`), its backends (`memory`, `redis`), the policy
+for a Redis that cannot be reached (`failover`), and `open_limiter`, which builds the
+one the settings name."""
 
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+
+from ..config import Settings
 from .base import (
     Decision,
     Limiter,
+    LimiterStatus,
+    LimiterUnavailable,
     LimitExceeded,
     RequestLimits,
     Reservation,
@@ -16,10 +26,40 @@ __all__ = [
     "Decision",
     "LimitExceeded",
     "Limiter",
+    "LimiterStatus",
+    "LimiterUnavailable",
     "MemoryLimiter",
     "RequestLimits",
     "Reservation",
     "WindowState",
     "format_duration",
     "limits_for",
+    "open_limiter",
 ]
+
+
+async def open_limiter(settings: Settings, clock: Callable[[], float]) -> Limiter:
+    """The limiter of [limits]: memory, or Redis with the memory one (on `clock`) to
+    fall back on. Redis is asked once, so a Redis already gone is logged at start."""
+    local = MemoryLimiter(clock)
+    config = settings.limits
+    if config.backend == "memory":
+        return local
+    # Here, not at the top: the redis package costs every `llmgw` command 50 ms to import.
+    from .failover import FailoverLimiter
+    from .redis import RedisLimiter
+
+    shared = RedisLimiter.from_url(config.redis_url)
+    limiter = FailoverLimiter(shared, local, config.on_redis_error, shown(config.redis_url))
+    await limiter.start()
+    return limiter
+
+
+def shown(url: str) -> str:
+    """`url` as the log may show it: no user, no password (nor a query, which may hold
+    one)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"

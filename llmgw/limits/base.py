@@ -6,7 +6,11 @@ nothing, and yields a `Reservation` that the request holds until it ends. A refu
 request raises `LimitExceeded`, which names the limit and carries the headers to send.
 `Reservation.refund` gives the request back when no upstream ever saw it; leaving the
 `admit` block releases whatever the reservation holds, exactly once, however the
-request ended. Backends: `memory` (one process; the default) and, later, Redis.
+request ended. Backends: `memory` (one process; the default) and `redis` (shared by
+the replicas; `failover` applies the policy for when Redis cannot be reached).
+
+Both backends keep token buckets of the same arithmetic (`window_state`, `seconds_until`
+below), so the same state gives the same `Decision` and headers from either.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -23,6 +27,9 @@ if TYPE_CHECKING:
 
 MINUTE = 60.0
 HOUR = 3600.0
+# Refill is floating-point arithmetic: 6 s at 10/min must count as one whole token.
+# (limits/buckets.lua holds the same figure.)
+EPSILON = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,20 @@ class WindowState:
     limit: int
     remaining: int
     reset: float  # seconds until the window is full again
+
+
+def seconds_until(wanted: float, tokens: float, capacity: float, window: float) -> float:
+    """Seconds until a bucket holding `tokens` of `capacity` (refilled in `window`
+    seconds from empty) holds `wanted`."""
+    return max(0.0, (wanted - EPSILON - tokens) / (capacity / window))
+
+
+def window_state(tokens: float, capacity: float, window: float) -> WindowState:
+    return WindowState(
+        limit=int(capacity),
+        remaining=max(0, math.floor(tokens + EPSILON)),
+        reset=seconds_until(capacity, tokens, capacity, window),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +127,21 @@ class LimitExceeded(Exception):
         return self.decision.headers()
 
 
+class LimiterUnavailable(Exception):
+    """The shared limits cannot be reached (Redis refused, reset or timed out), and the
+    policy is to refuse rather than decide alone: a 503 `limiter_unavailable`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStatus:
+    """What `/health` and `/metrics` say of the limits."""
+
+    backend: Literal["memory", "redis"]
+    shared: bool  # decisions are taken together with the other replicas (in Redis) now
+    error: str | None  # why not, while Redis cannot be reached
+    local_decisions: int  # admissions this replica decided alone because Redis was away
+
+
 class Reservation(Protocol):
     """What one admitted request holds of its key's limits until it ends."""
 
@@ -118,10 +154,17 @@ class Reservation(Protocol):
 class Limiter(Protocol):
     def admit(self, key_id: int, limits: RequestLimits) -> AbstractAsyncContextManager[Reservation]:
         """Take one request from every window of the key, or none and raise
-        `LimitExceeded`; the reservation is released when the block is left."""
+        `LimitExceeded` (or `LimiterUnavailable`, when nothing may decide); the
+        reservation is released when the block is left."""
 
     async def windows(self, key_id: int, limits: RequestLimits) -> Decision:
-        """The key's windows now, without taking anything."""
+        """The key's windows now, without taking anything (or `LimiterUnavailable`)."""
 
     async def forget(self, key_id: int) -> None:
         """Drop the key's state (the key was deleted)."""
+
+    def status(self) -> LimiterStatus:
+        """Where decisions are taken now, without asking anything."""
+
+    async def close(self) -> None:
+        """Let go of connections (at shutdown)."""

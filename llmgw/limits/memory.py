@@ -10,15 +10,22 @@ clock is injected so the arithmetic is tested without sleeping.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .base import HOUR, MINUTE, Decision, LimitExceeded, RequestLimits, WindowState
-
-# Refill is floating-point arithmetic: 6 s at 10/min must count as one whole token.
-_EPSILON = 1e-9
+from .base import (
+    EPSILON,
+    HOUR,
+    MINUTE,
+    Decision,
+    LimiterStatus,
+    LimitExceeded,
+    RequestLimits,
+    WindowState,
+    seconds_until,
+    window_state,
+)
 
 
 @dataclass(slots=True)
@@ -44,14 +51,10 @@ class _Bucket:
         self.tokens = min(self.tokens, capacity)
 
     def seconds_until(self, tokens: float) -> float:
-        return max(0.0, (tokens - _EPSILON - self.tokens) / self.rate)
+        return seconds_until(tokens, self.tokens, self.capacity, self.window)
 
     def state(self) -> WindowState:
-        return WindowState(
-            limit=int(self.capacity),
-            remaining=max(0, math.floor(self.tokens + _EPSILON)),
-            reset=self.seconds_until(self.capacity),
-        )
+        return window_state(self.tokens, self.capacity, self.window)
 
 
 class _Held:
@@ -92,6 +95,12 @@ class MemoryLimiter:
     async def forget(self, key_id: int) -> None:
         self._buckets.pop(key_id, None)
 
+    def status(self) -> LimiterStatus:
+        return LimiterStatus(backend="memory", shared=False, error=None, local_decisions=0)
+
+    async def close(self) -> None:
+        pass
+
     # The synchronous core, also what the unit tests and the bench drive.
 
     def acquire(self, key_id: int, limits: RequestLimits) -> Decision:
@@ -99,7 +108,7 @@ class MemoryLimiter:
         minute, hour = self._buckets_for(key_id, limits, now)
         minute.refill(now)
         hour.refill(now)
-        allowed = minute.tokens >= 1 - _EPSILON and hour.tokens >= 1 - _EPSILON
+        allowed = minute.tokens >= 1 - EPSILON and hour.tokens >= 1 - EPSILON
         if allowed:
             minute.tokens -= 1
             hour.tokens -= 1
