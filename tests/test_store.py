@@ -11,7 +11,7 @@ import pytest
 
 from llmgw.keys import hash_key
 from llmgw.ledger import UsageRecord
-from llmgw.store import SqliteStore, StoreError
+from llmgw.store import AlreadyExists, SqliteStore, StoreError
 from llmgw.store.sqlite_migrations import MIGRATIONS
 
 from .conftest import read_rows
@@ -96,7 +96,7 @@ async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: P
     }
     async with store.transaction() as tx:
         key = await tx.insert_key(**fields)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(AlreadyExists):
         async with store.transaction() as tx:
             await tx.insert_key(**fields)  # type: ignore[arg-type]
     assert (await store.get_key(key.id)) == key
