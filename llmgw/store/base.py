@@ -142,6 +142,11 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
+    @property
+    def name(self) -> str:
+        """The database as messages and logs name it (its path, or PostgreSQL's host and
+        database): never a password."""
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A change; raises `StoreUnavailable` when the database cannot take one."""
 

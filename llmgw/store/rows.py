@@ -4,7 +4,7 @@ reads and changes alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -30,7 +30,7 @@ REQUEST_COLUMNS = (
 AUDIT_COLUMNS = "id, timestamp, actor, door, action, target, before, after"
 
 
-def key_from_row(row: Sequence[Any]) -> ApiKey:
+def key_from_row(row: Iterable[Any]) -> ApiKey:
     (
         key_id,
         key_hash,
@@ -65,14 +65,14 @@ def key_from_row(row: Sequence[Any]) -> ApiKey:
     )
 
 
-def admin_from_row(row: Sequence[Any]) -> AdminUser:
+def admin_from_row(row: Iterable[Any]) -> AdminUser:
     admin_id, username, hashed, email, active, created, last_login, changed, valid_after = row
     return AdminUser(
         admin_id, username, hashed, email, bool(active), created, last_login, changed, valid_after
     )
 
 
-def request_row(row: Sequence[Any]) -> RequestRow:
+def request_row(row: Iterable[Any]) -> RequestRow:
     (
         row_id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,
         prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream,
@@ -95,7 +95,7 @@ def request_row(row: Sequence[Any]) -> RequestRow:
     )
 
 
-def audit_entry(row: Sequence[Any]) -> AuditEntry:
+def audit_entry(row: Iterable[Any]) -> AuditEntry:
     entry_id, timestamp, actor, door, action, target, before, after = row
     return AuditEntry(
         id=entry_id,

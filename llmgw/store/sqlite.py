@@ -59,6 +59,7 @@ _CHECK_TIMEOUT = 2.0
 class SqliteStore:
     def __init__(self, database: Database, clock: Callable[[], float]) -> None:
         self._database = database
+        self.name = str(database.path)
         self._clock = clock
         self._checked: float | None = None  # monotonic time of the last good look
         self._written: float | None = None  # ... and of the last ledger batch written
