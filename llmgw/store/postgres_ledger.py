@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..ledger import UsageRecord
-from ..rollups import BOUNDS_NS, OVERFLOW
+from ..rollups import BOUNDS_NS
 from ..times import iso_utc
 
 _COLUMNS = (
@@ -41,11 +41,10 @@ _COLUMNS = (
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, 1))
-_BUCKET = (
-    "CASE "
-    + " ".join(f"WHEN duration_ms * 1000000 < {b} THEN {i}" for i, b in enumerate(BOUNDS_NS))
-    + f" ELSE {OVERFLOW} END"
-)
+# How many bounds are at or below the duration (rollups.bucket_of's bisect_right, by
+# binary search; the overflow bucket past the last), compared as doubles, as SQLite
+# compares them.
+_BUCKET = f"width_bucket(duration_ms * 1000000, '{{{','.join(map(str, BOUNDS_NS))}}}'::float8[])"
 _CELL = "hour, user_id, api_key_id, model"
 
 INSERT_AND_FOLD = f"""
