@@ -140,7 +140,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     for key in await store.load_keys():
         app[KEYS].put(key)
-    log.info("database %s: %d keys", app[SETTINGS].database_path, len(app[KEYS]))
+    log.info("database %s: %d keys", store.name, len(app[KEYS]))
     watcher = asyncio.create_task(store.watch(DATABASE_WATCH_INTERVAL), name="database-watch")
     yield
     watcher.cancel()

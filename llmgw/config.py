@@ -27,6 +27,9 @@ T = TypeVar("T")
 # Environment variables that start with LLMGW_ but are not settings (they steer the CLI).
 NON_SETTING_ENV = frozenset({"LLMGW_CONFIG", "LLMGW_URL", "LLMGW_TOKEN"})
 CONFIG_SEARCH_PATH = (Path("llmgw.toml"), Path("/etc/llmgw/llmgw.toml"))
+SQLITE_SCHEME = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+DATABASE_URL_FORMS = "postgresql://USER@HOST:PORT/DB or sqlite:///PATH"
 
 
 class ConfigError(ValueError):
@@ -147,6 +150,14 @@ class DatabaseSettings:
         "Most usage records held while the database is unavailable; beyond that they are "
         "counted as dropped, logged, and shown in /health.",
     )
+    url: str = setting(
+        "",
+        "The database as a URL, instead of path: postgresql://USER@HOST:PORT/DB for "
+        "PostgreSQL (what replicas of the gateway share; the password from PGPASSWORD or "
+        "~/.pgpass, or in the URL, which is why it is shown masked), or sqlite:///PATH for "
+        "a SQLite file. Empty: the SQLite file at path. DATABASE_URL sets it too.",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +239,10 @@ class Settings:
     )
     database: DatabaseSettings = field(
         default=DatabaseSettings(),
-        metadata=doc("The SQLite database of keys, admin users, audit and usage records."),
+        metadata=doc(
+            "The database of keys, admin users, audit and usage records: a SQLite file (the "
+            "default, needing no server) or PostgreSQL (for several replicas)."
+        ),
     )
     upstreams: tuple[UpstreamSettings, ...] = setting(
         (UpstreamSettings("http://127.0.0.1:8100"),),
@@ -256,7 +270,15 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (unless `postgres_url`)."""
+        if self.database.url.startswith(SQLITE_SCHEME):
+            return Path(self.database.url.removeprefix(SQLITE_SCHEME))
         return Path(self.database.path) if self.database.path else default_database_path()
+
+    @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL database to use instead of a SQLite file, if one is set."""
+        return self.database.url if self.database.url.startswith(POSTGRES_SCHEMES) else None
 
 
 def default_socket_path() -> Path:
@@ -336,9 +358,12 @@ def _apply_seed_env(sections: dict[str, Any], environ: Mapping[str, str]) -> Non
     if url := environ.get("VLLM_BASE_URL"):
         sections["upstreams"] = [{"url": url}]
     if db_url := environ.get("DATABASE_URL"):
-        if not db_url.startswith("sqlite:///"):
-            raise ConfigError(f"DATABASE_URL: only sqlite:///PATH is supported, got {db_url!r}")
-        _section(sections, "database")["path"] = db_url.removeprefix("sqlite:///")
+        if db_url.startswith(SQLITE_SCHEME):
+            _section(sections, "database")["path"] = db_url.removeprefix(SQLITE_SCHEME)
+        elif db_url.startswith(POSTGRES_SCHEMES):
+            _section(sections, "database")["url"] = db_url
+        else:
+            raise ConfigError(f"DATABASE_URL: expected {DATABASE_URL_FORMS}, got {_scheme(db_url)}")
     if port := environ.get("GATEWAY_PORT"):
         _section(sections, "server")["port"] = _convert(port, int, "GATEWAY_PORT")
     if secret := environ.get("ADMIN_SECRET_KEY"):
@@ -499,6 +524,11 @@ def _validate(settings: Settings) -> None:
         if getattr(server, name) < 0:
             raise ConfigError(f"[server] {name}: must not be negative")
     db = settings.database
+    if db.url and not (
+        db.url.startswith(POSTGRES_SCHEMES)
+        or (db.url.startswith(SQLITE_SCHEME) and db.url != SQLITE_SCHEME)
+    ):
+        raise ConfigError(f"[database] url: expected {DATABASE_URL_FORMS}, got {_scheme(db.url)}")
     if db.flush_interval <= 0 or db.batch_size < 1 or db.max_pending < 1:
         raise ConfigError("[database] flush_interval, batch_size, max_pending: must be positive")
     for i, upstream in enumerate(settings.upstreams, 1):
@@ -549,3 +579,10 @@ def _validate_limits(limits: LimitsSettings) -> None:
         raise ConfigError(f"{where}: expected redis://HOST:PORT/DB, with a host")
     elif not (url.path.strip("/") or "0").isdigit():
         raise ConfigError(f"{where}: the database after the port must be a number, as in /0")
+
+
+def _scheme(url: str) -> str:
+    """What a database URL is, for an error message: not the rest, which may hold a
+    password."""
+    scheme, sep, _ = url.partition("://")
+    return f"a {scheme}:// URL" if sep else "something else"

@@ -36,7 +36,8 @@ HEADER = (
     "LLMGW_SERVER_PORT=8080, LLMGW_TIERS_GOLD_REQUESTS_PER_MINUTE=500 with "
     "LLMGW_TIERS_GOLD_REQUESTS_PER_HOUR=5000 (a new tier needs both), "
     "LLMGW_UPSTREAMS=http://gpu1:8100,http://gpu2:8100. The seed system's names work too: "
-    "VLLM_BASE_URL, DATABASE_URL=sqlite:///PATH, GATEWAY_PORT, ADMIN_SECRET_KEY, "
+    "VLLM_BASE_URL, DATABASE_URL (sqlite:///PATH or postgresql://...), GATEWAY_PORT, "
+    "ADMIN_SECRET_KEY, "
     "RATE_LIMIT_<TIER>_PER_MINUTE and RATE_LIMIT_<TIER>_PER_HOUR. The environment wins "
     "over this file.",
     "An unknown key or a bad value stops start-up with a message naming it.",

@@ -19,6 +19,7 @@ from .errors import GatewayError, error_response
 from .keys import redact_keys
 from .ledger import UsageRecord
 from .state import CLOCK, CONTEXT, LEDGER, LIVE, METRICS, TRUSTED_PROXIES
+from .store import StoreUnavailable
 
 access_log = logging.getLogger("llmgw.access")
 log = logging.getLogger("llmgw")
@@ -110,6 +111,8 @@ def error_middleware() -> Middleware:
             return await handler(request)
         except GatewayError as exc:
             return exc.response()
+        except StoreUnavailable as exc:  # a read the database could not answer
+            return error_response(503, str(exc), code="database_unavailable")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -7,14 +7,13 @@ a loopback port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import socket
-import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from llmgw.admin_client import AdminClient
+from llmgw.api_types import CreatedKey
 from llmgw.app import create_app
 from llmgw.clock import Clock
 from llmgw.config import (
@@ -40,6 +40,8 @@ from llmgw.fake_vllm import FakeVLLM
 from llmgw.runner import make_runner
 from llmgw.state import LEDGER, METRICS
 
+from .databases import Database, PostgresDatabase, SqliteDatabase, database_of, read_rows
+from .postgres import Cluster, PostgresMissing, start_cluster
 from .redis_server import RedisServer
 
 LLMGW = str(Path(sys.executable).parent / "llmgw")
@@ -100,6 +102,44 @@ async def fake() -> AsyncIterator[FakeVLLM]:
     await server.stop()
 
 
+# --- the database: SQLite, or PostgreSQL for the tests marked both_databases ------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_databases` whose fixtures include `database` (a gateway's do)
+    runs twice: on SQLite and on PostgreSQL."""
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_databases"
+    ):
+        metafunc.parametrize("database", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """The session's own PostgreSQL server, started on first use."""
+    try:
+        cluster = start_cluster()
+    except PostgresMissing as exc:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}", pytrace=False)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The database the test's gateways and stores use: the isolated SQLite file, or
+    (parametrised `postgres`) a new database on the session's PostgreSQL server, dropped
+    at the end."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield SqliteDatabase(tmp_path / "data" / "llmgw.db")
+        return
+    cluster: Cluster = request.getfixturevalue("postgres_cluster")
+    name = f"llmgw_test_{uuid.uuid4().hex[:12]}"
+    url = await cluster.create_database(name)
+    yield PostgresDatabase(url)
+    await cluster.drop_database(name)
+
+
 @dataclass
 class Gateway:
     """A running gateway and the handles a test needs to look inside it."""
@@ -108,6 +148,14 @@ class Gateway:
     app: web.Application
     settings: Settings
     runner: web.AppRunner
+
+    @property
+    def database(self) -> Database:
+        return database_of(self.settings)
+
+    async def rows(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """Rows read straight from the gateway's database (`?` placeholders)."""
+        return await self.database.rows(query, *params)
 
     @property
     def base_url(self) -> str:
@@ -120,7 +168,7 @@ class Gateway:
     def admin(self) -> AdminClient:
         return AdminClient(self.socket_path)
 
-    async def create_key(self, user_id: str = "alice", **fields: Any) -> dict[str, Any]:
+    async def create_key(self, user_id: str = "alice", **fields: Any) -> CreatedKey:
         async with self.admin() as admin:
             return await admin.create_key(user_id, **fields)
 
@@ -133,15 +181,7 @@ class Gateway:
 
     async def ledger_rows(self) -> list[dict[str, Any]]:
         await self.flush_ledger()
-        return read_rows(self.settings.database_path, "SELECT * FROM request_logs ORDER BY id")
-
-
-def read_rows(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    # closing(): a connection's own `with` commits but leaves it open until collected,
-    # and the failure suite counts this process's open files.
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute(query, params)]
+        return await self.rows("SELECT * FROM request_logs ORDER BY id")
 
 
 def make_settings(fake_url: str, **overrides: Any) -> Settings:
@@ -213,13 +253,16 @@ GatewayFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def gateway_factory(fake: FakeVLLM) -> AsyncIterator[GatewayFactory]:
-    """Start gateways with setting overrides (and a clock of their own); all are stopped
-    at the end."""
+async def gateway_factory(fake: FakeVLLM, database: Database) -> AsyncIterator[GatewayFactory]:
+    """Start gateways with setting overrides (and a clock of their own), on the test's
+    `database` unless the overrides name one; all are stopped at the end."""
     started: list[Gateway] = []
 
     async def start(clock: Clock | None = None, **overrides: Any) -> Gateway:
-        gateway = await start_gateway(make_settings(fake.url, **overrides), clock)
+        settings = make_settings(fake.url, **overrides)
+        if "database" not in overrides:
+            settings = database.configure(settings)
+        gateway = await start_gateway(settings, clock)
         started.append(gateway)
         return gateway
 
@@ -431,6 +474,7 @@ def tiers(**limits: tuple[int, int]) -> dict[str, TierSettings]:
 
 
 __all__ = [
+    "Database",
     "DatabaseSettings",
     "Gateway",
     "GatewayFactory",

@@ -29,7 +29,9 @@ from llmgw.app import create_app
 from llmgw.config import AdminSettings
 from llmgw.fake_vllm import FakeVLLM
 
-from .conftest import Gateway, GatewayFactory, make_settings, read_rows
+from .conftest import Gateway, GatewayFactory, make_settings
+
+pytestmark = pytest.mark.both_databases
 
 NOBODY = 65534
 # A stdlib-only HTTP client over a Unix socket, for a python that nobody may run.
@@ -291,9 +293,8 @@ async def test_configured_uid_is_allowed(gateway_factory: GatewayFactory, shared
     status, body = await as_nobody(path, "POST", "/keys", {"user_id": "bob"})
     assert status == 201
     assert body["key"].startswith("sk-internal-")
-    audit = read_rows(
-        gateway.settings.database_path,
-        "SELECT actor, door FROM audit_log WHERE action = 'key.create' ORDER BY id",
+    audit = await gateway.rows(
+        "SELECT actor, door FROM audit_log WHERE action = 'key.create' ORDER BY id"
     )
     assert [row["door"] for row in audit] == ["socket", "socket"]
     assert audit[1]["actor"].startswith(f"uid:{NOBODY}")  # who created bob's key

@@ -14,7 +14,9 @@ import pytest
 from llmgw.admin_client import AdminApiError
 from llmgw.state import KEYS, STORE
 
-from .conftest import CliRun, Gateway, read_rows, run_llmgw
+from .conftest import CliRun, Gateway, run_llmgw
+
+pytestmark = pytest.mark.both_databases
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
@@ -271,9 +273,7 @@ async def test_concurrent_updates_of_one_key_never_lose_one(
     assert in_memory.description == final["description"]
     resp = await chat(http, gateway, created["key"])
     assert resp.headers["X-RateLimit-Limit-Hour"] == "999"
-    audit = read_rows(
-        gateway.settings.database_path,
-        "SELECT action FROM audit_log WHERE target = ?",
-        (f"key:{created['id']}",),
+    audit = await gateway.rows(
+        "SELECT action FROM audit_log WHERE target = ? ORDER BY id", f"key:{created['id']}"
     )
     assert [r["action"] for r in audit] == ["key.create"] + ["key.update"] * len(changes)

@@ -10,7 +10,9 @@ import pytest
 
 from llmgw import tokens
 
-from .conftest import Gateway, GatewayFactory, read_rows, with_secret
+from .conftest import Gateway, GatewayFactory, with_secret
+
+pytestmark = pytest.mark.both_databases
 
 SECRET = "a-test-secret-of-enough-length"
 PASSWORD = "correct horse battery staple"
@@ -113,7 +115,7 @@ async def test_the_seeds_admin_api_end_to_end(remote: Gateway, http: aiohttp.Cli
         assert r.status == 401
 
     # Each change is audited as made by this admin, through the remote door.
-    audit = read_rows(remote.settings.database_path, "SELECT * FROM audit_log ORDER BY id")
+    audit = await remote.rows("SELECT * FROM audit_log ORDER BY id")
     remote_rows = [r for r in audit if r["door"].startswith("remote:")]
     assert [r["action"] for r in remote_rows] == ["key.create", "key.update", "key.delete"]
     assert {r["actor"] for r in remote_rows} == {"admin:root-admin"}

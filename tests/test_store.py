@@ -1,89 +1,100 @@
-"""The schema a blank database ends with, and the store's guarantees."""
+"""The schema a blank database ends with, and the store's guarantees: on SQLite and on
+PostgreSQL alike."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from llmgw.keys import hash_key
 from llmgw.ledger import UsageRecord
-from llmgw.store import SqliteStore, StoreError
-from llmgw.store.sqlite_migrations import MIGRATIONS
+from llmgw.store import AlreadyExists, StoreError
+from llmgw.store.postgres_migrations import MIGRATIONS as POSTGRES_MIGRATIONS
+from llmgw.store.sqlite_migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
-from .conftest import read_rows
+from .conftest import Database, read_rows
+from .databases import SqliteDatabase
 
+pytestmark = pytest.mark.both_databases
 
-def columns(path: Path, table: str) -> list[str]:
-    return [row["name"] for row in read_rows(path, f"PRAGMA table_info({table})")]
+# Each database's own: (version, name) of every migration, in order.
+MIGRATIONS = {
+    "sqlite": [(m.version, m.name) for m in SQLITE_MIGRATIONS],
+    "postgres": [(m.version, m.name) for m in POSTGRES_MIGRATIONS],
+}
 
 
 async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
-    tmp_path: Path,
+    database: Database,
 ) -> None:
-    path = tmp_path / "db" / "llmgw.db"
-    store = await SqliteStore.open(path)
+    store = await database.open_store()
     await store.close()
-    assert columns(path, "api_keys") == [
+    assert await database.columns("api_keys") == [
         "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
         "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models",
         "requests_per_minute", "requests_per_hour",
     ]  # fmt: skip
-    assert columns(path, "request_logs") == [
+    assert await database.columns("request_logs") == [
         "id", "request_id", "user_id", "api_key_id", "endpoint", "method", "status_code",
         "duration_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "usage_source",
         "model", "upstream", "timestamp",
     ]  # fmt: skip
-    assert columns(path, "admin_users") == [
+    assert await database.columns("admin_users") == [
         "id", "username", "hashed_password", "email", "is_active", "created_at", "last_login",
         "password_changed_at", "tokens_valid_after",
     ]  # fmt: skip
-    assert columns(path, "audit_log") == [
+    assert await database.columns("audit_log") == [
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",
     ]  # fmt: skip
-    assert columns(path, "usage_hourly") == [
+    assert await database.columns("usage_hourly") == [
         "hour", "user_id", "api_key_id", "model", "requests", "errors", "rate_limited",
         "prompt_tokens", "completion_tokens", "duration_ms_sum",
     ]  # fmt: skip
-    assert columns(path, "usage_hourly_latency") == [
+    assert await database.columns("usage_hourly_latency") == [
         "hour", "user_id", "api_key_id", "model", "bucket", "count",
     ]  # fmt: skip
-    for table, key in (
-        ("usage_hourly", ["hour", "user_id", "api_key_id", "model"]),
-        ("usage_hourly_latency", ["hour", "user_id", "api_key_id", "model", "bucket"]),
-    ):
-        info = read_rows(path, f"PRAGMA table_info({table})")
-        assert [r["name"] for r in sorted(info, key=lambda r: r["pk"]) if r["pk"]] == key
-        assert all(r["notnull"] for r in info if r["pk"])  # a NULL would defeat the UPSERT
-    applied = read_rows(path, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert [(r["version"], r["name"]) for r in applied] == [(m.version, m.name) for m in MIGRATIONS]
-    assert read_rows(path, "PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    for table in ("api_keys", "request_logs", "admin_users", "audit_log"):
+        assert await database.primary_key(table) == ["id"]
+    assert await database.primary_key("usage_hourly") == ["hour", "user_id", "api_key_id", "model"]
+    assert await database.primary_key("usage_hourly_latency") == [
+        "hour", "user_id", "api_key_id", "model", "bucket",
+    ]  # fmt: skip
+    applied = await database.rows("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["name"]) for r in applied] == MIGRATIONS[database.kind]
 
 
-async def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
-    path = tmp_path / "llmgw.db"
-    for _ in range(2):
-        store = await SqliteStore.open(path)
-        await store.close()
-    assert len(read_rows(path, "SELECT * FROM schema_migrations")) == len(MIGRATIONS)
-
-
-async def test_a_database_from_a_newer_llmgw_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "llmgw.db"
-    store = await SqliteStore.open(path)
+async def test_sqlite_keeps_null_out_of_the_rollups_primary_keys(tmp_path: Path) -> None:
+    """A NULL would defeat the UPSERT (SQLite, unlike PostgreSQL, lets NULLs into a
+    primary key); and the file is in WAL mode."""
+    database = SqliteDatabase(tmp_path / "llmgw.db")
+    store = await database.open_store()
     await store.close()
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("INSERT INTO schema_migrations VALUES (999, 'future', '2030-01-01')")
+    for table in ("usage_hourly", "usage_hourly_latency"):
+        info = read_rows(database.path, f"PRAGMA table_info({table})")
+        assert all(r["notnull"] for r in info if r["pk"])
+    assert read_rows(database.path, "PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+
+
+async def test_reopening_applies_nothing_twice(database: Database) -> None:
+    for _ in range(2):
+        store = await database.open_store()
+        await store.close()
+    applied = await database.rows("SELECT * FROM schema_migrations")
+    assert len(applied) == len(MIGRATIONS[database.kind])
+
+
+async def test_a_database_from_a_newer_llmgw_is_refused(database: Database) -> None:
+    store = await database.open_store()
+    await store.close()
+    await database.execute("INSERT INTO schema_migrations VALUES (999, 'future', '2030-01-01')")
     with pytest.raises(StoreError, match="upgrade llmgw"):
-        await SqliteStore.open(path)
+        await database.open_store()
 
 
-async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: Path) -> None:
-    path = tmp_path / "llmgw.db"
-    store = await SqliteStore.open(path)
+async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(database: Database) -> None:
+    store = await database.open_store()
     plaintext = "sk-internal-" + "x" * 43
     fields = {
         "key_hash": hash_key(plaintext),
@@ -96,22 +107,46 @@ async def test_key_hashes_are_unique_and_the_plaintext_is_not_stored(tmp_path: P
     }
     async with store.transaction() as tx:
         key = await tx.insert_key(**fields)  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(AlreadyExists):
         async with store.transaction() as tx:
             await tx.insert_key(**fields)  # type: ignore[arg-type]
     assert (await store.get_key(key.id)) == key
+    assert [k.id for k in await store.load_keys()] == [key.id]  # the second rolled back
     await store.close()
-    assert plaintext.encode() not in path.read_bytes()
-    wal = path.with_name(path.name + "-wal")
-    assert not wal.exists() or plaintext.encode() not in wal.read_bytes()
+    if isinstance(database, SqliteDatabase):
+        path = database.path
+        assert plaintext.encode() not in path.read_bytes()
+        wal = path.with_name(path.name + "-wal")
+        assert not wal.exists() or plaintext.encode() not in wal.read_bytes()
+    rows = await database.rows("SELECT * FROM api_keys")
+    assert len(rows) == 1
+    assert plaintext not in repr(rows)
 
 
-async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(tmp_path: Path) -> None:
+async def test_a_duplicate_admin_username_is_already_exists(database: Database) -> None:
+    store = await database.open_store()
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_admin("root", "hash-1", None)
+        with pytest.raises(AlreadyExists, match="root"):
+            async with store.transaction() as tx:
+                await tx.insert_admin("root", "hash-2", "x@example.com")
+        admins = await store.list_admins()
+        assert [(a.username, a.hashed_password) for a in admins] == [("root", "hash-1")]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(database: Database) -> None:
     """A batch retried after its commit's acknowledgement was lost must change nothing."""
-    path = tmp_path / "llmgw.db"
-    store = await SqliteStore.open(path)
+    store = await database.open_store()
+    async with store.transaction() as tx:
+        key = await tx.insert_key(
+            key_hash="h", key_prefix="sk-internal-abcd", user_id="alice", tier="free",
+            description="",
+        )  # fmt: skip
     batch = [
-        UsageRecord(f"req-{n}", "alice", 1, "/v1/chat/completions", "POST",
+        UsageRecord(f"req-{n}", "alice", key.id, "/v1/chat/completions", "POST",
                     429 if n == 3 else 200, 10.0 + n, 1.0, 5, 7, "reported", "m", "u",
                     1_800_000_000.0 + n)
         for n in range(5)
@@ -119,13 +154,16 @@ async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(tmp_path: Pa
     assert await store.insert_request_logs(batch) == 5
     assert (
         await store.insert_request_logs(
-            [*batch[2:], dataclasses.replace(batch[0], request_id="req-5")]
+            [*batch[2:], dataclasses.replace(batch[0], request_id="req-5", timestamp=1.8e9 + 9)]
         )
         == 1
     )
+    used = await store.get_key(key.id)
     await store.close()
-    assert len(read_rows(path, "SELECT * FROM request_logs")) == 6
-    [cell] = read_rows(path, "SELECT * FROM usage_hourly")
+    assert len(await database.rows("SELECT * FROM request_logs")) == 6
+    [cell] = await database.rows("SELECT * FROM usage_hourly")
     assert (cell["requests"], cell["rate_limited"], cell["prompt_tokens"]) == (6, 1, 30)
-    [latency] = read_rows(path, "SELECT sum(count) AS n FROM usage_hourly_latency")
+    [latency] = await database.rows("SELECT sum(count) AS n FROM usage_hourly_latency")
     assert latency["n"] == 5  # the 429 is not timed
+    assert used is not None
+    assert used.last_used_at == 1.8e9 + 9  # the newest row's time

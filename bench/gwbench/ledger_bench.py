@@ -30,7 +30,7 @@ import orjson
 import uvloop
 
 from llmgw.ledger import Ledger, UsageRecord
-from llmgw.store import SqliteStore
+from llmgw.store import SqliteStore, Store
 
 KEYS = 50
 MODELS = ("llama-3.1-70b", "qwen2.5-coder-32b", "llama-3.1-8b")
@@ -84,6 +84,18 @@ def quantile(values: list[float], q: float) -> float:
 
 async def run(path: Path, seconds: float, max_rows: int, rate: float | None, backlog: int) -> Any:
     store = await SqliteStore.open(path)
+    result = await measure(store, seconds, max_rows, rate, backlog)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT count(*) FROM request_logs").fetchone()[0]
+    all_committed = rows == result["appended"] and result["dropped"] == 0
+    return result | {"committed": rows, "all_committed": all_committed}
+
+
+async def measure(
+    store: Store, seconds: float, max_rows: int, rate: float | None, backlog: int
+) -> dict[str, Any]:
+    """The ledger writing into `store` (closed by the caller), as `app.py` wires it."""
     for k in range(KEYS):
         async with store.transaction() as tx:
             await tx.insert_key(
@@ -119,18 +131,13 @@ async def run(path: Path, seconds: float, max_rows: int, rate: float | None, bac
         written_at_stop = ledger.written
         lags = list(watch.lags)
     await ledger.close(writer)
-    await store.close()
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT count(*) FROM request_logs").fetchone()[0]
     t_mark, w_mark = mark or (began, 0)
     span = stop - t_mark
     return {
         "rows_per_s": (written_at_stop - w_mark) / span if span > 0 else 0.0,
         "appended": appended,
         "offered_per_s": appended / (stop - began),
-        "committed": rows,
         "dropped": ledger.dropped,
-        "all_committed": rows == appended and ledger.dropped == 0,
         "record_us": {
             "p50": quantile(calls, 0.5) / 1000,
             "p99": quantile(calls, 0.99) / 1000,

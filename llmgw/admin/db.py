@@ -4,7 +4,8 @@ A backup is SQLite's online backup API run on the store's own connection into a
 temporary file beside the database (`Store.backup`), then streamed to the caller: a
 consistent copy, taken while the gateway keeps serving (the ledger's writes wait for
 it). On the open connection, it works while the database file is deleted: `llmgw db
-backup PATH` can write it back.
+backup PATH` can write it back. PostgreSQL has its own tool (pg_dump): asked for a
+backup, the gateway answers 501 saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from ..errors import GatewayError
 from ..state import CLOCK, STORE
+from ..store import Unsupported
 from ..times import iso_utc
 from .common import actor, change, field, json_response, read_json, store_available
 
@@ -26,7 +28,13 @@ CHUNK = 256 * 1024
 
 @routes.get("/db/backup")
 async def backup(request: web.Request) -> web.StreamResponse:
-    copy = await request.config_dict[STORE].backup()
+    try:
+        copy = await request.config_dict[STORE].backup()
+    except Unsupported as exc:
+        message = str(exc)
+        raise GatewayError(
+            501, f"{message[:1].upper()}{message[1:]}.", code="unsupported"
+        ) from None
     try:
         file = await asyncio.to_thread(copy.open, "rb")
         with file:

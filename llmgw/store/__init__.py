@@ -1,5 +1,6 @@
 """The store: every byte of SQL lives under here (`base` is the interface, `sqlite*` the
-SQLite implementation); `open_store` opens the one the settings name."""
+SQLite implementation, `postgres*` the PostgreSQL one); `open_store` opens the one the
+settings name."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .base import (
     StoreHealth,
     StoreUnavailable,
     Transaction,
+    Unsupported,
 )
+from .postgres import PostgresStore
 from .sqlite import SqliteStore
 
 __all__ = [
@@ -24,15 +27,19 @@ __all__ = [
     "AdminUser",
     "AlreadyExists",
     "DatabaseGone",
+    "PostgresStore",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoreHealth",
     "StoreUnavailable",
     "Transaction",
+    "Unsupported",
     "open_store",
 ]
 
 
 async def open_store(settings: Settings, clock: Callable[[], float]) -> Store:
+    if url := settings.postgres_url:
+        return await PostgresStore.open(url, clock)
     return await SqliteStore.open(settings.database_path, clock)

@@ -4,7 +4,8 @@
 and the app. Reads go to the store (on a connection of their own: they never queue
 behind a ledger batch); every change runs on the `Transaction` it belongs to, with its
 audit row, and in-memory state follows on commit (`Transaction.on_commit`). SQLite
-(`sqlite.py`) implements it; no module above the store imports a database driver.
+(`sqlite.py`) and PostgreSQL (`postgres.py`) implement it; no module above the store
+imports a database driver, nor knows which database it has.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class StoreUnavailable(StoreError):
 
 class DatabaseGone(StoreUnavailable):
     """The database path no longer names the file that is open."""
+
+
+class Unsupported(StoreError):
+    """This database does not do that; the message says what to use instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +106,8 @@ class Transaction(Protocol):
         allowed_models: tuple[str, ...] | None = None,
         requests_per_minute: int | None = None,
         requests_per_hour: int | None = None,
-    ) -> ApiKey: ...
+    ) -> ApiKey:
+        """Raises `AlreadyExists` for a key hash taken."""
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
         """Set only the fields named in `changes`: concurrent updates of different
@@ -136,6 +142,11 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
+    @property
+    def name(self) -> str:
+        """The database as messages and logs name it (its path, or PostgreSQL's host and
+        database): never a password."""
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A change; raises `StoreUnavailable` when the database cannot take one."""
 
@@ -188,7 +199,7 @@ class Store(Protocol):
 
     async def backup(self) -> Path:
         """A consistent, integrity-checked copy of the database in a new private file
-        (the caller removes it)."""
+        (the caller removes it); `Unsupported` where the database has its own tools."""
 
     async def watch(self, interval: float) -> None:
         """Look at the database every `interval` seconds (until cancelled), for

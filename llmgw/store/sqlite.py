@@ -31,20 +31,18 @@ from ..keys import ApiKey
 from ..ledger import RecordError, UsageRecord
 from ..times import iso_utc
 from .base import AdminUser, StoreHealth
-from .sqlite_file import Database
-from .sqlite_rows import (
+from .rows import (
     ADMIN_COLUMNS,
-    FOLD_NEW_LOGS,
-    INSERT_LOG,
+    AUDIT_COLUMNS,
     KEY_COLUMNS,
-    LAST_LOG_ID,
-    RECORD_ERRORS,
+    REQUEST_COLUMNS,
     admin_from_row,
     audit_entry,
     key_from_row,
-    log_row,
     request_row,
 )
+from .sqlite_file import Database
+from .sqlite_rows import FOLD_NEW_LOGS, INSERT_LOG, LAST_LOG_ID, RECORD_ERRORS, log_row
 from .sqlite_tx import SqliteTransaction
 
 # What each grouping of `GET /usage` groups by, as a column of both rollup tables.
@@ -61,6 +59,7 @@ _CHECK_TIMEOUT = 2.0
 class SqliteStore:
     def __init__(self, database: Database, clock: Callable[[], float]) -> None:
         self._database = database
+        self.name = str(database.path)
         self._clock = clock
         self._checked: float | None = None  # monotonic time of the last good look
         self._written: float | None = None  # ... and of the last ledger batch written
@@ -176,9 +175,8 @@ class SqliteStore:
             where.append("status_code != ?")
             params.append(except_status)
         query = (
-            "SELECT id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
-            " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
-            f" FROM request_logs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+            f"SELECT {REQUEST_COLUMNS} FROM request_logs WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
         )
         async with self._reader.execute(query, (*params, limit)) as cursor:
             return [request_row(row) async for row in cursor]
@@ -230,7 +228,7 @@ class SqliteStore:
     # --- audit ------------------------------------------------------------------------
 
     async def list_audit(self, limit: int, action: str | None = None) -> list[AuditEntry]:
-        query = "SELECT id, timestamp, actor, door, action, target, before, after FROM audit_log"
+        query = f"SELECT {AUDIT_COLUMNS} FROM audit_log"
         params: list[Any] = []
         if action:
             query += " WHERE substr(action, 1, ?) = ?"

@@ -58,6 +58,10 @@ class Database:
         self._clock = clock
         self._reported: str | None = None  # the problem logged last: each is logged once
 
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Database:
         warn_if_open_to_others(path)

@@ -1,26 +1,19 @@
-"""SQLite's SQL for the store: the column lists, the ledger's insert and fold, and the
-conversions between rows and the store's types (shared by reads and changes)."""
+"""SQLite's SQL for the store: the ledger's insert and fold, how a key's changes are
+stored, and the errors that are a record's fault (the column lists and the conversions
+from rows are both databases', in `rows`)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from ..api_types import AuditEntry, RequestRow
-from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..rollups import BOUNDS_NS, OVERFLOW
-from ..times import iso_utc, parse_iso
-from .base import AdminUser
+from ..times import iso_utc
 
-KEY_COLUMNS = (
-    "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
-    " updated_at, expires_at, last_used_at, allowed_models, requests_per_minute,"
-    " requests_per_hour"
-)
 # What an update may change, and how each value is stored.
 KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
     "tier": str,
@@ -77,52 +70,6 @@ FOLD_NEW_LOGS = (
     f" FROM (SELECT api_key_id, max(timestamp) AS last {_NEW} AND api_key_id IS NOT NULL"
     " GROUP BY api_key_id) AS used WHERE api_keys.id = used.api_key_id",
 )
-ADMIN_COLUMNS = (
-    "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
-    " tokens_valid_after"
-)
-
-
-def key_from_row(row: Sequence[Any]) -> ApiKey:
-    (
-        key_id,
-        key_hash,
-        key_prefix,
-        user_id,
-        tier,
-        description,
-        is_active,
-        created_at,
-        updated_at,
-        expires_at,
-        last_used_at,
-        allowed_models,
-        requests_per_minute,
-        requests_per_hour,
-    ) = row
-    return ApiKey(
-        id=key_id,
-        key_hash=key_hash,
-        key_prefix=key_prefix,
-        user_id=user_id,
-        tier=tier,
-        description=description,
-        is_active=bool(is_active),
-        created_at=parse_iso(created_at),
-        updated_at=parse_iso(updated_at),
-        expires_at=parse_iso(expires_at) if expires_at else None,
-        last_used_at=parse_iso(last_used_at) if last_used_at else None,
-        allowed_models=tuple(orjson.loads(allowed_models)) if allowed_models else None,
-        requests_per_minute=requests_per_minute,
-        requests_per_hour=requests_per_hour,
-    )
-
-
-def admin_from_row(row: Sequence[Any]) -> AdminUser:
-    admin_id, username, hashed, email, active, created, last_login, changed, valid_after = row
-    return AdminUser(
-        admin_id, username, hashed, email, bool(active), created, last_login, changed, valid_after
-    )
 
 
 def log_row(r: UsageRecord) -> tuple[Any, ...]:
@@ -141,41 +88,4 @@ def log_row(r: UsageRecord) -> tuple[Any, ...]:
         r.model,
         r.upstream,
         iso_utc(r.timestamp),
-    )
-
-
-def request_row(row: Sequence[Any]) -> RequestRow:
-    (
-        row_id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,
-        prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream,
-    ) = row  # fmt: skip
-    return RequestRow(
-        id=row_id,
-        request_id=request_id,
-        timestamp=timestamp,
-        user_id=user_id,
-        api_key_id=api_key_id,
-        endpoint=endpoint,
-        model=model,
-        status_code=status_code,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        usage_source=usage_source,
-        duration_ms=duration_ms,
-        ttft_ms=ttft_ms,
-        upstream=upstream,
-    )
-
-
-def audit_entry(row: Sequence[Any]) -> AuditEntry:
-    entry_id, timestamp, actor, door, action, target, before, after = row
-    return AuditEntry(
-        id=entry_id,
-        timestamp=timestamp,
-        actor=actor,
-        door=door,
-        action=action,
-        target=target,
-        before=orjson.loads(before) if before else None,
-        after=orjson.loads(after) if after else None,
     )

@@ -13,7 +13,8 @@ import orjson
 from ..keys import ApiKey
 from ..times import iso_utc
 from .base import Actor, AdminUser, AlreadyExists
-from .sqlite_rows import ADMIN_COLUMNS, KEY_COLUMNS, KEY_UPDATABLE, admin_from_row, key_from_row
+from .rows import ADMIN_COLUMNS, KEY_COLUMNS, admin_from_row, key_from_row
+from .sqlite_rows import KEY_UPDATABLE
 
 
 class SqliteTransaction:
@@ -44,26 +45,29 @@ class SqliteTransaction:
         requests_per_hour: int | None = None,
     ) -> ApiKey:
         now = iso_utc(self._clock())
-        key = await self._key(
-            "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
-            " is_active, created_at, updated_at, expires_at, allowed_models,"
-            " requests_per_minute, requests_per_hour)"
-            " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
-            f" RETURNING {KEY_COLUMNS}",
-            (
-                key_hash,
-                key_prefix,
-                user_id,
-                tier,
-                description,
-                now,
-                now,
-                KEY_UPDATABLE["expires_at"](expires_at),
-                KEY_UPDATABLE["allowed_models"](allowed_models),
-                requests_per_minute,
-                requests_per_hour,
-            ),
-        )
+        try:
+            key = await self._key(
+                "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
+                " is_active, created_at, updated_at, expires_at, allowed_models,"
+                " requests_per_minute, requests_per_hour)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
+                f" RETURNING {KEY_COLUMNS}",
+                (
+                    key_hash,
+                    key_prefix,
+                    user_id,
+                    tier,
+                    description,
+                    now,
+                    now,
+                    KEY_UPDATABLE["expires_at"](expires_at),
+                    KEY_UPDATABLE["allowed_models"](allowed_models),
+                    requests_per_minute,
+                    requests_per_hour,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists("a key with that hash exists already") from None
         assert key is not None  # RETURNING always yields the inserted row
         return key
 

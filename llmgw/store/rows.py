@@ -1,0 +1,109 @@
+"""What both databases share: the column lists of the tables (the schema is the same on
+SQLite and PostgreSQL) and the conversions from their rows to the store's types, for
+reads and changes alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from ..api_types import AuditEntry, RequestRow
+from ..keys import ApiKey
+from ..times import parse_iso
+from .base import AdminUser
+
+KEY_COLUMNS = (
+    "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
+    " updated_at, expires_at, last_used_at, allowed_models, requests_per_minute,"
+    " requests_per_hour"
+)
+ADMIN_COLUMNS = (
+    "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
+    " tokens_valid_after"
+)
+REQUEST_COLUMNS = (
+    "id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,"
+    " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
+)
+AUDIT_COLUMNS = "id, timestamp, actor, door, action, target, before, after"
+
+
+def key_from_row(row: Iterable[Any]) -> ApiKey:
+    (
+        key_id,
+        key_hash,
+        key_prefix,
+        user_id,
+        tier,
+        description,
+        is_active,
+        created_at,
+        updated_at,
+        expires_at,
+        last_used_at,
+        allowed_models,
+        requests_per_minute,
+        requests_per_hour,
+    ) = row
+    return ApiKey(
+        id=key_id,
+        key_hash=key_hash,
+        key_prefix=key_prefix,
+        user_id=user_id,
+        tier=tier,
+        description=description,
+        is_active=bool(is_active),
+        created_at=parse_iso(created_at),
+        updated_at=parse_iso(updated_at),
+        expires_at=parse_iso(expires_at) if expires_at else None,
+        last_used_at=parse_iso(last_used_at) if last_used_at else None,
+        allowed_models=tuple(orjson.loads(allowed_models)) if allowed_models else None,
+        requests_per_minute=requests_per_minute,
+        requests_per_hour=requests_per_hour,
+    )
+
+
+def admin_from_row(row: Iterable[Any]) -> AdminUser:
+    admin_id, username, hashed, email, active, created, last_login, changed, valid_after = row
+    return AdminUser(
+        admin_id, username, hashed, email, bool(active), created, last_login, changed, valid_after
+    )
+
+
+def request_row(row: Iterable[Any]) -> RequestRow:
+    (
+        row_id, request_id, timestamp, user_id, api_key_id, endpoint, model, status_code,
+        prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream,
+    ) = row  # fmt: skip
+    return RequestRow(
+        id=row_id,
+        request_id=request_id,
+        timestamp=timestamp,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        endpoint=endpoint,
+        model=model,
+        status_code=status_code,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        usage_source=usage_source,
+        duration_ms=duration_ms,
+        ttft_ms=ttft_ms,
+        upstream=upstream,
+    )
+
+
+def audit_entry(row: Iterable[Any]) -> AuditEntry:
+    entry_id, timestamp, actor, door, action, target, before, after = row
+    return AuditEntry(
+        id=entry_id,
+        timestamp=timestamp,
+        actor=actor,
+        door=door,
+        action=action,
+        target=target,
+        before=orjson.loads(before) if before else None,
+        after=orjson.loads(after) if after else None,
+    )
