@@ -26,6 +26,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from llmgw.admin_client import AdminClient
+from llmgw.api_types import CreatedKey
 from llmgw.app import create_app
 from llmgw.clock import Clock
 from llmgw.config import (
@@ -118,7 +119,7 @@ class Gateway:
     def admin(self) -> AdminClient:
         return AdminClient(self.socket_path)
 
-    async def create_key(self, user_id: str = "alice", **fields: Any) -> dict[str, Any]:
+    async def create_key(self, user_id: str = "alice", **fields: Any) -> CreatedKey:
         async with self.admin() as admin:
             return await admin.create_key(user_id, **fields)
 
