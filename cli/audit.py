@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
+
+from llmgw.api_types import AuditEntry
 
 from .output import emit_json, emit_table, json_option
 from .state import CliState, pass_state
@@ -37,8 +38,8 @@ def audit(state: CliState, limit: int, action: str | None, as_json: bool) -> Non
     )
 
 
-def _changes(entry: dict[str, Any]) -> str:
-    before, after = entry["before"] or {}, entry["after"] or {}
+def _changes(entry: AuditEntry) -> str:
+    before, after = entry["before"], entry["after"]
     if not before or not after:
         return "created" if after else "deleted" if before else ""
     changed = [name for name in after if before.get(name) != after[name] and name != "updated_at"]
@@ -46,7 +47,7 @@ def _changes(entry: dict[str, Any]) -> str:
     return ", ".join(shown) or "no change"
 
 
-def _value(value: Any) -> str:
+def _value(value: object) -> str:
     """A value as --json spells it (true, null, "text", ["a", "b"]), whatever its
     type: "null" the text and null the value look different, and a control character
     someone put in a description stays escaped instead of reaching the terminal."""

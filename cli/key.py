@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from llmgw.admin_client import AdminClient
+from llmgw.api_types import KeyView
 
 from .output import cell, emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
@@ -152,7 +153,7 @@ def update(
     if not changes:
         raise click.UsageError("Nothing to change: give at least one option (see --help).")
 
-    async def change(c: AdminClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def change(c: AdminClient) -> tuple[KeyView, KeyView]:
         before = await c.get_key(key_id)
         return before, await c.update_key(key_id, changes)
 
@@ -170,7 +171,7 @@ def update(
 def revoke(state: CliState, key_id: int, as_json: bool) -> None:
     """Revoke a key: refused from the very next request."""
 
-    async def revoke_(c: AdminClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def revoke_(c: AdminClient) -> tuple[KeyView, KeyView]:
         before = await c.get_key(key_id)
         return before, await c.revoke_key(key_id)
 
@@ -221,7 +222,7 @@ def delete(state: CliState, key_id: int, yes: bool, as_json: bool) -> None:
     say(f"Deleted key {_describe(deleted)}.")
 
 
-def _state(key: dict[str, Any], before: dict[str, Any], to: str = "to let it in again") -> str:
+def _state(key: KeyView, before: KeyView, to: str = "to let it in again") -> str:
     """The key's state after a change, and the command that lets it in if it is refused."""
     if not key["is_active"]:
         enable = f"`llmgw key update {key['id']} --enable`"
@@ -236,24 +237,24 @@ def _state(key: dict[str, Any], before: dict[str, Any], to: str = "to let it in 
     return "It is active."
 
 
-def _usable(key: dict[str, Any]) -> bool:
-    return bool(key["is_active"]) and not _expired(key)
+def _usable(key: KeyView) -> bool:
+    return key["is_active"] and not _expired(key)
 
 
-def _expired(key: dict[str, Any]) -> bool:
-    expires = key.get("expires_at")
+def _expired(key: KeyView) -> bool:
+    expires = key["expires_at"]
     return expires is not None and datetime.fromisoformat(expires) <= datetime.now(UTC)
 
 
-def _describe(k: dict[str, Any]) -> str:
-    extra = f", expires {k['expires_at']}" if k.get("expires_at") else ""
+def _describe(k: KeyView) -> str:
+    extra = f", expires {k['expires_at']}" if k["expires_at"] else ""
     return f"{k['id']} ({k['key_prefix']}…) of {k['user_id']} (tier {k['tier']}{extra})"
 
 
 _HEADERS = ("ID", "PREFIX", "USER", "TIER", "ACTIVE", "EXPIRES", "LAST USED", "DESCRIPTION")
 
 
-def _row(k: dict[str, Any]) -> list[Any]:
+def _row(k: KeyView) -> list[object]:
     return [
         k["id"],
         k["key_prefix"],

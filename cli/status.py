@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Literal
 
 import click
 
 from llmgw.admin_client import AdminClient
+from llmgw.api_types import Health, KeyBudget, Rate, Stats, UpstreamStatus
 
 from .output import cell, emit_json, emit_table, json_option
 from .state import CliState, pass_state
@@ -23,7 +24,7 @@ TOP_KEYS = 5
 def status(state: CliState, as_json: bool) -> None:
     """Show health, upstreams, live rates and the busiest keys."""
 
-    async def fetch(client: AdminClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def fetch(client: AdminClient) -> tuple[Health, Stats]:
         health, stats = await asyncio.gather(client.health(), client.stats(STATS_SECONDS))
         return health, stats
 
@@ -35,15 +36,15 @@ def status(state: CliState, as_json: bool) -> None:
         return
     _print_health(health)
     click.echo()
-    _print_upstreams(stats.get("upstreams") or health.get("upstreams") or [])
+    _print_upstreams(stats["upstreams"] or health["upstreams"])
     click.echo()
     _print_rates(stats)
     click.echo()
     _print_keys(stats)
 
 
-def _print_health(health: dict[str, Any]) -> None:
-    condition = health.get("status")
+def _print_health(health: Health) -> None:
+    condition = health["status"]
     if condition == "ok":
         verdict = "ok"
     elif condition == "degraded":
@@ -51,103 +52,102 @@ def _print_health(health: dict[str, Any]) -> None:
     else:
         verdict = f"UNHEALTHY ({condition}): not serving requests"
     reasons = []
-    if health.get("draining"):
+    if health["draining"]:
         reasons.append("shutting down")
-    upstreams = health.get("upstreams") or []
-    if upstreams and not any(u.get("healthy") for u in upstreams):
+    upstreams = health["upstreams"]
+    if upstreams and not any(u["healthy"] for u in upstreams):
         reasons.append("no healthy upstream")
-    database, ledger = health.get("database") or {}, health.get("ledger") or {}
-    if database.get("error"):
+    database, ledger = health["database"], health["ledger"]
+    if database["error"]:
         reasons.append(f"database: {database['error']}")
-    if ledger.get("last_error"):
+    if ledger["last_error"]:
         reasons.append(f"ledger: {ledger['last_error']}")
-    if ledger.get("dropped"):
+    if ledger["dropped"]:
         reasons.append(f"{ledger['dropped']} usage records lost")
     click.echo(f"gateway    {verdict}" + (f" - {'; '.join(reasons)}" if reasons else ""))
-    click.echo(f"uptime     {_duration(health.get('uptime_s'))}")
-    click.echo(f"keys       {cell(health.get('keys'))} known")
-    click.echo(
-        f"ledger     {cell(ledger.get('pending'))} pending, {cell(ledger.get('written'))} written"
-    )
+    click.echo(f"uptime     {_duration(health['uptime_s'])}")
+    click.echo(f"keys       {cell(health['keys'])} known")
+    click.echo(f"ledger     {cell(ledger['pending'])} pending, {cell(ledger['written'])} written")
 
 
-def _print_upstreams(upstreams: list[dict[str, Any]]) -> None:
+def _print_upstreams(upstreams: list[UpstreamStatus]) -> None:
     rows = [
         [
-            u.get("url"),
-            "yes" if u.get("healthy") else "NO",
-            None if u.get("latency_ms") is None else f"{u['latency_ms']:g} ms",
-            u.get("in_flight"),
-            u.get("models"),
-            u.get("last_error"),
+            u["url"],
+            "yes" if u["healthy"] else "NO",
+            None if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
+            u["in_flight"],
+            u["models"],
+            u["last_error"],
         ]
         for u in upstreams
     ]
     emit_table(rows, ["UPSTREAM", "HEALTHY", "LATENCY", "IN FLIGHT", "MODELS", "LAST ERROR"])
 
 
-def _print_rates(stats: dict[str, Any]) -> None:
-    rates = stats.get("rates") or {}
-    minute, recent = rates.get("60s") or {}, rates.get("10s") or {}
-    total = stats.get("total") or {}
+def _print_rates(stats: Stats) -> None:
+    # A gateway whose window is shorter than a span reports the window's instead.
+    minute, recent = stats["rates"].get("60s"), stats["rates"].get("10s")
+    total = stats["total"]
     click.echo("last 60 s   (the last 10 s in brackets)")
     click.echo(
-        f"requests   {_per_s(minute, 'requests')}/s ({_per_s(recent, 'requests')}/s), "
-        f"{cell(minute.get('requests'))} in all"
+        f"requests   {_per_s(minute, 'requests_per_s')}/s "
+        f"({_per_s(recent, 'requests_per_s')}/s), {_count(minute, 'requests')} in all"
     )
     click.echo(
-        f"tokens     {_per_s(minute, 'tokens')}/s ({_per_s(recent, 'tokens')}/s), "
-        f"{cell(minute.get('tokens'))} in all"
+        f"tokens     {_per_s(minute, 'tokens_per_s')}/s "
+        f"({_per_s(recent, 'tokens_per_s')}/s), {_count(minute, 'tokens')} in all"
     )
-    click.echo(f"errors     {cell(minute.get('errors'))}")
-    click.echo(f"429s       {cell(minute.get('rate_limited'))}")
+    click.echo(f"errors     {_count(minute, 'errors')}")
+    click.echo(f"429s       {_count(minute, 'rate_limited')}")
     click.echo(
-        f"now        {cell(total.get('in_flight'))} requests in flight, "
-        f"{cell(total.get('streams'))} streams open"
+        f"now        {cell(total['in_flight'])} requests in flight, "
+        f"{cell(total['streams'])} streams open"
     )
 
 
-def _print_keys(stats: dict[str, Any]) -> None:
-    keys = (stats.get("keys") or [])[:TOP_KEYS]
+def _print_keys(stats: Stats) -> None:
+    keys = stats["keys"][:TOP_KEYS]
     if not keys:
         click.echo("no key active in the last 60 s")
         return
-    click.echo(f"busiest keys ({cell(stats.get('keys_active'))} active in the last 60 s)")
-    rows = []
-    for k in keys:
-        budget = k.get("budget") or {}
-        rows.append(
-            [
-                k.get("key_id"),
-                k.get("key_prefix"),
-                "(deleted)" if k.get("user_id") is None else k["user_id"],
-                k.get("tier"),
-                f"{k.get('requests_per_s', 0):.2f}",
-                f"{k.get('tokens_per_s', 0):.1f}",
-                k.get("requests"),
-                k.get("errors"),
-                k.get("rate_limited"),
-                k.get("streams"),
-                _left(budget.get("minute")),
-                _left(budget.get("hour")),
-            ]
-        )
+    click.echo(f"busiest keys ({cell(stats['keys_active'])} active in the last 60 s)")
+    rows = [
+        [
+            k["key_id"],
+            k["key_prefix"],
+            "(deleted)" if k["user_id"] is None else k["user_id"],
+            k["tier"],
+            f"{k['requests_per_s']:.2f}",
+            f"{k['tokens_per_s']:.1f}",
+            k["requests"],
+            k["errors"],
+            k["rate_limited"],
+            k["streams"],
+            *_left(k["budget"]),
+        ]
+        for k in keys
+    ]
     headers = ["ID", "PREFIX", "USER", "TIER", "REQ/S", "TOK/S", "REQS", "ERRORS", "429S"]
     emit_table(rows, [*headers, "STREAMS", "LEFT/MIN", "LEFT/HOUR"])
 
 
-def _per_s(rates: dict[str, Any], name: str) -> str:
-    value = rates.get(f"{name}_per_s")
-    return "-" if value is None else f"{value:.2f}"
+def _per_s(rate: Rate | None, name: Literal["requests_per_s", "tokens_per_s"]) -> str:
+    return "-" if rate is None else f"{rate[name]:.2f}"
 
 
-def _left(window: dict[str, Any] | None) -> str:
-    return "-" if not window else f"{window['remaining']}/{window['limit']}"
+def _count(rate: Rate | None, name: Literal["requests", "tokens", "errors", "rate_limited"]) -> str:
+    return "-" if rate is None else cell(rate[name])
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
+def _left(budget: KeyBudget | None) -> list[str]:
+    """What is left of the key's minute and hour; nothing known of a deleted key."""
+    if budget is None:
+        return ["-", "-"]
+    return [f"{w['remaining']}/{w['limit']}" for w in (budget["minute"], budget["hour"])]
+
+
+def _duration(seconds: float) -> str:
     whole = int(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
+
+from llmgw.api_types import UsageFigures
 
 from .output import emit_json, emit_table, json_option
 from .state import CliState, pass_state
@@ -37,7 +37,11 @@ def usage(state: CliState, days: int, by: str, as_json: bool) -> None:
         return
     if by == "key":
         headers: tuple[str, ...] = ("KEY", "PREFIX", "USER", *_HEADERS)
-        rows = [[g["key_id"], g["key_prefix"], g["user_id"], *_figures(g)] for g in report["data"]]
+        # Only by=key do the groups carry their key's id, prefix and user.
+        rows = [
+            [g.get("key_id"), g.get("key_prefix"), g.get("user_id"), *_figures(g)]
+            for g in report["data"]
+        ]
         rows.append(["TOTAL", "", "", *_figures(report["total"])])
     else:
         headers = (by.upper(), *_HEADERS)
@@ -46,7 +50,7 @@ def usage(state: CliState, days: int, by: str, as_json: bool) -> None:
     emit_table(rows, headers)
 
 
-def _figures(group: dict[str, Any]) -> list[Any]:
+def _figures(group: UsageFigures) -> list[object]:
     return [
         group["requests"],
         group["errors"],

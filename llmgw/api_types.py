@@ -114,10 +114,11 @@ class UsageFigures(TypedDict):
 
 class UsageGroup(UsageFigures):
     group: str | int | None  # the user, key id, model or day; None: none
-    # by=key only: the key's id (as `group` too), display prefix and user.
+    # by=key only: the key's id (as `group` too; None: no key), display prefix (None:
+    # no key, or deleted since) and user (a ledger row always names one).
     key_id: NotRequired[int | None]
     key_prefix: NotRequired[str | None]
-    user_id: NotRequired[str | None]
+    user_id: NotRequired[str]
 
 
 class UsageReport(TypedDict):

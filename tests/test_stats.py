@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from llmgw.admin_client import AdminApiError, AdminClient
+from llmgw.api_types import BusyKey, Stats
 from llmgw.config import load_settings
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.state import METRICS
@@ -26,11 +27,10 @@ CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], 
 PASSWORD = "correct horse battery staple"
 
 
-def key_row(snapshot: dict[str, Any], key_id: int) -> dict[str, Any]:
+def key_row(snapshot: Stats, key_id: int) -> BusyKey:
     rows = [k for k in snapshot["keys"] if k["key_id"] == key_id]
     assert len(rows) == 1, f"key {key_id} is not among {snapshot['keys']}"
-    row: dict[str, Any] = rows[0]
-    return row
+    return rows[0]
 
 
 # --- through a running gateway ---------------------------------------------------------
@@ -48,9 +48,7 @@ async def chat(
         return resp.status, answer
 
 
-async def stats_until(
-    gateway: Gateway, done: Callable[[dict[str, Any]], bool], seconds: int = 300
-) -> dict[str, Any]:
+async def stats_until(gateway: Gateway, done: Callable[[Stats], bool], seconds: int = 300) -> Stats:
     """The first `/stats` answer that satisfies `done` (polled, within 5 s)."""
     async with gateway.admin() as admin, asyncio.timeout(5):
         while True:
@@ -60,7 +58,7 @@ async def stats_until(
             await asyncio.sleep(0.02)
 
 
-def window_requests(snap: dict[str, Any]) -> int:
+def window_requests(snap: Stats) -> int:
     return sum(snap["total"]["requests"])
 
 
@@ -90,11 +88,13 @@ async def test_requests_move_the_numbers_of_the_right_key(
     assert (row["user_id"], row["tier"]) == ("alice", "premium")
     assert row["key_prefix"] == alice["key"][:16]
     assert (row["requests"], row["tokens"], row["errors"]) == (3, tokens, 0)
+    assert row["budget"] is not None
     minute, hour = row["budget"]["minute"], row["budget"]["hour"]
     assert (minute["limit"], minute["remaining"]) == (100, 97)
     assert (hour["limit"], hour["remaining"]) == (1000, 997)
     bob_row = key_row(snap, bob["id"])
     assert (bob_row["user_id"], bob_row["requests"]) == ("bob", 1)
+    assert bob_row["budget"] is not None
     assert bob_row["budget"]["minute"] == {
         "limit": 10,
         "remaining": 9,
@@ -118,6 +118,7 @@ async def test_a_429_is_rate_limited_and_an_unknown_model_is_an_error(
     assert sum(snap["total"]["rate_limited"]) == 1
     row = key_row(snap, key["id"])
     assert (row["requests"], row["errors"], row["rate_limited"]) == (4, 1, 1)
+    assert row["budget"] is not None
     assert row["budget"]["minute"]["remaining"] == 0
 
 
@@ -131,7 +132,7 @@ async def test_a_deleted_key_still_shows_by_id(
     snap = await stats_until(gateway, lambda s: window_requests(s) == 1)
     row = key_row(snap, key["id"])
     assert row["requests"] == 1
-    assert row["user_id"] is row["tier"] is row["key_prefix"] is row["budget"] is None
+    assert (row["user_id"], row["tier"], row["key_prefix"], row["budget"]) == (None,) * 4
 
 
 async def test_an_open_stream_shows_while_it_is_open(

@@ -11,6 +11,7 @@ import aiohttp
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
+from llmgw.api_types import BusyKey, Rate, Stats, StatsTotals, WindowBudget
 from tui.app import LlmgwTui
 from tui.banner import ConnectionBanner
 from tui.busiest_keys import BusiestKeys
@@ -200,7 +201,7 @@ def _requests(i: int) -> int:
     return max(0, 1 + i // 75 + (i * 7) % 5 - 2 + burst)
 
 
-def _canned_total() -> dict[str, Any]:
+def _canned_total() -> StatsTotals:
     requests = [_requests(i) for i in range(SECONDS)]
     requests[-1] = 1  # the current second has only begun
     prompt = [r * 90 + (i * 13) % 40 * (r > 0) for i, r in enumerate(requests)]
@@ -222,7 +223,7 @@ def _canned_total() -> dict[str, Any]:
     }
 
 
-def _rate(total: dict[str, Any], span: int) -> dict[str, Any]:
+def _rate(total: StatsTotals, span: int) -> Rate:
     """What `LiveStats` reports over the last `span` slots (the newest 0.4 s old)."""
     elapsed = span - 1 + round(NOW % 1, 3)
     requests, tokens = sum(total["requests"][-span:]), sum(total["tokens"][-span:])
@@ -236,7 +237,7 @@ def _rate(total: dict[str, Any], span: int) -> dict[str, Any]:
     }
 
 
-def _left(left_limit: tuple[int, int], reset_s: float) -> dict[str, Any]:
+def _left(left_limit: tuple[int, int], reset_s: float) -> WindowBudget:
     return {"limit": left_limit[1], "remaining": left_limit[0], "reset_s": reset_s}
 
 
@@ -253,7 +254,7 @@ BUSIEST: tuple[tuple[Any, ...], ...] = (
 )
 
 
-def _key(row: tuple[Any, ...]) -> dict[str, Any]:
+def _key(row: tuple[Any, ...]) -> BusyKey:
     key_id, user, tier, rps, tps, requests, errors, limited, streams, minute, hour = row
     tokens = round(requests * tps / max(rps, 0.1))
     return {
@@ -277,7 +278,7 @@ def _key(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def canned_snapshot() -> dict[str, Any]:
+def canned_snapshot() -> Stats:
     total = _canned_total()
     return {
         "now": NOW,
@@ -309,6 +310,15 @@ def canned_snapshot() -> dict[str, Any]:
                 "checked_at": "2026-01-01T11:59:58Z",
             },
         ],
+        # all written: no ledger line
+        "ledger": {
+            "pending": 0,
+            "written": 5_213,
+            "dropped": 0,
+            "rejected": 0,
+            "failed_writes": 0,
+            "last_error": None,
+        },
     }
 
 

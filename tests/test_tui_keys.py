@@ -28,6 +28,7 @@ from textual.widgets import (
 from textual.widgets.data_table import ColumnKey
 from textual.worker import WorkerFailed, WorkerState
 
+from llmgw.api_types import KeyView, TierView
 from tui.app import LlmgwTui
 from tui.confirm import ConfirmScreen
 from tui.key_form import KeyFormScreen, TiersLoaded
@@ -106,7 +107,7 @@ async def chat(gateway: Gateway, key: str) -> str | None:
     return reply.choices[0].message.content
 
 
-async def listed(gateway: Gateway) -> list[dict[str, Any]]:
+async def listed(gateway: Gateway) -> list[KeyView]:
     async with gateway.admin() as admin:
         return await admin.list_keys()
 
@@ -452,7 +453,7 @@ async def test_the_tab_takes_the_keys_at_once_and_lets_go_of_them(tmp_path: Path
 # --- the look -------------------------------------------------------------------------
 
 SOCKET = Path("/run/llmgw/admin.sock")
-CANNED: list[dict[str, Any]] = [
+CANNED: list[KeyView] = [
     {
         "id": id_,
         "key_prefix": prefix,
@@ -537,7 +538,9 @@ async def edit_revoked_key(pilot: Pilot[None]) -> None:
     await pilot.press("down", "down", "e")  # carol's key, revoked
     with contextlib.suppress(WorkerFailed):  # the tiers: no gateway behind SOCKET
         await pilot.app.workers.wait_for_complete()
-    tiers = [{"name": "standard", "requests_per_minute": 30, "requests_per_hour": 300}]
+    tiers: list[TierView] = [
+        {"name": "standard", "requests_per_minute": 30, "requests_per_hour": 300}
+    ]
     form(pilot.app).post_message(TiersLoaded("standard", tiers))
     await pilot.pause()
     pilot.app.clear_notifications()

@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Label, Select
 
+from llmgw.api_types import RequestRow
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 from tui.app import LlmgwTui
@@ -164,7 +165,7 @@ async def test_pause_stops_the_tail_and_resume_catches_up(
 
 # --- the look ------------------------------------------------------------------------
 
-ROWS: list[dict[str, Any]] = [
+ROWS: list[RequestRow] = [
     {"id": 100 - i, "request_id": f"req-{i}", "timestamp": f"2026-11-27T18:{59 - i:02d}:07.123Z",
      "user_id": user, "api_key_id": 3, "endpoint": "/v1/chat/completions", "model": model,
      "status_code": status, "prompt_tokens": prompt, "completion_tokens": completion,
@@ -182,7 +183,7 @@ ROWS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def showing(rows: list[dict[str, Any]], *keys: str, status: str = "all") -> Any:
+def showing(rows: list[RequestRow], *keys: str, status: str = "all") -> Any:
     async def run_before(pilot: Pilot[None]) -> None:
         await tab(pilot)
         pane = pilot.app.query_one(RequestsPane)

@@ -13,6 +13,7 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from llmgw.api_types import UsageFigures, UsageGroup, UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 from llmgw.times import iso_utc
@@ -140,7 +141,7 @@ SINCE = "2026-11-20T18:00:00.000Z"
 
 
 def figures(requests: int, errors: int, limited: int, prompt: int, completion: int,
-            p50: float | None, p95: float | None) -> dict[str, Any]:  # fmt: skip
+            p50: float | None, p95: float | None) -> UsageFigures:  # fmt: skip
     return {
         "requests": requests, "errors": errors, "rate_limited": limited,
         "prompt_tokens": prompt, "completion_tokens": completion,
@@ -149,17 +150,29 @@ def figures(requests: int, errors: int, limited: int, prompt: int, completion: i
     }  # fmt: skip
 
 
-BY_USER = {
+def group(name: str, f: UsageFigures) -> UsageGroup:
+    """A group by user, model or day, which has no key fields. (Field by field: mypy
+    takes no `**f` for a type with optional keys, which any UsageFigures might hold.)"""
+    return {
+        "group": name, "requests": f["requests"], "errors": f["errors"],
+        "rate_limited": f["rate_limited"], "prompt_tokens": f["prompt_tokens"],
+        "completion_tokens": f["completion_tokens"], "total_tokens": f["total_tokens"],
+        "latency_mean_ms": f["latency_mean_ms"], "latency_p50_ms": f["latency_p50_ms"],
+        "latency_p95_ms": f["latency_p95_ms"],
+    }  # fmt: skip
+
+
+BY_USER: UsageReport = {
     "days": 7, "by": "user", "since": SINCE,
     "data": [
-        {"group": "alice", **figures(1234, 12, 3, 456_789, 98_765, 312.5, 1840.0)},
-        {"group": "build-bot", **figures(420, 0, 57, 88_000, 12_345, 95.2, 410.0)},
-        {"group": "carol", **figures(57, 2, 0, 9_100, 4_020, 7.3, 66.1)},
-        {"group": "svc-nightly", **figures(4, 0, 4, 0, 0, None, None)},
+        group("alice", figures(1234, 12, 3, 456_789, 98_765, 312.5, 1840.0)),
+        group("build-bot", figures(420, 0, 57, 88_000, 12_345, 95.2, 410.0)),
+        group("carol", figures(57, 2, 0, 9_100, 4_020, 7.3, 66.1)),
+        group("svc-nightly", figures(4, 0, 4, 0, 0, None, None)),
     ],
     "total": figures(1715, 14, 64, 553_889, 115_130, 250.0, 1700.0),
 }  # fmt: skip
-BY_KEY = {
+BY_KEY: UsageReport = {
     "days": 30, "by": "key", "since": SINCE,
     "data": [
         {"group": 3, "key_id": 3, "key_prefix": "sk-internal-Q7xa", "user_id": "alice",
@@ -173,10 +186,10 @@ BY_KEY = {
     ],
     "total": figures(1660, 18, 60, 544_789, 111_110, 280.0, 1800.0),
 }  # fmt: skip
-BY_DAY = {
+BY_DAY: UsageReport = {
     "days": 7, "by": "day", "since": SINCE,
     "data": [
-        {"group": f"2026-11-{20 + i}", **figures(n, n // 20, n // 50, n * 300, n * 60, 200, 900)}
+        group(f"2026-11-{20 + i}", figures(n, n // 20, n // 50, n * 300, n * 60, 200, 900))
         for i, n in enumerate((120, 340, 95, 0, 410, 600, 150, 30))
         if n
     ],
@@ -184,7 +197,7 @@ BY_DAY = {
 }  # fmt: skip
 
 
-def showing(usage: dict[str, Any], *keys: str) -> Callable[[Pilot[None]], Any]:
+def showing(usage: UsageReport, *keys: str) -> Callable[[Pilot[None]], Any]:
     async def run_before(pilot: Pilot[None]) -> None:
         await pilot.press("u")
         pane = pilot.app.query_one(UsagePane)

@@ -10,16 +10,16 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
 import pytest
 
 from llmgw import rollups
-from llmgw.api_types import UsageReport
+from llmgw.api_types import CreatedKey, UsageFigures, UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
 from llmgw.store import SqliteStore
@@ -35,7 +35,10 @@ pytestmark = pytest.mark.both_databases
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 DAY = 86400.0
-FIGURES = ("requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens")
+Figure = Literal["requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens"]
+FIGURES: tuple[Figure, ...] = (
+    "requests", "errors", "rate_limited", "prompt_tokens", "completion_tokens",
+)  # fmt: skip
 
 
 def record(
@@ -84,7 +87,7 @@ def expected(rows: list[dict[str, Any]], group: str) -> dict[Any, dict[str, int]
     return {name: {f: sums[f] for f in FIGURES} for name, sums in out.items()}
 
 
-def figures(entry: Mapping[str, Any]) -> dict[str, int]:
+def figures(entry: UsageFigures) -> dict[str, int]:
     assert entry["total_tokens"] == entry["prompt_tokens"] + entry["completion_tokens"]
     return {f: entry[f] for f in FIGURES}
 
@@ -96,8 +99,19 @@ async def chat(http: aiohttp.ClientSession, gateway: Gateway, key: str, **body: 
 # --- the figures -------------------------------------------------------------------------
 
 
+@dataclass
+class Busy:
+    """A gateway with traffic: its keys and the request_logs rows of the 7-day window."""
+
+    gateway: Gateway
+    alice: CreatedKey
+    laptop: CreatedKey  # alice's too, deleted since
+    bob: CreatedKey
+    rows: list[dict[str, Any]]
+
+
 @pytest.fixture
-async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> dict[str, Any]:
+async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> Busy:
     """A gateway whose ledger holds real requests (successes, a 404, a 429) and
     hand-made rows inside and outside the 7-day window."""
     gateway: Gateway = await gateway_factory(tiers=tiers(free=(1, 100), premium=(100, 1000)))
@@ -130,12 +144,12 @@ async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> 
     since = iso_utc(rollups.window_start(7, now))
     rows = await gateway.rows("SELECT * FROM request_logs WHERE timestamp >= ?", since)
     assert len(rows) == 9
-    return {"gateway": gateway, "alice": alice, "laptop": laptop, "bob": bob, "rows": rows}
+    return Busy(gateway, alice, laptop, bob, rows)
 
 
-async def test_usage_by_user_counts_the_window_exactly(busy: dict[str, Any]) -> None:
+async def test_usage_by_user_counts_the_window_exactly(busy: Busy) -> None:
     before = time.time()
-    async with busy["gateway"].admin() as admin:
+    async with busy.gateway.admin() as admin:
         report = await admin.usage(7, "user")
     after = time.time()
     assert (report["days"], report["by"]) == (7, "user")
@@ -149,51 +163,51 @@ async def test_usage_by_user_counts_the_window_exactly(busy: dict[str, Any]) -> 
     bob, alice = report["data"]
     assert (bob["requests"], bob["errors"], bob["rate_limited"]) == (5, 2, 1)
     assert (alice["requests"], alice["errors"], alice["rate_limited"]) == (4, 1, 0)
-    oracle = expected(busy["rows"], "user_id")
+    oracle = expected(busy.rows, "user_id")
     assert {g["group"]: figures(g) for g in report["data"]} == oracle
     assert figures(report["total"]) == {f: sum(o[f] for o in oracle.values()) for f in FIGURES}
     assert report["total"]["requests"] == 9
     assert alice["prompt_tokens"] > 0  # the real requests' tokens arrived
 
 
-async def test_usage_by_key_names_each_key_and_keeps_deleted_ones(busy: dict[str, Any]) -> None:
-    async with busy["gateway"].admin() as admin:
+async def test_usage_by_key_names_each_key_and_keeps_deleted_ones(busy: Busy) -> None:
+    async with busy.gateway.admin() as admin:
         report = await admin.usage(7, "key")
     by_id = {g["key_id"]: g for g in report["data"]}
-    assert set(by_id) == {busy["alice"]["id"], busy["laptop"]["id"], busy["bob"]["id"]}
-    for name in ("alice", "bob"):
-        entry = by_id[busy[name]["id"]]
-        assert (entry["group"], entry["user_id"]) == (busy[name]["id"], name)
-        assert entry["key_prefix"] == busy[name]["key_prefix"]
-    deleted = by_id[busy["laptop"]["id"]]
+    assert set(by_id) == {busy.alice["id"], busy.laptop["id"], busy.bob["id"]}
+    for name, key in (("alice", busy.alice), ("bob", busy.bob)):
+        entry = by_id[key["id"]]
+        assert (entry["group"], entry["user_id"]) == (key["id"], name)
+        assert entry["key_prefix"] == key["key_prefix"]
+    deleted = by_id[busy.laptop["id"]]
     assert (deleted["key_prefix"], deleted["user_id"], deleted["requests"]) == (None, "alice", 1)
     assert [g["requests"] for g in report["data"]] == [5, 3, 1]
-    oracle = expected(busy["rows"], "api_key_id")
+    oracle = expected(busy.rows, "api_key_id")
     assert {g["key_id"]: figures(g) for g in report["data"]} == oracle
 
 
-async def test_usage_by_model_and_by_day(busy: dict[str, Any]) -> None:
-    async with busy["gateway"].admin() as admin:
+async def test_usage_by_model_and_by_day(busy: Busy) -> None:
+    async with busy.gateway.admin() as admin:
         by_model = await admin.usage(7, "model")
         by_day = await admin.usage(7, "day")
     models = {g["group"]: figures(g) for g in by_model["data"]}
-    assert models == expected(busy["rows"], "model")
+    assert models == expected(busy.rows, "model")
     assert models["no-such-model"]["errors"] == 1
     assert models["big-model"] == {
         "requests": 2, "errors": 1, "rate_limited": 0, "prompt_tokens": 50,
         "completion_tokens": 40,
     }  # fmt: skip
-    days = [g["group"] for g in by_day["data"]]
+    days = [str(g["group"]) for g in by_day["data"]]
     assert days == sorted(days)  # in calendar order
-    assert {g["group"]: figures(g) for g in by_day["data"]} == expected(busy["rows"], "day")
+    assert {g["group"]: figures(g) for g in by_day["data"]} == expected(busy.rows, "day")
     assert iso_utc(time.time() - 6 * DAY)[:10] in days
     assert iso_utc(time.time() - 8 * DAY)[:10] not in days
     for report in (by_model, by_day):
         assert report["total"]["requests"] == 9
 
 
-async def test_usage_over_more_days_takes_in_older_rows(busy: dict[str, Any]) -> None:
-    async with busy["gateway"].admin() as admin:
+async def test_usage_over_more_days_takes_in_older_rows(busy: Busy) -> None:
+    async with busy.gateway.admin() as admin:
         report = await admin.usage(30, "user")
     assert [(g["group"], g["requests"]) for g in report["data"]] == [("bob", 6), ("alice", 5)]
     assert report["total"]["prompt_tokens"] >= 1060
@@ -397,8 +411,8 @@ async def test_cli_refuses_bad_options_with_exit_2(
 # --- the CLI -------------------------------------------------------------------------------
 
 
-async def test_cli_json_is_the_api_response(busy: dict[str, Any]) -> None:
-    gateway = busy["gateway"]
+async def test_cli_json_is_the_api_response(busy: Busy) -> None:
+    gateway = busy.gateway
     code, out, err = await llmgw(
         "--socket", str(gateway.socket_path), "usage", "--by", "key", "--days", "7", "--json"
     )
@@ -408,8 +422,8 @@ async def test_cli_json_is_the_api_response(busy: dict[str, Any]) -> None:
         assert printed == await admin.usage(7, "key")
 
 
-async def test_cli_table_has_a_row_per_group_and_a_total(busy: dict[str, Any]) -> None:
-    code, out, err = await llmgw("--socket", str(busy["gateway"].socket_path), "usage")
+async def test_cli_table_has_a_row_per_group_and_a_total(busy: Busy) -> None:
+    code, out, err = await llmgw("--socket", str(busy.gateway.socket_path), "usage")
     assert code == 0, err
     header, *lines = out.splitlines()
     assert header.split()[:4] == ["USER", "REQUESTS", "ERRORS", "429S"]
@@ -420,16 +434,16 @@ async def test_cli_table_has_a_row_per_group_and_a_total(busy: dict[str, Any]) -
     ]
 
 
-async def test_cli_table_by_key_shows_a_deleted_keys_missing_prefix(busy: dict[str, Any]) -> None:
+async def test_cli_table_by_key_shows_a_deleted_keys_missing_prefix(busy: Busy) -> None:
     code, out, err = await llmgw(
-        "--socket", str(busy["gateway"].socket_path), "usage", "--by", "key", "--days", "30"
+        "--socket", str(busy.gateway.socket_path), "usage", "--by", "key", "--days", "30"
     )
     assert code == 0, err
     header, *lines = out.splitlines()
     assert header.split()[:4] == ["KEY", "PREFIX", "USER", "REQUESTS"]
     rows = {line.split()[0]: line.split() for line in lines}
-    assert rows[str(busy["laptop"]["id"])][1:4] == ["-", "alice", "1"]
-    assert rows[str(busy["bob"]["id"])][1:4] == [busy["bob"]["key_prefix"], "bob", "6"]
+    assert rows[str(busy.laptop["id"])][1:4] == ["-", "alice", "1"]
+    assert rows[str(busy.bob["id"])][1:4] == [busy.bob["key_prefix"], "bob", "6"]
     assert rows["TOTAL"][1] == "11"
 
 

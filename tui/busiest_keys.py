@@ -8,12 +8,11 @@ follows the key it was on.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.events import Resize
 from textual.widgets import DataTable
 
+from llmgw.api_types import BusyKey, WindowBudget
 from llmgw.keys import KEY_PREFIX
 
 from .metric import rate_text
@@ -36,18 +35,19 @@ WIDE = 100
 USER_WIDTH = {False: 12, True: 24}
 
 
-def _left(window: dict[str, Any] | None) -> Text:
-    """`remaining/limit` of one budget window, in red once it is spent."""
-    if not window:
+def _left(window: WindowBudget | None) -> Text:
+    """`remaining/limit` of one budget window, in red once it is spent; a deleted key's
+    budget is unknown."""
+    if window is None:
         return Text("-", justify="right")
     remaining, limit = window["remaining"], window["limit"]
     style = "bold red" if remaining <= 0 else ""
     return Text(f"{remaining}/{limit}", style=style, justify="right")
 
 
-def _count(value: int | None, style: str) -> Text:
+def _count(value: int, style: str) -> Text:
     if not value:
-        return Text("0" if value == 0 else "-", style="dim", justify="right")
+        return Text("0", style="dim", justify="right")
     return Text(str(value), style=style, justify="right")
 
 
@@ -66,10 +66,10 @@ class BusiestKeys(DataTable[Text]):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, id=id, classes=classes)
-        self._keys: list[dict[str, Any]] = []
+        self._keys: list[BusyKey] = []
         self._wide: bool | None = None
 
-    def show(self, keys: list[dict[str, Any]]) -> None:
+    def show(self, keys: list[BusyKey]) -> None:
         """The `keys` of a `/stats` snapshot (busiest first)."""
         self._keys = keys
         # Hidden (another tab is showing), the table has no width: keep its layout.
@@ -108,23 +108,22 @@ class BusiestKeys(DataTable[Text]):
         if cursor_key is not None and cursor_key in self.rows:
             self.move_cursor(row=self.get_row_index(cursor_key), animate=False)
 
-    def _cells(self, k: dict[str, Any]) -> list[Text]:
+    def _cells(self, k: BusyKey) -> list[Text]:
         wide = bool(self._wide)
-        prefix = k.get("key_prefix") or f"#{k['key_id']}"
+        prefix = k["key_prefix"] or f"#{k['key_id']}"
         if not wide and prefix.startswith(KEY_PREFIX):
             prefix = "…" + prefix[len(KEY_PREFIX) :]
-        user = k.get("user_id")
-        budget = k.get("budget") or {}
+        user, budget = k["user_id"], k["budget"]
         return [
             Text("(deleted)", style="dim italic")
             if user is None
             else Text(_short(user, USER_WIDTH[wide])),
             Text(prefix, style="dim"),
-            Text(k.get("tier") or "-"),
-            Text(rate_text(k.get("requests_per_s")), justify="right"),
-            Text(rate_text(k.get("tokens_per_s")), justify="right"),
-            _count(k.get("errors"), "bold red"),
-            _count(k.get("rate_limited"), "bold yellow"),
-            _left(budget.get("minute")),
-            _left(budget.get("hour")),
+            Text(k["tier"] or "-"),
+            Text(rate_text(k["requests_per_s"]), justify="right"),
+            Text(rate_text(k["tokens_per_s"]), justify="right"),
+            _count(k["errors"], "bold red"),
+            _count(k["rate_limited"], "bold yellow"),
+            _left(None if budget is None else budget["minute"]),
+            _left(None if budget is None else budget["hour"]),
         ]

@@ -10,12 +10,12 @@ cursor and scroll position.
 
 from __future__ import annotations
 
-from typing import Any
-
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.events import Resize
 from textual.widgets import Static
+
+from llmgw.api_types import LedgerStatus, Rate, Stats
 
 from .busiest_keys import BusiestKeys
 from .metric import MetricPanel, count_text, rate_text
@@ -33,7 +33,7 @@ def _span(seconds: int) -> str:
     return f"{seconds // 60} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds} s"
 
 
-def _rates(snapshot: dict[str, Any]) -> tuple[int, dict[str, Any], int, dict[str, Any]]:
+def _rates(snapshot: Stats) -> tuple[int, Rate, int, Rate]:
     """The shortest and the longest span of `rates` (10 s and 60 s, unless the gateway's
     window is shorter), each with its figures."""
     spans = sorted(
@@ -90,7 +90,7 @@ class DashboardPane(Vertical):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.add_class("-waiting")
-        self._snapshot: dict[str, Any] | None = None
+        self._snapshot: Stats | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(WAITING, id="waiting")
@@ -110,28 +110,32 @@ class DashboardPane(Vertical):
         """Whether no snapshot has come yet."""
         return self.has_class("-waiting")
 
-    def show(self, snapshot: dict[str, Any]) -> None:
+    def show(self, snapshot: Stats) -> None:
         """Show one `/stats` snapshot."""
         self._snapshot = snapshot
         self.remove_class("-waiting")
         total, first = snapshot["total"], snapshot["start"]
         short, recent, long, minute = _rates(snapshot)
-        for name in ("requests", "tokens"):
+        for name, now, over_long, series in (
+            ("requests", recent["requests_per_s"], minute["requests_per_s"], total["requests"]),
+            ("tokens", recent["tokens_per_s"], minute["tokens_per_s"], total["tokens"]),
+        ):
             self.query_one(f"#metric-{name}", MetricPanel).show(
-                f"{rate_text(recent[f'{name}_per_s'])}/s",
-                f"{_span(long)}: {rate_text(minute[f'{name}_per_s'])}/s",
+                f"{rate_text(now)}/s",
+                f"{_span(long)}: {rate_text(over_long)}/s",
                 # The newest second is still filling: drawn, it would always be a dip.
-                total[name][:-1],
+                series[:-1],
                 first,
             )
-        for panel_id, name in (("errors", "errors"), ("limited", "rate_limited")):
+        for panel_id, count, lately, series in (
+            ("errors", minute["errors"], recent["errors"], total["errors"]),
+            ("limited", minute["rate_limited"], recent["rate_limited"], total["rate_limited"]),
+        ):
             # Rare events: a count reads better than a rate of 0.02/s.
-            count = minute[name]
             self.query_one(f"#metric-{panel_id}", MetricPanel).show(
                 f"{count_text(count)} in {_span(long)}",
-                f"{_span(short)}: {recent[name]} · {_span(snapshot['seconds'])}: "
-                f"{sum(total[name])}",
-                total[name][:-1],
+                f"{_span(short)}: {lately} · {_span(snapshot['seconds'])}: {sum(series)}",
+                series[:-1],
                 first,
                 alert=count > 0,
             )
@@ -142,20 +146,20 @@ class DashboardPane(Vertical):
             self.call_after_refresh(self._show_now)
         self.query_one(BusiestKeys).show(snapshot["keys"])
         self.query_one(UpstreamTable).show(snapshot["upstreams"])
-        self._show_ledger(snapshot.get("ledger"))
+        self._show_ledger(snapshot["ledger"])
 
     def on_resize(self, event: Resize) -> None:
         # The seconds a bar stands for depend on the width the sparklines got.
         if self._snapshot is not None:
             self._show_now()
 
-    def _show_ledger(self, ledger: dict[str, Any] | None) -> None:
+    def _show_ledger(self, ledger: LedgerStatus) -> None:
         """A line that is there only while usage records are at risk: the database
         refuses them (they wait in memory), the buffer overflowed (they were lost), or
         some were set aside because the database refused what they hold."""
         line = self.query_one("#ledger", Static)
-        rejected = ledger.get("rejected", 0) if ledger else 0
-        if ledger is None or not (ledger["dropped"] or ledger["last_error"] or rejected):
+        rejected = ledger["rejected"]
+        if not (ledger["dropped"] or ledger["last_error"] or rejected):
             line.remove_class("-shown")
             return
         line.add_class("-shown")

@@ -21,9 +21,9 @@ from textual.widgets import Button, Input, Label, Select, Static, Switch
 from textual.worker import Worker, WorkerState
 
 from llmgw.admin_client import AdminApiError
+from llmgw.api_types import KeyView, TierView
 
 from .gateway import client, relay_failure
-from .key_table import Key
 
 # Where a refusal of each field is shown: both limits share one line under their row.
 NOTE_OF = {"requests_per_minute": "limits", "requests_per_hour": "limits"}
@@ -43,7 +43,7 @@ class TiersLoaded(Message):
     """`GET /tiers`: the tiers to offer, and the one a new key gets by default."""
 
     default: str
-    tiers: list[dict[str, Any]]
+    tiers: list[TierView]
 
 
 @dataclass
@@ -54,15 +54,22 @@ class FormRefused(Message):
     message: str
 
 
+@dataclass(frozen=True)
+class SavedKey:
+    """A key the form saved, as the gateway now has it; `secret` for a new key only."""
+
+    # A created key's view holds its secret too (the API's CreatedKey): never in a log.
+    key: KeyView = field(repr=False)
+    secret: str | None = field(default=None, repr=False)
+
+
 @dataclass
 class FormSaved(Message):
-    """The key as the gateway now has it."""
-
-    key: Key = field(repr=False)  # a created key carries its secret: never in a log
+    saved: SavedKey
 
 
-class KeyFormScreen(ModalScreen[Key | None]):
-    """Dismissed with the created key (secret included) or the updated one; None if
+class KeyFormScreen(ModalScreen[SavedKey | None]):
+    """Dismissed with the created key (and its secret) or the updated one; None if
     cancelled or nothing changed."""
 
     DEFAULT_CSS = """
@@ -148,7 +155,7 @@ class KeyFormScreen(ModalScreen[Key | None]):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, key: Key | None = None) -> None:
+    def __init__(self, key: KeyView | None = None) -> None:
         """`key` None: create a key; else edit this one (the API's public view)."""
         super().__init__()
         self._key = key
@@ -176,17 +183,17 @@ class KeyFormScreen(ModalScreen[Key | None]):
                 yield self._note("is_active")
             tiers: Select[str] = Select([], prompt="loading tiers...", compact=True)
             yield from self._row("tier", "Tier", tiers)
+            texts = _texts(key)
             for name, label in (
                 ("description", "Description"),
                 ("expires_at", "Expires"),
                 ("allowed_models", "Models"),
             ):
-                yield from self._row(name, label, Input(self._initial_text(name)))
+                yield from self._row(name, label, Input(texts[name]))
             with Horizontal(classes="row"):
                 yield Label("Requests")
                 for name, per in zip(LIMITS, ("/minute", "/hour"), strict=True):
-                    value = "" if key is None or key[name] is None else str(key[name])
-                    yield Input(value, id=name, classes="limit", compact=True)
+                    yield Input(texts[name], id=name, classes="limit", compact=True)
                     yield Label(per, classes="per")
             yield self._note("limits")
             yield self._note("form")
@@ -210,14 +217,6 @@ class KeyFormScreen(ModalScreen[Key | None]):
         classes = "note" if hint else "note -empty"
         return Static(hint, id=f"{name}-note", classes=classes, markup=False)
 
-    def _initial_text(self, name: str) -> str:
-        value = None if self._key is None else self._key.get(name)
-        if isinstance(value, list):
-            return ", ".join(value)
-        if name == "expires_at" and isinstance(value, str):
-            return value.removesuffix("T00:00:00.000Z")  # a date was given: show it so
-        return "" if value is None else str(value)
-
     def on_mount(self) -> None:
         if self._key is not None:
             # What an edit compares with, read back from the filled form: a field left
@@ -239,9 +238,10 @@ class KeyFormScreen(ModalScreen[Key | None]):
         try:
             if self._key is None:
                 user_id = fields.pop("user_id")
-                saved = await admin.create_key(user_id, **fields)
+                created = await admin.create_key(user_id, **fields)
+                saved = SavedKey(created, created["key"])
             else:
-                saved = await admin.update_key(self._key["id"], fields)
+                saved = SavedKey(await admin.update_key(self._key["id"], fields))
         except AdminApiError as exc:
             if exc.status != 400:
                 raise
@@ -254,8 +254,7 @@ class KeyFormScreen(ModalScreen[Key | None]):
     @on(TiersLoaded)
     def tiers_loaded(self, event: TiersLoaded) -> None:
         select: Select[str] = self.query_one("#tier", Select)
-        limits = "{requests_per_minute}/min, {requests_per_hour}/h"
-        select.set_options((f"{t['name']}  ({limits.format(**t)})", t["name"]) for t in event.tiers)
+        select.set_options(_tier_option(t) for t in event.tiers)
         wanted = event.default if self._key is None else self._key["tier"]
         if any(t["name"] == wanted for t in event.tiers):
             select.value = wanted
@@ -279,7 +278,7 @@ class KeyFormScreen(ModalScreen[Key | None]):
 
     @on(FormSaved)
     def saved(self, event: FormSaved) -> None:
-        self.dismiss(event.key)
+        self.dismiss(event.saved)
 
     @on(Input.Submitted)
     def submitted(self) -> None:
@@ -343,3 +342,25 @@ class KeyFormScreen(ModalScreen[Key | None]):
             # Not a number goes as typed, so the gateway's refusal names the field.
             fields[name] = int(value) if value.isdigit() else (value or None)
         return fields
+
+
+def _texts(key: KeyView | None) -> dict[str, str]:
+    """What the text fields of the form show at first: the key's values, or nothing."""
+    if key is None:
+        return dict.fromkeys(("description", "expires_at", "allowed_models", *LIMITS), "")
+    expires, models = key["expires_at"], key["allowed_models"]
+    per_minute, per_hour = key["requests_per_minute"], key["requests_per_hour"]
+    return {
+        "description": key["description"],
+        # An expiry given as a date is midnight: show the date, as it was given.
+        "expires_at": "" if expires is None else expires.removesuffix("T00:00:00.000Z"),
+        "allowed_models": "" if models is None else ", ".join(models),
+        "requests_per_minute": "" if per_minute is None else str(per_minute),
+        "requests_per_hour": "" if per_hour is None else str(per_hour),
+    }
+
+
+def _tier_option(tier: TierView) -> tuple[str, str]:
+    """A tier as the form offers it: its name and limits; its name is the value."""
+    limits = f"{tier['requests_per_minute']}/min, {tier['requests_per_hour']}/h"
+    return f"{tier['name']}  ({limits})", tier["name"]

@@ -7,18 +7,28 @@ width: the description gives way first, then the prefix loses the part every key
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from rich.text import Text
 from textual import on
 from textual.events import Resize
 from textual.widgets import DataTable
 
+from llmgw.api_types import KeyView
+
 from .fit import cut_to_fit, short_prefix
 
-Key = dict[str, Any]
-
-COLUMNS = (
+Column = Literal[
+    "id",
+    "key_prefix",
+    "user_id",
+    "tier",
+    "is_active",
+    "expires_at",
+    "last_used_at",
+    "description",
+]
+COLUMNS: tuple[tuple[Column, str], ...] = (
     ("id", "id"),
     ("key_prefix", "prefix"),
     ("user_id", "user"),
@@ -28,18 +38,17 @@ COLUMNS = (
     ("last_used_at", "last used"),
     ("description", "description"),
 )
-SEARCHED = ("user_id", "key_prefix", "tier", "description")
 DESCRIPTION = [name for name, _ in COLUMNS].index("description")
 DESCRIPTION_ROOM = 20  # cells the description keeps before the prefix is shortened
 
 
-def describe(key: Key) -> str:
+def describe(key: KeyView) -> str:
     """How a confirmation or a notice names a key: id, prefix and user."""
     return f"key {key['id']} ({key['key_prefix']}, {key['user_id']})"
 
 
-def cell(key: Key, name: str, *, short: bool = False) -> str:
-    value = key.get(name)
+def cell(key: KeyView, name: Column, *, short: bool = False) -> str:
+    value = key[name]
     if name == "key_prefix" and short:
         return short_prefix(str(value))
     if name == "is_active":
@@ -53,26 +62,22 @@ def cell(key: Key, name: str, *, short: bool = False) -> str:
     return "" if value is None else str(value)
 
 
-def matching(keys: list[Key], search: str) -> list[Key]:
+def matching(keys: list[KeyView], search: str) -> list[KeyView]:
     """The keys whose user, prefix, tier or description hold every word of `search`."""
     words = search.casefold().split()
-    return [
-        key
-        for key in keys
-        if all(w in " ".join(str(key.get(f) or "") for f in SEARCHED).casefold() for w in words)
-    ]
+
+    def searched(key: KeyView) -> str:
+        return " ".join((key["user_id"], key["key_prefix"], key["tier"], key["description"]))
+
+    return [key for key in keys if all(w in searched(key).casefold() for w in words)]
 
 
-def ordered(keys: list[Key], column: str, reverse: bool) -> list[Key]:
+def ordered(keys: list[KeyView], column: Column, reverse: bool) -> list[KeyView]:
     """Sorted by `column` (text without case); keys without a value last either way."""
-
-    def value(key: Key) -> Any:
-        v = key[column]
-        return v.casefold() if isinstance(v, str) else v
-
-    present = [k for k in keys if k.get(column) is not None]
-    absent = [k for k in keys if k.get(column) is None]
-    return sorted(present, key=value, reverse=reverse) + absent
+    values = [(key[column], key) for key in keys]
+    present = [(v.casefold() if isinstance(v, str) else v, k) for v, k in values if v is not None]
+    absent = [k for v, k in values if v is None]
+    return [k for _, k in sorted(present, key=lambda p: p[0], reverse=reverse)] + absent
 
 
 class KeyTable(DataTable[Text]):
@@ -86,13 +91,16 @@ class KeyTable(DataTable[Text]):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="cell", zebra_stripes=True)
-        self.keys: dict[int, Key] = {}
+        self.keys: dict[int, KeyView] = {}
         self.shown = 0  # how many keys match the search
         self._search = ""
-        self._sort = ("id", False)
+        self._sort: tuple[Column, bool] = ("id", False)
 
     def show(
-        self, keys: list[Key] | None = None, search: str | None = None, select: int | None = None
+        self,
+        keys: list[KeyView] | None = None,
+        search: str | None = None,
+        select: int | None = None,
     ) -> None:
         """Show these keys (or the same), matching this search (or the same), the
         cursor on the key `select` (or on the one it was on)."""
@@ -102,14 +110,14 @@ class KeyTable(DataTable[Text]):
             self._search = search
         self._refill(select)
 
-    def sort_by(self, column: str | None = None) -> None:
+    def sort_by(self, column: Column | None = None) -> None:
         """Sort by `column` (the cursor's if None); again on the same one reverses."""
         column = column or COLUMNS[self.cursor_column][0]
         by, reverse = self._sort
         self._sort = (column, not reverse if column == by else False)
         self._refill()
 
-    def selected(self) -> Key | None:
+    def selected(self) -> KeyView | None:
         """The key in the cursor's row, if any."""
         key_id = self._selected_id()
         return None if key_id is None else self.keys.get(key_id)
@@ -126,7 +134,7 @@ class KeyTable(DataTable[Text]):
     @on(DataTable.HeaderSelected)
     def header_selected(self, event: DataTable.HeaderSelected) -> None:
         event.stop()
-        self.sort_by(str(event.column_key.value))
+        self.sort_by(COLUMNS[event.column_index][0])
 
     def _refill(self, select: int | None = None) -> None:
         """Rebuild the rows, the cursor kept in its column and on its key."""

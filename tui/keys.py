@@ -19,10 +19,12 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 from textual.worker import Worker
 
+from llmgw.api_types import CreatedKey, KeyView
+
 from .confirm import ConfirmScreen
 from .gateway import client, relay_failure
-from .key_form import KeyFormScreen
-from .key_table import Key, KeyTable, describe
+from .key_form import KeyFormScreen, SavedKey
+from .key_table import KeyTable, describe
 from .new_key import NewKeyScreen
 
 REFRESH_TICKS = 10  # "last used" moves with traffic; a refetch every 10 s keeps up
@@ -32,7 +34,7 @@ REFRESH_TICKS = 10  # "last used" moves with traffic; a refetch every 10 s keeps
 class KeysLoaded(Message):
     """Every key, as `GET /keys` lists it (never a secret)."""
 
-    keys: list[Key]
+    keys: list[KeyView]
 
 
 @dataclass
@@ -46,10 +48,10 @@ class KeyChanged(Message):
 class KeyRotated(Message):
     """A rotate went through; `key` carries the new secret, to be shown once."""
 
-    key: Key = field(repr=False)  # never in a log
+    key: CreatedKey = field(repr=False)  # never in a log
 
 
-def rotated(key: Key) -> str:
+def rotated(key: KeyView) -> str:
     """What the new-secret screen says after a rotate."""
     heading = f"New secret for {describe(key)}; the old one no longer works."
     if not key["is_active"]:  # else the new secret's 401 would puzzle
@@ -88,7 +90,7 @@ class KeysPane(Vertical):
 
     def __init__(self) -> None:
         super().__init__()
-        self._selected: Key | None = None  # the key under the cursor, for check_action
+        self._selected: KeyView | None = None  # the key under the cursor, for check_action
         self._select_next: int | None = None  # a key just created: put the cursor on it
         self._ticks = 0
 
@@ -205,11 +207,12 @@ class KeysPane(Vertical):
     def action_new(self) -> None:
         self.app.push_screen(KeyFormScreen(), self._created)
 
-    def _created(self, created: Key | None) -> None:
-        if created is None:
+    def _created(self, saved: SavedKey | None) -> None:
+        if saved is None or saved.secret is None:
             return
+        created = saved.key
         heading = f"Created {describe(created)}, tier {created['tier']}."
-        self.app.push_screen(NewKeyScreen(created["key"], heading))
+        self.app.push_screen(NewKeyScreen(saved.secret, heading))
         self._select_next = created["id"]
         self.reload()
 
@@ -217,8 +220,9 @@ class KeysPane(Vertical):
         if (key := self._selected) is not None:
             self.app.push_screen(KeyFormScreen(key), self._edited)
 
-    def _edited(self, updated: Key | None) -> None:
-        if updated is not None:
+    def _edited(self, saved: SavedKey | None) -> None:
+        if saved is not None:
+            updated = saved.key
             state = "active" if updated["is_active"] else "revoked"
             self.notify(f"Saved {describe(updated)}: {state}.", markup=False)
             self.reload()
@@ -244,7 +248,7 @@ class KeysPane(Vertical):
             lambda key: self.delete(key["id"], describe(key)),
         )
 
-    def _confirm(self, question: str, verb: str, then: Callable[[Key], object]) -> None:
+    def _confirm(self, question: str, verb: str, then: Callable[[KeyView], object]) -> None:
         key = self._selected
         if key is None:
             return

@@ -6,16 +6,17 @@ Workers fetch and post; only `@on` handlers change widgets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
+
+from llmgw.api_types import Stats
 
 
 @dataclass
 class StatsTick(Message):
     """One snapshot of `/stats`, pushed every second by `/stats/stream`."""
 
-    snapshot: dict[str, Any]
+    snapshot: Stats
 
 
 @dataclass

@@ -9,8 +9,6 @@ one shown (`after_id`), which is cheap enough to do every second.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 from rich.text import Text
 from textual import on, work
@@ -20,6 +18,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select
 from textual.worker import Worker
+
+from llmgw.api_types import RequestRow
 
 from .gateway import client, connected, relay_failure
 
@@ -40,7 +40,7 @@ class RequestsLoaded(Message):
     """Ledger rows (newest first) with an id above `after_id` (0: the newest rows),
     fetched with the filters `user` and `status`."""
 
-    rows: list[dict[str, Any]]
+    rows: list[RequestRow]
     after_id: int = 0
     user: str | None = None
     status: str | None = None
@@ -87,7 +87,7 @@ class RequestsPane(Vertical):
 
     def __init__(self) -> None:
         super().__init__()
-        self._rows: list[dict[str, Any]] = []  # newest first, as shown
+        self._rows: list[RequestRow] = []  # newest first, as shown
         self._user: str | None = None  # the filters the rows were fetched with
         self._status: str | None = None
         self._paused = False
@@ -228,11 +228,11 @@ class RequestsPane(Vertical):
         self._show_state()
 
 
-def _cells(row: dict[str, Any]) -> tuple[str | Text, ...]:
-    status = int(row["status_code"])
+def _cells(row: RequestRow) -> tuple[str | Text, ...]:
+    status = row["status_code"]
     return (
         _clock(row["timestamp"]),
-        str(row["user_id"]),
+        row["user_id"],
         row["model"] or "–",
         Text(str(status), style=_status_style(status)),
         Text(f"{row['prompt_tokens']:,}", justify="right"),
@@ -241,10 +241,8 @@ def _cells(row: dict[str, Any]) -> tuple[str | Text, ...]:
     )
 
 
-def _clock(timestamp: str | float) -> str:
-    """HH:MM:SS in UTC, as the ledger stores it (ISO text; epoch seconds accepted)."""
-    if isinstance(timestamp, int | float):
-        return datetime.fromtimestamp(timestamp, UTC).strftime("%H:%M:%S")
+def _clock(timestamp: str) -> str:
+    """HH:MM:SS of the ledger's ISO text, in UTC as it stores it."""
     return timestamp[11:19]
 
 

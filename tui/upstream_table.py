@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.events import Resize
 from textual.widgets import DataTable
+
+from llmgw.api_types import UpstreamStatus
 
 # (column key, label, right-aligned)
 COLUMNS = (
@@ -20,21 +20,20 @@ COLUMNS = (
 MIN_DETAIL = 20
 
 
-def _cells(u: dict[str, Any]) -> list[Text]:
-    healthy = bool(u.get("healthy"))
+def _cells(u: UpstreamStatus) -> list[Text]:
+    healthy = u["healthy"]
     # A server that is down lists no models worth reading (nor a latency worth
     # trusting: it is the last good one); why it is down matters more.
+    latency = u["latency_ms"] if healthy else None
     if healthy:
-        latency = u.get("latency_ms")
-        detail = Text(", ".join(u.get("models") or []) or "-")
+        detail = Text(", ".join(u["models"]) or "-")
     else:
-        latency = None
-        detail = Text(u.get("last_error") or "not answering", style="red")
+        detail = Text(u["last_error"] or "not answering", style="red")
     return [
-        Text(str(u["url"])),
+        Text(u["url"]),
         Text("up", style="bold green") if healthy else Text("DOWN", style="bold red"),
         Text("-" if latency is None else f"{latency:,.0f} ms", justify="right"),
-        Text(str(u.get("in_flight", 0)), justify="right"),
+        Text(str(u["in_flight"]), justify="right"),
         detail,
     ]
 
@@ -54,16 +53,16 @@ class UpstreamTable(DataTable[Text]):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(cursor_type="none", id=id, classes=classes)
-        self._upstreams: list[dict[str, Any]] = []
+        self._upstreams: list[UpstreamStatus] = []
 
     def on_mount(self) -> None:
         for key, label, right in COLUMNS:
             self.add_column(Text(label, justify="right" if right else "left"), key=key)
 
-    def show(self, upstreams: list[dict[str, Any]]) -> None:
+    def show(self, upstreams: list[UpstreamStatus]) -> None:
         """The `upstreams` of a `/stats` snapshot."""
         self._upstreams = upstreams
-        rows = [(str(u["url"]), _cells(u)) for u in upstreams]
+        rows = [(u["url"], _cells(u)) for u in upstreams]
         self._fit(rows)
         if [key for key, _ in rows] == [r.value for r in self.rows]:
             for key, cells in rows:

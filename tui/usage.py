@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Literal
 
 from rich.text import Text
 from textual import on, work
@@ -21,14 +21,25 @@ from textual.message import Message
 from textual.widgets import DataTable, Label, Select
 from textual.worker import Worker
 
+from llmgw.api_types import UsageFigures, UsageGroup, UsageReport
+
 from .bar_chart import BarChart
 from .fit import cut_to_fit, short_prefix
 from .gateway import client, connected, relay_failure
 
 GROUPINGS = ("user", "key", "model", "day")
 DAYS = (1, 7, 30, 90)
+Figure = Literal[
+    "requests",
+    "errors",
+    "rate_limited",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_p50_ms",
+    "latency_p95_ms",
+]
 # The figures of a group, in table order: (field of /usage, column heading).
-FIGURES = (
+FIGURES: tuple[tuple[Figure, str], ...] = (
     ("requests", "requests"),
     ("errors", "errors"),
     ("rate_limited", "429s"),
@@ -37,8 +48,12 @@ FIGURES = (
     ("latency_p50_ms", "p50 ms"),
     ("latency_p95_ms", "p95 ms"),
 )
-LATENCIES = ("latency_p50_ms", "latency_p95_ms", "latency_mean_ms")
-METRICS = {"requests": "Requests", "total_tokens": "Tokens (prompt + completion)"}
+# What the chart can show: (field of /usage, title).
+Metric = Literal["requests", "total_tokens"]
+METRICS: dict[Metric, str] = {
+    "requests": "Requests",
+    "total_tokens": "Tokens (prompt + completion)",
+}
 DAYS_KEYS = Binding.Group("Days")
 
 
@@ -46,7 +61,7 @@ DAYS_KEYS = Binding.Group("Days")
 class UsageLoaded(Message):
     """The body of `GET /usage`; its `by` and `days` say which choice it answers."""
 
-    usage: dict[str, Any]
+    usage: UsageReport
 
 
 class UsagePane(Vertical):
@@ -91,8 +106,8 @@ class UsagePane(Vertical):
 
     def __init__(self) -> None:
         super().__init__()
-        self._usage: dict[str, Any] | None = None
-        self._metric = "requests"
+        self._usage: UsageReport | None = None
+        self._metric: Metric = "requests"
         self._ticks = 0
 
     def compose(self) -> ComposeResult:
@@ -179,7 +194,7 @@ class UsagePane(Vertical):
         return True
 
     def action_chart(self, metric: str) -> None:
-        self._metric = metric
+        self._metric = next(m for m in METRICS if m == metric)  # the bindings name one
         self.refresh_bindings()
         self._plot()
 
@@ -231,36 +246,53 @@ class UsagePane(Vertical):
         chart.plot(title, bars, empty="no requests in this window")
 
 
-def _entries(usage: dict[str, Any]) -> list[dict[str, Any]]:
+def _entries(usage: UsageReport) -> list[UsageGroup]:
     """The groups of `usage`; by day, every date of the window, the quiet ones as zeros
     (`/usage` leaves them out), so that the chart's time axis runs evenly."""
     if usage["by"] != "day":
         return list(usage["data"])
-    known = {entry["group"]: entry for entry in usage["data"]}
+    known = {str(entry["group"]): entry for entry in usage["data"]}  # each a date
     first = date.fromisoformat(usage["since"][:10])
     # The window ends in the current hour, `days` days after it starts.
     window = [(first + timedelta(days=i)).isoformat() for i in range(usage["days"] + 1)]
-    quiet = dict.fromkeys(usage["total"], 0) | dict.fromkeys(LATENCIES, None)
-    return [known.get(day) or {**quiet, "group": day} for day in sorted({*window, *known})]
+    return [known.get(day) or _quiet(day) for day in sorted({*window, *known})]
 
 
-def _group_name(entry: dict[str, Any], by: str) -> str:
-    group = entry.get("group")
+def _quiet(day: str) -> UsageGroup:
+    """A day without requests."""
+    return UsageGroup(
+        group=day,
+        requests=0,
+        errors=0,
+        rate_limited=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        total_tokens=0,
+        latency_mean_ms=None,
+        latency_p50_ms=None,
+        latency_p95_ms=None,
+    )
+
+
+def _group_name(entry: UsageGroup, by: str) -> str:
+    group = entry["group"]
     if group is None:  # requests that never named a model (a 404, a bad body)
         return f"(no {by})"
     return str(group)
 
 
-def _key_name(entry: dict[str, Any], short: bool = False) -> str:
-    if entry.get("key_id") is None:
+def _key_name(entry: UsageGroup, short: bool = False) -> str:
+    # by=key only (the groups of other groupings have no key fields).
+    key_id = entry.get("key_id")
+    if key_id is None:
         return "(no key)"
     prefix = entry.get("key_prefix")
-    if not prefix:
-        return f"key {entry['key_id']}"
-    return short_prefix(prefix) if short else str(prefix)
+    if not prefix:  # deleted since
+        return f"key {key_id}"
+    return short_prefix(prefix) if short else prefix
 
 
-def _names(entry: dict[str, Any], by: str, short: bool) -> list[Text]:
+def _names(entry: UsageGroup, by: str, short: bool) -> list[Text]:
     """The cells that name a group: its key and user, or its user, model or day."""
     if by == "key":
         names = [_key_name(entry, short), entry.get("user_id") or ""]
@@ -270,16 +302,16 @@ def _names(entry: dict[str, Any], by: str, short: bool) -> list[Text]:
     return [Text(name, no_wrap=True) for name in names]
 
 
-def _bar_label(entry: dict[str, Any], by: str) -> str:
+def _bar_label(entry: UsageGroup, by: str) -> str:
     if by == "key":
         return f"{entry.get('user_id') or '?'} {_key_name(entry)}"
     return _group_name(entry, by)
 
 
-def _figures(entry: dict[str, Any], style: str = "") -> list[Text]:
+def _figures(entry: UsageFigures, style: str = "") -> list[Text]:
     cells = []
     for field, _ in FIGURES:
-        value = entry.get(field)
+        value = entry[field]
         if value is None:
             shown = "–"  # no latency: every request of the group was a 429
         elif field.startswith("latency"):

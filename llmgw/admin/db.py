@@ -15,6 +15,7 @@ import os
 
 from aiohttp import web
 
+from ..api_types import PruneResult
 from ..errors import GatewayError
 from ..state import CLOCK, STORE
 from ..store import Unsupported
@@ -69,7 +70,7 @@ async def prune(request: web.Request) -> web.Response:
             {"older_than_days": days, "before": iso_utc(before)},
             {"deleted": deleted},
         )
-    return json_response({"deleted": deleted, "before": iso_utc(before)})
+    return json_response(PruneResult(deleted=deleted, before=iso_utc(before)))
 
 
 def _days(value: object) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..api_types import CreatedKey, DeletedKey
 from ..errors import GatewayError
 from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
 from ..state import CLOCK, KEYS, LIMITER, SETTINGS, STORE
@@ -74,7 +75,7 @@ async def create_key(request: web.Request) -> web.Response:
         )
         await tx.record_audit(actor(request), "key.create", f"key:{key.id}", None, key.public())
         _follow(request, tx, key)
-    return json_response({"key": plaintext, **key.public()}, status=201)
+    return json_response(CreatedKey(key=plaintext, **key.public()), status=201)
 
 
 @routes.put("/keys/{key_id}")
@@ -98,7 +99,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     plaintext = generate_key()
     changes = {"key_hash": hash_key(plaintext), "key_prefix": display_prefix(plaintext)}
     key = await _change(request, "key.rotate", changes)
-    return json_response({"key": plaintext, **key.public()})
+    return json_response(CreatedKey(key=plaintext, **key.public()))
 
 
 @routes.delete("/keys/{key_id}")
@@ -112,7 +113,7 @@ async def delete_key(request: web.Request) -> web.Response:
         tx.on_commit(lambda: keys.remove(key.id))
     # No request can name the key any more: what its limits held can go.
     await request.config_dict[LIMITER].forget(key.id)
-    return json_response({"deleted": True, **key.public()})
+    return json_response(DeletedKey(deleted=True, **key.public()))
 
 
 async def _change(request: web.Request, action: str, changes: dict[str, Any]) -> ApiKey:
