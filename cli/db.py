@@ -1,7 +1,9 @@
-"""`llmgw db ...`: back up the gateway's database while it serves; prune old usage rows."""
+"""`llmgw db ...`: back up the gateway's database while it serves; prune old usage rows;
+copy a SQLite database into PostgreSQL (offline)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -10,13 +12,17 @@ from pathlib import Path
 
 import click
 
-from .output import emit_json, json_option, say
+from llmgw.config import POSTGRES_SCHEMES
+from llmgw.store import StoreError
+from llmgw.store.copy import CopyReport, CountMismatch, copy_sqlite_to_postgres
+
+from .output import emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
 
 
 @click.group()
 def db() -> None:
-    """Back up or prune the gateway's database."""
+    """Back up, prune or copy the gateway's database."""
 
 
 @db.command("backup")
@@ -109,3 +115,69 @@ def prune(state: CliState, older_than: int, as_json: bool) -> None:
         emit_json(result)
         return
     say(f"Deleted {result['deleted']} usage rows older than {result['before']}.")
+
+
+@db.command("copy")
+@click.option(
+    "--to",
+    "url",
+    required=True,
+    metavar="URL",
+    help="The empty PostgreSQL database to copy into (postgresql://user@host/db).",
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The SQLite database to copy (default: the configured one).",
+)
+@json_option
+@pass_state
+def copy(state: CliState, url: str, source: Path | None, as_json: bool) -> None:
+    """Copy the SQLite database into an empty PostgreSQL database (gateway stopped).
+
+    Every key (with its secret's hash and its id), admin user, audit row, ledger row and
+    rollup goes over as it is, in one transaction; the rows of each table are then
+    counted on both sides (exit 1 if they differ, nothing committed). Stop the gateway
+    first: a database in use is refused. Then point [database] url at PostgreSQL and
+    start the gateway again.
+    """
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise click.UsageError("--to takes a PostgreSQL URL: postgresql://user@host/db")
+    if source is None:
+        settings = state.settings()
+        if settings.postgres_url:
+            raise click.UsageError(
+                "The configured database is PostgreSQL already: give the SQLite file "
+                "with --from PATH."
+            )
+        source = settings.database_path
+    try:
+        report = asyncio.run(copy_sqlite_to_postgres(source, url))
+    except CountMismatch as exc:
+        _print_counts(exc.report, as_json)
+        raise click.ClickException(str(exc)) from None
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_counts(report, as_json)
+    if not as_json:
+        say(f"Copied {report.source} into the {report.target}; every table's rows counted.")
+
+
+def _print_counts(report: CopyReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "source": report.source,
+                "target": report.target,
+                "tables": [
+                    {"table": t.table, "source": t.source, "target": t.target}
+                    for t in report.tables
+                ],
+            }
+        )
+        return
+    emit_table(
+        [(t.table, t.source, t.target, "ok" if t.equal else "DIFFERS") for t in report.tables],
+        ["TABLE", "SQLITE", "POSTGRESQL", "CHECK"],
+    )
