@@ -28,6 +28,7 @@ from .config import Settings
 from .keys import KeyTable
 from .ledger import Ledger
 from .limits import open_limiter
+from .limits.login import open_throttle
 from .live import LiveStats
 from .logs import FLUSH_INTERVAL, flush_logs
 from .metrics import Metrics
@@ -86,7 +87,8 @@ def create_app(
     health.add_routes(app)
     proxy.add_routes(app)
     # Subapp resources are found through the gateway's (request.config_dict).
-    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key, clock.monotonic))
+    throttle = open_throttle(settings, clock.monotonic)
+    app.add_subapp("/admin/api", create_remote_app(settings.admin.secret_key, throttle))
     ui.add_routes(app)
     if not settings.admin.secret_key:
         log.info("no [admin] secret_key: remote admin tokens end when the gateway stops")

@@ -4,7 +4,8 @@
 JWT that expires); every other route needs one. A token is refused once it expires,
 once its user is disabled, and once the user's password has changed.
 
-Failed logins are throttled two ways (`LoginThrottle`), each answered 429
+Failed logins are throttled two ways (`limits.login`: in this process, or in Redis with
+[limits] backend = "redis", so that replicas count them together), each answered 429
 `login_throttled` with `Retry-After` before any password is checked:
 
 - per client address (behind a reverse proxy in `[admin] trusted_proxies`, the
@@ -27,17 +28,13 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .. import tokens
 from ..errors import GatewayError
+from ..limits.login import Lockout, LoginThrottle, Throttle
 from ..middleware import error_middleware
 from ..passwords import verify_password
 from ..state import CLOCK, SETTINGS, STORE, TRUSTED_PROXIES
@@ -48,123 +45,30 @@ from .common import ACTOR, json_response, read_json
 NO_ADMIN = (
     "No admin user exists yet: create one on the gateway host with `llmgw admin add USERNAME`."
 )
-# Admin usernames have at most 64 characters: a guess is counted under its first 100,
-# so a table full of long guesses stays small.
-_USERNAME_CHARS = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Lockout:
-    """Why a login is refused before its password is checked, and for how long."""
-
-    reason: str  # "from this address" or "for this username"
-    seconds: float
-
-
-@dataclass(slots=True)
-class _Streak:
-    failures: int = 0
-    locked_until: float = 0.0
-
-
-class LoginThrottle:
-    """Failed logins per client address (a sliding window) and per username (a growing
-    lock), on an injected clock. Each table keeps at most `capacity` entries, dropping
-    the least recently failed, so memory stays bounded whoever is asking."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        *,
-        address_limit: int = 5,
-        address_window: float = 300.0,
-        username_limit: int = 5,
-        first_lock: float = 1.0,
-        max_lock: float = 300.0,
-        capacity: int = 10_000,
-    ) -> None:
-        self._clock = clock
-        self._address_limit = address_limit
-        self._address_window = address_window
-        self._username_limit = username_limit
-        self._first_lock = first_lock
-        self._max_lock = max_lock
-        self._capacity = capacity
-        self._addresses: OrderedDict[str, deque[float]] = OrderedDict()
-        self._usernames: OrderedDict[str, _Streak] = OrderedDict()
-
-    def __len__(self) -> int:
-        """Entries held, addresses and usernames together."""
-        return len(self._addresses) + len(self._usernames)
-
-    def attempt(self, address: str, username: str) -> Lockout | None:
-        """A lockout that refuses this login, or None: then the attempt is counted as a
-        failure (until `succeeded` clears the counts)."""
-        now = self._clock()
-        username = username[:_USERNAME_CHARS]
-        if wait := self._address_wait(address, now):
-            return Lockout("from this address", wait)
-        streak = self._usernames.get(username)
-        if streak is not None and streak.locked_until > now:
-            return Lockout("for this username", streak.locked_until - now)
-        self._fail_address(address, now)
-        self._fail_username(username, now)
-        return None
-
-    def succeeded(self, address: str, username: str) -> None:
-        self._addresses.pop(address, None)
-        self._usernames.pop(username[:_USERNAME_CHARS], None)
-
-    def _address_wait(self, address: str, now: float) -> float:
-        failures = self._addresses.get(address)
-        if failures is None:
-            return 0.0
-        while failures and failures[0] <= now - self._address_window:
-            failures.popleft()
-        if len(failures) < self._address_limit:
-            return 0.0
-        return failures[0] + self._address_window - now
-
-    def _fail_address(self, address: str, now: float) -> None:
-        failures = self._addresses.pop(address, None) or deque(maxlen=self._address_limit)
-        failures.append(now)
-        self._addresses[address] = failures  # now the most recent
-        _bound(self._addresses, self._capacity)
-
-    def _fail_username(self, username: str, now: float) -> None:
-        streak = self._usernames.pop(username, None) or _Streak()
-        streak.failures += 1
-        if streak.failures >= self._username_limit:
-            doublings = streak.failures - self._username_limit
-            # (bounded: a long streak's lock would overflow a float)
-            lock = self._first_lock * 2 ** min(doublings, 64)
-            streak.locked_until = now + min(lock, self._max_lock)
-        self._usernames[username] = streak
-        _bound(self._usernames, self._capacity)
-
-
-def _bound(table: OrderedDict[str, Any], capacity: int) -> None:
-    while len(table) > capacity:
-        table.popitem(last=False)
-
+__all__ = ["Lockout", "LoginThrottle", "create_remote_app"]  # the throttle's: re-exported
 
 SECRET = web.AppKey("token_secret", bytes)
-THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+THROTTLE = web.AppKey("login_throttle", Throttle)
 
 
-def create_remote_app(
-    secret_key: str, clock: Callable[[], float] = time.monotonic
-) -> web.Application:
+def create_remote_app(secret_key: str, throttle: Throttle) -> web.Application:
+    """`throttle`: the failed logins' counts (`limits.login.open_throttle`), closed with
+    the app."""
     from . import add_routes  # the routes both doors share
 
     remote = web.Application(middlewares=[error_middleware(), _token_middleware()])
     # Without a configured secret, tokens are signed with a random one: they end with
     # the process, which is safe, and the log says how to keep them across restarts.
     remote[SECRET] = secret_key.encode() if secret_key else secrets.token_bytes(32)
-    remote[THROTTLE] = LoginThrottle(clock)
+    remote[THROTTLE] = throttle
+    remote.on_cleanup.append(_close_throttle)
     remote.router.add_post("/login", login)
     add_routes(remote)
     return remote
+
+
+async def _close_throttle(remote: web.Application) -> None:
+    await remote[THROTTLE].close()
 
 
 async def login(request: web.Request) -> web.Response:
@@ -177,7 +81,7 @@ async def login(request: web.Request) -> web.Response:
         raise _unauthorized(NO_ADMIN, "no_admin_user")
     client = request.config_dict[TRUSTED_PROXIES].client_of(request)
     throttle = request.app[THROTTLE]
-    if lockout := throttle.attempt(client, username):
+    if lockout := await throttle.refuse(client, username):
         raise GatewayError(
             429,
             f"Too many failed logins {lockout.reason}; try again later.",
@@ -188,7 +92,7 @@ async def login(request: web.Request) -> web.Response:
     usable = admin is not None and admin.is_active
     if not await verify_password(password, admin.hashed_password if usable and admin else None):
         raise _unauthorized("Wrong username or password.", "invalid_credentials")
-    throttle.succeeded(client, username)
+    await throttle.clear(client, username)
     # A login that cannot be recorded (the database is away) still logs in: the
     # password was checked, and the last login is a note, not a guard.
     with contextlib.suppress(StoreUnavailable):

@@ -82,7 +82,7 @@ _BUCKET_NAMES = tuple(b.name for b in _buckets(RequestLimits(1, 1)))
 
 
 @contextlib.contextmanager
-def _reach() -> Iterator[None]:
+def reach() -> Iterator[None]:
     """Redis's errors of reach as ours; any other (a script error, say) stays loud."""
     try:
         yield
@@ -135,7 +135,7 @@ class RedisLimiter:
         return await self.run("peek", key_id, limits)
 
     async def forget(self, key_id: int) -> None:
-        with _reach():
+        with reach():
             await self._client.delete(*(self._key(key_id, name) for name in _BUCKET_NAMES))
 
     def status(self) -> LimiterStatus:
@@ -163,7 +163,7 @@ class RedisLimiter:
         args: list[str | int | float] = [mode]
         for bucket in buckets:
             args += [bucket.capacity, bucket.window, bucket.cost]
-        with _reach():
+        with reach():
             reply = await self._script(
                 keys=[self._key(key_id, bucket.name) for bucket in buckets], args=args
             )
