@@ -214,3 +214,130 @@ async def test_a_tier_raised_mid_burst_never_gives_back_used_requests(
     limits = {(a.replica, a.headers["X-RateLimit-Limit-Minute"]) for a in after}
     assert limits == {(0, "20"), (1, "10"), (2, "10")}
     assert_one_row_per_answer(load.answers, await group.ledger(key["id"]))
+
+
+async def test_redis_restarted_under_load_the_replicas_serve_on_alone(
+    replicas: ReplicaFactory, pg_url: str, own_redis: RedisServer
+) -> None:
+    group = replicas(database_url=pg_url, redis_url=own_redis.url, load=LOAD)
+    [key] = await start_with_keys(group, "load", 1)
+    load, stop = Load(), asyncio.Event()
+    workers = await steady_load(group.all, key["key"], load, stop)
+    try:
+        await asyncio.sleep(1)
+        stopped = time.monotonic()
+        await asyncio.to_thread(own_redis.stop)
+        noticed = await group.until("degraded")
+        before_down = len(load.answers)
+        await asyncio.sleep(1)
+        served_alone = len(load.answers) - before_down
+        await asyncio.to_thread(own_redis.start)  # the same port, empty
+        back = await group.until("ok")
+        down = time.monotonic() - stopped
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    await group.settled()
+    alone = [h["limits"]["local_decisions"] for h in await group.health()]
+    print(
+        f"\nRedis restarted under load: down {down:.2f} s (every replica degraded "
+        f"{noticed:.2f} s after the stop, ok {back:.2f} s after the start); "
+        f"{len(load.answers)} answered, {served_alone} in the second while down; "
+        f"by replica {load.served_by(len(group.all))}; decided alone by replica {alone}"
+    )
+    assert load.unanswered == []
+    assert {a.status for a in load.answers} == {200}
+    assert served_alone > 0
+    assert all(n > 0 for n in alone)
+    for health in await group.health():
+        assert health["limits"]["shared"] is True
+    assert_one_row_per_answer(load.answers, await group.ledger(key["id"]))
+
+
+async def test_postgresql_restarted_under_load_the_ledger_writes_each_row_once(
+    replicas: ReplicaFactory, own_cluster: Cluster, redis_url: str
+) -> None:
+    url = await own_cluster.create_database("llmgw")
+    group = replicas(database_url=url, redis_url=redis_url, load=LOAD)
+    [key] = await start_with_keys(group, "load", 1)
+    load, stop = Load(), asyncio.Event()
+    workers = await steady_load(group.all, key["key"], load, stop)
+    try:
+        await asyncio.sleep(1)
+        stopped = time.monotonic()
+        await own_cluster.stop_async()  # pg_ctl stop -m fast: every session cut off
+        noticed = await group.until("degraded")  # the store's watcher looks every second
+        before_down = len(load.answers)
+        await asyncio.sleep(1)
+        served_down = len(load.answers) - before_down
+        held = [h["ledger"]["pending"] for h in await group.health()]
+        await own_cluster.start_async()
+        back = await group.until("ok")
+        down = time.monotonic() - stopped
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    await group.settled()
+    print(
+        f"\nPostgreSQL restarted under load: down {down:.2f} s (every replica degraded "
+        f"{noticed:.2f} s after the stop, ok {back:.2f} s after the start); "
+        f"{len(load.answers)} answered, {served_down} in the second while down; rows held "
+        f"by replica {held}; by replica {load.served_by(len(group.all))}"
+    )
+    assert load.unanswered == []
+    assert {a.status for a in load.answers} == {200}
+    assert served_down > 0
+    assert all(n > 0 for n in held)
+    assert_one_row_per_answer(load.answers, await group.ledger(key["id"]))
+
+
+async def test_a_replica_sigkilled_under_load_loses_at_most_its_last_flush(
+    replicas: ReplicaFactory, pg_url: str, redis_url: str
+) -> None:
+    group = replicas(database_url=pg_url, redis_url=redis_url, load=LOAD)
+    [key] = await start_with_keys(group, "load", 1)
+    victim = group.all[2]
+    load, stop = Load(), asyncio.Event()
+    workers = await steady_load(group.all, key["key"], load, stop)
+    try:
+        await asyncio.sleep(2)  # load across several flushes
+        victim.process.kill()  # SIGKILL
+        killed = time.monotonic()
+        await victim.process.wait()
+        await asyncio.sleep(1.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    await group.settled()  # the two left
+
+    rows = await group.ledger(key["id"])
+    written = [r["request_id"] for r in rows]
+    written_ids = set(written)
+    assert len(written) == len(written_ids), "a ledger row written twice"
+    survivors = [a for a in load.answers if a.replica != 2]
+    victims = [a for a in load.answers if a.replica == 2]
+    assert {a.status for a in load.answers} == {200}
+    assert all(a.at <= killed for a in victims)
+    assert any(a.sent > killed for a in survivors)  # the other two kept serving
+    assert set(load.unanswered) <= {2}
+    # The other two's rows are all there, of the right status.
+    assert {a.request_id for a in survivors} <= written_ids
+    # The victim's: only records queued since its last commit can be lost, those of its
+    # last flush interval and of the commit under way (the bound test_process_signals.py
+    # asserts for one SIGKILLed process).
+    lost = [a for a in victims if a.request_id not in written_ids]
+    last_flush = [a for a in victims if a.at >= killed - FLUSH_INTERVAL - 0.1]
+    assert all(a.at >= killed - FLUSH_INTERVAL - 0.1 for a in lost)
+    assert len(lost) <= len(last_flush)
+    # Nothing but what the clients saw answered, and what the victim was still answering
+    # when it died (one request a client at most, none answered).
+    unknown = written_ids - {a.request_id for a in load.answers}
+    assert len(unknown) <= 3
+    print(
+        f"\nreplica 3 SIGKILLed under load: {len(victims)} answered by it, {len(lost)} rows "
+        f"lost ({len(last_flush)} answered in its last {FLUSH_INTERVAL + 0.1:g} s), "
+        f"{len(unknown)} written but never answered; answered by replica "
+        f"{load.served_by(len(group.all))}, {len(load.unanswered)} attempts refused"
+    )
