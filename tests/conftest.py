@@ -404,9 +404,19 @@ async def wait_healthy(
 
 class Served:
     """`llmgw serve` running as a real process (with its own config file) in front of
-    the test's fake vLLM. `start` (again) runs it on the same config, database and port."""
+    the test's fake vLLM. `start` (again) runs it on the same config, database and port.
+    With `database_url` it keeps its ledger there (PostgreSQL, say) instead of its own
+    SQLite file; `secret_key` is the admin token secret replicas must share."""
 
-    def __init__(self, root: Path, fake_url: str, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        fake_url: str,
+        extra_config: str = "",
+        *,
+        database_url: str = "",
+        secret_key: str = "",
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -424,9 +434,11 @@ shutdown_drain_delay = 0.5
 
 [admin]
 socket = "{self.socket}"
+secret_key = "{secret_key}"
 
 [database]
 path = "{self.database}"
+url = "{database_url}"
 
 [[upstreams]]
 url = "{fake_url}"
