@@ -193,10 +193,15 @@ class LimitsSettings:
         "rediss:// for TLS, with a password redis://:PASSWORD@HOST:PORT/DB.",
         secret=True,
     )
+    redis_timeout: float = setting(
+        0.5,
+        "Seconds to connect to Redis or wait for its answer (a decision takes it well under "
+        "a millisecond); a Redis slower than this is treated as unreachable.",
+    )
     on_redis_error: Literal["local", "deny"] = setting(
         "local",
-        "What a replica does while Redis cannot be reached (refused, or no answer in "
-        "0.5 s). local: it counts alone, with its own limits, so each replica grants a key "
+        "What a replica does while Redis cannot be reached (refused, or no answer within "
+        "redis_timeout). local: it counts alone, with its own limits, so each replica grants a key "
         "its whole limit; /health says degraded and llmgw_limiter_local_decisions_total "
         "counts. deny: requests are refused with 503 limiter_unavailable. Redis is tried "
         "every second; the shared limits resume as soon as it answers.",

@@ -26,6 +26,7 @@ from llmgw.api_types import CreatedKey
 
 from .conftest import Served, auth
 from .databases import PostgresDatabase
+from .redis_server import PATIENT
 
 SECRET = "replicas-share-this-token-secret"
 CHAT = orjson.dumps(
@@ -54,7 +55,10 @@ class Replicas:
         tiers: str,
         count: int = 3,
     ) -> None:
-        config = f'\n[limits]\nbackend = "redis"\nredis_url = "{redis_url}"\n' + tiers
+        config = (
+            f'\n[limits]\nbackend = "redis"\nredis_url = "{redis_url}"\n'
+            f"redis_timeout = {PATIENT}\n" + tiers
+        )
         self.database = PostgresDatabase(database_url)
         self.all: list[Served] = []
         for n in range(1, count + 1):

@@ -210,7 +210,9 @@ def test_shared_limits_are_set_by_llmgw_variables_and_the_url_is_never_echoed() 
             "LLMGW_LIMITS_ON_REDIS_ERROR": "deny",
         },
     )
-    assert settings.limits == LimitsSettings("redis", "redis://:s3cret@cache:6380/2", "deny")
+    assert settings.limits == LimitsSettings(
+        backend="redis", redis_url="redis://:s3cret@cache:6380/2", on_redis_error="deny"
+    )
     assert "s3cret" not in repr(settings)
     assert load_settings(None, {}).limits.backend == "memory"
     bad = {"LLMGW_LIMITS_BACKEND": "redis", "LLMGW_LIMITS_REDIS_URL": "redis://:s3cret@x:99999"}

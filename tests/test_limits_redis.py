@@ -30,6 +30,7 @@ from llmgw.limits.failover import FailoverLimiter
 from llmgw.limits.redis import RedisLimiter, connect
 
 from .conftest import FakeClock, GatewayFactory, auth, free_port, tiers
+from .redis_server import PATIENT
 
 TEN_A_MINUTE = RequestLimits(per_minute=10, per_hour=1000)
 AT_ONCE = 300
@@ -52,7 +53,7 @@ def admit_with(limiter: RedisLimiter, key_id: int = 1) -> Callable[[], Awaitable
 
 
 async def test_one_client_grants_exactly_the_limit(redis_url: str) -> None:
-    limiter = RedisLimiter.from_url(redis_url)
+    limiter = RedisLimiter.from_url(redis_url, timeout=PATIENT)
     try:
         assert await admitted(admit_with(limiter)) == 10
     finally:
@@ -60,7 +61,9 @@ async def test_one_client_grants_exactly_the_limit(redis_url: str) -> None:
 
 
 async def test_three_replicas_grant_exactly_the_limit_together(redis_url: str) -> None:
-    replicas = [RedisLimiter.from_url(redis_url) for _ in range(3)]  # a client each
+    replicas = [
+        RedisLimiter.from_url(redis_url, timeout=PATIENT) for _ in range(3)
+    ]  # a client each
     try:
         admits = [admit_with(replica) for replica in replicas]
         granted = await asyncio.gather(
@@ -91,7 +94,7 @@ async def test_the_harness_catches_a_limiter_that_reads_then_writes(redis_url: s
 
 
 async def test_keys_share_a_cluster_slot_and_expire_after_their_window(redis_url: str) -> None:
-    limiter = RedisLimiter.from_url(redis_url)
+    limiter = RedisLimiter.from_url(redis_url, timeout=PATIENT)
     client = redis.asyncio.from_url(redis_url)
     try:
         await limiter.windows(42, TEN_A_MINUTE)
@@ -111,7 +114,7 @@ async def test_keys_share_a_cluster_slot_and_expire_after_their_window(redis_url
 
 
 async def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
-    limiter = RedisLimiter.from_url(redis_url)
+    limiter = RedisLimiter.from_url(redis_url, timeout=PATIENT)
     client = redis.asyncio.from_url(redis_url)
     try:
         async with limiter.admit(1, TEN_A_MINUTE):
@@ -193,7 +196,7 @@ async def test_two_gateways_grant_a_key_its_limit_once(
 ) -> None:
     """Two replicas, one Redis. Keys live in each gateway's own database (SQLite here):
     the second starts on a copy of the first's, so the key is the same row in both."""
-    limits = LimitsSettings(backend="redis", redis_url=redis_url)
+    limits = LimitsSettings(backend="redis", redis_url=redis_url, redis_timeout=PATIENT)
     first = await gateway_factory(limits=limits, tiers=tiers(free=(10, 1000)))
     created = await first.create_key("alice", tier="free")
     copy = tmp_path / "second.db"

@@ -49,7 +49,7 @@ async def open_limiter(settings: Settings, clock: Callable[[], float]) -> Limite
     from .failover import FailoverLimiter
     from .redis import RedisLimiter
 
-    shared = RedisLimiter.from_url(config.redis_url)
+    shared = RedisLimiter.from_url(config.redis_url, timeout=config.redis_timeout)
     limiter = FailoverLimiter(shared, local, config.on_redis_error, shown(config.redis_url))
     await limiter.start()
     return limiter

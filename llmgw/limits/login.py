@@ -211,5 +211,7 @@ def open_throttle(settings: Settings, clock: Callable[[], float]) -> Throttle:
     from .redis_login import RedisThrottle  # not at the top: see open_limiter
 
     return FailoverThrottle(
-        RedisThrottle.from_url(settings.limits.redis_url), local, shown(settings.limits.redis_url)
+        RedisThrottle.from_url(settings.limits.redis_url, settings.limits.redis_timeout),
+        local,
+        shown(settings.limits.redis_url),
     )

@@ -39,9 +39,9 @@ from .base import (
     window_state,
 )
 
-# Seconds to connect to Redis, to wait for an answer, and to wait for a free connection:
-# a script takes well under a millisecond, so a Redis that has not answered in this long
-# is treated as gone.
+# Seconds to connect to Redis, to wait for an answer, and to wait for a free connection,
+# unless [limits] redis_timeout says otherwise: a script takes well under a millisecond,
+# so a Redis that has not answered in this long is treated as gone.
 SOCKET_TIMEOUT = 0.5
 # Connections to Redis at most; beyond, requests queue for one (a burst of thousands must
 # not open thousands of connections, nor be refused for want of one).
@@ -49,14 +49,14 @@ MAX_CONNECTIONS = 64
 SCRIPT = (resources.files(__package__) / "buckets.lua").read_text(encoding="utf-8")
 
 
-def connect(url: str) -> redis.asyncio.Redis:
+def connect(url: str, timeout: float = SOCKET_TIMEOUT) -> redis.asyncio.Redis:
     """A client for the limiter's Redis at `url` (no I/O until its first call)."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
-        timeout=SOCKET_TIMEOUT,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=SOCKET_TIMEOUT,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
     return redis.asyncio.Redis.from_pool(pool)
@@ -119,9 +119,11 @@ class RedisLimiter:
         self._prefix = prefix
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "llmgw") -> RedisLimiter:
+    def from_url(
+        cls, url: str, prefix: str = "llmgw", timeout: float = SOCKET_TIMEOUT
+    ) -> RedisLimiter:
         """A limiter with a client of its own (`connect`)."""
-        return cls(connect(url), prefix)
+        return cls(connect(url, timeout), prefix)
 
     @contextlib.asynccontextmanager
     async def admit(self, key_id: int, limits: RequestLimits) -> AsyncIterator[_Held]:

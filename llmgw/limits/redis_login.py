@@ -43,8 +43,8 @@ class RedisThrottle:
         ]  # fmt: skip
 
     @classmethod
-    def from_url(cls, url: str) -> RedisThrottle:
-        return cls(connect(url))
+    def from_url(cls, url: str, timeout: float) -> RedisThrottle:
+        return cls(connect(url, timeout))
 
     async def refuse(self, address: str, username: str) -> Lockout | None:
         with reach():

@@ -16,6 +16,7 @@ from llmgw.limits.login import FailoverThrottle, Lockout, LoginThrottle
 from llmgw.limits.redis_login import RedisThrottle
 
 from ..conftest import FakeClock, Gateway, GatewayFactory, free_port, with_secret
+from ..redis_server import PATIENT
 from ..test_remote_admin import SECRET, add_admin
 from .test_login_throttle import throttled, try_login
 
@@ -40,7 +41,9 @@ async def test_guesses_spread_over_two_replicas_lock_the_user_on_both(
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    first, second = await replicas(gateway_factory, LimitsSettings("redis", redis_url), tmp_path)
+    first, second = await replicas(
+        gateway_factory, LimitsSettings("redis", redis_url, redis_timeout=PATIENT), tmp_path
+    )
     pair = (first, second)
     # A success clears the count: four failures and a login leave nothing behind...
     for i in range(4):
@@ -72,7 +75,7 @@ async def test_with_the_memory_backend_each_replica_counts_alone(
 async def test_without_redis_the_replica_counts_alone_and_says_so_once(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gone = RedisThrottle.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    gone = RedisThrottle.from_url(f"redis://127.0.0.1:{free_port()}/0", PATIENT)
     throttle = FailoverThrottle(gone, LoginThrottle(clock), "nowhere")
     try:
         with caplog.at_level(logging.WARNING, logger="llmgw"):
