@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import ipaddress
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
+import yaml
 
 from llmgw.config import load_settings
 
@@ -155,3 +159,167 @@ http {{
     finally:
         nginx.terminate()
         await nginx.wait()
+
+
+REPLICAS = CONFIG / "replicas"
+
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+def read_unit(path: Path) -> Unit:
+    """Section -> key -> values: a key may repeat (Environment=), as systemd allows."""
+    unit: Unit = {}
+    section: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            section = unit.setdefault(line.strip("[]"), {})
+        elif "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            section.setdefault(key, []).append(value)
+    return unit
+
+
+def unit_value(unit: Unit, section: str, key: str) -> str:
+    [value] = unit[section][key]
+    return value
+
+
+def unit_environment(unit: Unit) -> dict[str, str]:
+    pairs = " ".join(unit["Container"]["Environment"]).split()
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def replicas_compose() -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load((REPLICAS / "compose.yaml").read_text())
+    return spec
+
+
+def nginx_upstreams() -> list[str]:
+    conf = (REPLICAS / "nginx.conf").read_text()
+    [block] = re.findall(r"upstream llmgw \{(.*?)\}", conf, re.DOTALL)
+    return re.findall(r"^\s*server ([\d.]+):8000\b", block, re.MULTILINE)
+
+
+def test_the_replicas_compose_file_is_consistent() -> None:
+    services = replicas_compose()["services"]
+    assert set(services) == {"vllm", "postgres", "redis", "llmgw-1", "llmgw-2", "nginx"}
+    postgres, redis, nginx = services["postgres"], services["redis"], services["nginx"]
+    assert postgres["image"] == "docker.io/library/postgres:15"
+    assert redis["image"] == "docker.io/library/redis:7"
+    assert nginx["image"].startswith("docker.io/library/nginx:")
+    assert "healthcheck" in postgres
+    [data] = postgres["volumes"]
+    assert data.split(":") == ["llmgw-postgres", "/var/lib/postgresql/data"]
+    assert "llmgw-postgres" in replicas_compose()["volumes"]
+    assert "volumes" not in redis, "limits state needs no persistence"
+    [subnet] = [c["subnet"] for c in replicas_compose()["networks"]["llmgw"]["ipam"]["config"]]
+    network = ipaddress.ip_network(subnet)
+
+    pg_env = postgres["environment"]
+    addresses = []
+    for name in ("llmgw-1", "llmgw-2"):
+        gateway = services[name]
+        env = gateway["environment"]
+        settings = load_settings(
+            CONFIG / "container.toml",
+            env | {"PGPASSWORD": "x", "ADMIN_SECRET_KEY": "x", "POSTGRES_PASSWORD": "x"},
+        )
+        db = urlsplit(settings.database.url)
+        # The URLs name the services, and the database and user postgres is made with.
+        assert (db.hostname, db.port) == ("postgres", 5432)
+        assert (db.username, db.path) == (pg_env["POSTGRES_USER"], f"/{pg_env['POSTGRES_DB']}")
+        assert env["PGPASSWORD"] == pg_env["POSTGRES_PASSWORD"]
+        assert settings.limits.backend == "redis"
+        assert urlsplit(settings.limits.redis_url).hostname == "redis"
+        assert env["ADMIN_SECRET_KEY"] == "${ADMIN_SECRET_KEY:?set ADMIN_SECRET_KEY}"
+        assert urlsplit(env["VLLM_BASE_URL"]).hostname == "vllm"
+        # nginx is the one proxy trusted, by its fixed address.
+        assert settings.admin.trusted_proxies == (nginx["networks"]["llmgw"]["ipv4_address"],)
+        assert "ports" not in gateway, "replicas are reached through nginx only"
+        assert gateway["container_name"] == name
+        assert set(gateway["depends_on"]) == {"vllm", "postgres", "redis"}
+        address = gateway["networks"]["llmgw"]["ipv4_address"]
+        assert ipaddress.ip_address(address) in network
+        addresses.append(address)
+    assert nginx_upstreams() == addresses
+    assert set(nginx["depends_on"]) == {"llmgw-1", "llmgw-2"}
+    [conf] = nginx["volumes"]
+    source, target = conf.split(":")[:2]
+    assert (REPLICAS / source).resolve() == REPLICAS / "nginx.conf"
+    assert target == "/etc/nginx/conf.d/default.conf"
+    assert nginx["ports"] == ["8000:8000"]
+
+
+def test_the_replicas_quadlet_units_refer_to_each_other() -> None:
+    units = {path.name: read_unit(path) for path in REPLICAS.glob("*.container")}
+    assert set(units) == {
+        "llmgw@.container", "postgres.container", "redis.container", "nginx.container"
+    }  # fmt: skip
+    subnet = ipaddress.ip_network(
+        unit_value(read_unit(REPLICAS / "llmgw-replicas.network"), "Network", "Subnet")
+    )
+    for name, unit in units.items():
+        assert unit_value(unit, "Container", "Network") == "llmgw-replicas.network", name
+    gateway, nginx = units["llmgw@.container"], units["nginx.container"]
+    postgres, redis = units["postgres.container"], units["redis.container"]
+    assert (REPLICAS / unit_value(postgres, "Container", "Volume").split(":")[0]).exists()
+
+    # The URLs name the containers, and the database and user postgres is made with.
+    env, pg_env = unit_environment(gateway), unit_environment(postgres)
+    db = urlsplit(env["DATABASE_URL"])
+    assert db.hostname == unit_value(postgres, "Container", "ContainerName")
+    assert (db.username, db.path) == (pg_env["POSTGRES_USER"], f"/{pg_env['POSTGRES_DB']}")
+    assert env["LLMGW_LIMITS_BACKEND"] == "redis"
+    redis_url = urlsplit(env["LLMGW_LIMITS_REDIS_URL"])
+    assert redis_url.hostname == unit_value(redis, "Container", "ContainerName")
+    assert unit_value(gateway, "Container", "EnvironmentFile") == "/etc/llmgw/secrets.env"
+    for name in ("postgres.service", "redis.service"):
+        assert name in unit_value(gateway, "Unit", "After").split()
+
+    # nginx is the one proxy trusted, and replica N is at the address nginx.conf names.
+    nginx_ip = unit_value(nginx, "Container", "IP")
+    assert env["LLMGW_ADMIN_TRUSTED_PROXIES"] == nginx_ip
+    assert ipaddress.ip_address(nginx_ip) in subnet
+    assert unit_value(gateway, "Container", "ContainerName") == "llmgw-%i"
+    replica_ip = unit_value(gateway, "Container", "IP")
+    assert [replica_ip.replace("%i", n) for n in ("1", "2")] == nginx_upstreams()
+    assert "PublishPort" not in gateway["Container"]
+    assert unit_value(nginx, "Container", "PublishPort") == "8000:8000"
+    assert unit_value(nginx, "Unit", "After").split() == ["llmgw@1.service", "llmgw@2.service"]
+    conf = unit_value(nginx, "Container", "Volume").split(":")[:2]
+    assert conf == ["/etc/llmgw/nginx.conf", "/etc/nginx/conf.d/default.conf"]
+
+    # The Compose file and the units describe one deployment.
+    compose = replicas_compose()
+    assert str(subnet) == compose["networks"]["llmgw"]["ipam"]["config"][0]["subnet"]
+    assert nginx_ip == compose["services"]["nginx"]["networks"]["llmgw"]["ipv4_address"]
+
+
+def test_the_replicas_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
+    """As mounted in the nginx image: an http block that includes conf.d/."""
+    (tmp_path / "nginx.conf").write_text(
+        f"""
+pid {tmp_path}/nginx.pid;
+error_log stderr;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    include {REPLICAS}/nginx.conf;
+}}
+"""
+    )
+    result = subprocess.run(
+        [tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    conf = (REPLICAS / "nginx.conf").read_text()
+    assert "proxy_buffering off;" in conf
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in conf
+    [retry] = re.findall(r"^\s*proxy_next_upstream (.*);", conf, re.MULTILINE)
+    # A POST sent once is never sent again: nginx's default, kept by leaving this out.
+    assert "non_idempotent" not in retry
+    assert retry.split() == ["error", "timeout", "http_502", "http_503"]
