@@ -83,7 +83,7 @@ def serve(
     configure_logging(settings.logging)
     try:
         _run(_demo(settings) if demo else run_gateway(settings))
-    except (AdminSocketError, OSError, StoreError, RuntimeError) as exc:
+    except (AdminSocketError, ConfigError, OSError, StoreError, RuntimeError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 

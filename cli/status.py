@@ -64,9 +64,16 @@ def _print_health(health: Health) -> None:
         reasons.append(f"ledger: {ledger['last_error']}")
     if ledger["dropped"]:
         reasons.append(f"{ledger['dropped']} usage records lost")
+    keys = health["keys"]
+    if keys["error"]:
+        reasons.append(f"keys: {keys['error']}")
     click.echo(f"gateway    {verdict}" + (f" - {'; '.join(reasons)}" if reasons else ""))
     click.echo(f"uptime     {_duration(health['uptime_s'])}")
-    click.echo(f"keys       {cell(health['keys'])} known")
+    heard = ", listening" if keys["listening"] else ""
+    click.echo(
+        f"keys       {cell(keys['count'])} known, version {cell(keys['version'])},"
+        f" synced {keys['synced_s_ago']:g} s ago{heard}"
+    )
     click.echo(f"ledger     {cell(ledger['pending'])} pending, {cell(ledger['written'])} written")
 
 

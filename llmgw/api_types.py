@@ -153,6 +153,14 @@ class DatabaseStatus(TypedDict):
     written_s_ago: float | None
 
 
+class KeysStatus(TypedDict):
+    count: int  # keys in this replica's table (revoked and expired ones included)
+    version: int  # the newest change of the key change log applied to it
+    synced_s_ago: float  # since the log was last read (every key_sync_interval at most)
+    listening: bool  # hearing other replicas' changes at once (PostgreSQL only)
+    error: str | None  # why the last read or listen failed, until one succeeds
+
+
 class LimitsStatus(TypedDict):
     backend: Literal["memory", "redis"]
     shared: bool  # decided together with the other replicas (in Redis) now
@@ -175,7 +183,7 @@ class Health(TypedDict):
     draining: bool
     uptime_s: float
     in_flight: int
-    keys: int
+    keys: KeysStatus
     database: DatabaseStatus
     ledger: LedgerStatus
     limits: LimitsStatus

@@ -1,8 +1,9 @@
 """The app factory: the public application, its resources, and the admin socket.
 
 Each resource is set up and torn down by its own `cleanup_ctx` generator, in this
-order: log flusher, limiter (its Redis client, if any), database (and the key table
-loaded from it), ledger writer, upstream client and health prober, admin socket.
+order: log flusher, limiter (its Redis client, if any), database, key table (loaded from
+the database, then following other replicas' changes), ledger writer, upstream client
+and health prober, admin socket.
 Teardown runs in reverse, so the admin socket goes first, the ledger is flushed after
 the last request has finished, and the log after the last line of the shutdown.
 """
@@ -24,7 +25,8 @@ from .admin.remote import create_remote_app
 from .admin_socket import AdminListener, peer_middleware
 from .client_address import TrustedProxies
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import Settings, check_replicas
+from .key_sync import KeySync
 from .keys import KeyTable
 from .ledger import Ledger
 from .limits import open_limiter
@@ -36,6 +38,7 @@ from .middleware import accounting_middleware, add_response_headers, error_middl
 from .state import (
     CLIENT,
     CLOCK,
+    KEY_SYNC,
     KEYS,
     LEDGER,
     LIMITER,
@@ -66,6 +69,7 @@ def create_app(
     """The gateway. `clock`: the time everything in it reads (the system's by default).
     `admin_listener`: the admin socket, bound already (`llmgw serve` binds it before
     anything else); without one, the app binds it last at start-up."""
+    check_replicas(settings)
     clock = clock or SystemClock()
     app = web.Application(
         middlewares=[accounting_middleware(), error_middleware()],
@@ -81,7 +85,15 @@ def create_app(
     if admin_listener is not None:
         app[ADMIN_LISTENER] = admin_listener
     app.cleanup_ctx.extend(
-        [_log_flusher, _limiter, _database, _ledger, _upstream_client, _admin_socket]
+        [
+            _log_flusher,
+            _limiter,
+            _database,
+            _key_sync,
+            _ledger,
+            _upstream_client,
+            _admin_socket,
+        ]
     )
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
@@ -104,6 +116,7 @@ def create_admin_app(gateway: web.Application) -> web.Application:
     door[CLOCK] = gateway[CLOCK]
     door[STORE] = gateway[STORE]
     door[KEYS] = gateway[KEYS]
+    door[KEY_SYNC] = gateway[KEY_SYNC]
     door[LIMITER] = gateway[LIMITER]
     door[UPSTREAMS] = gateway[UPSTREAMS]
     door[METRICS] = gateway[METRICS]
@@ -140,15 +153,25 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS], app[CLOCK].wall)
     app[STORE] = store
-    for key in await store.load_keys():
-        app[KEYS].put(key)
-    log.info("database %s: %d keys", store.name, len(app[KEYS]))
     watcher = asyncio.create_task(store.watch(DATABASE_WATCH_INTERVAL), name="database-watch")
     yield
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
     await store.close()
+
+
+async def _key_sync(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    sync = KeySync(store, app[KEYS], app[LIMITER], app[SETTINGS].database.key_sync_interval)
+    await sync.load()
+    app[KEY_SYNC] = sync
+    log.info("database %s: %d keys", store.name, len(app[KEYS]))
+    task = asyncio.create_task(sync.run(), name="key-sync")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:

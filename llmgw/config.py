@@ -158,6 +158,12 @@ class DatabaseSettings:
         "a SQLite file. Empty: the SQLite file at path. DATABASE_URL sets it too.",
         secret=True,
     )
+    key_sync_interval: float = setting(
+        5.0,
+        "Seconds between two reads of the key change log, each replica's catch-up on key "
+        "changes made through the others (heard at once on PostgreSQL; this is for one "
+        "missed, as across a reconnection). /health says degraded after 3 without success.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +542,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"[database] url: expected {DATABASE_URL_FORMS}, got {_scheme(db.url)}")
     if db.flush_interval <= 0 or db.batch_size < 1 or db.max_pending < 1:
         raise ConfigError("[database] flush_interval, batch_size, max_pending: must be positive")
+    if db.key_sync_interval <= 0:
+        raise ConfigError("[database] key_sync_interval: must be greater than 0")
     for i, upstream in enumerate(settings.upstreams, 1):
         if not upstream.url.startswith(("http://", "https://")):
             raise ConfigError(f"[[upstreams]] #{i} url: must start with http:// or https://")
@@ -554,6 +562,19 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "
             f"(tiers: {', '.join(settings.tiers)})"
+        )
+
+
+def check_replicas(settings: Settings) -> None:
+    """What a gateway sharing its database with other replicas must have, checked at
+    start (not on load: `llmgw` commands read the same settings only to find the
+    socket). Tokens signed with a random per-process secret would be refused by every
+    replica but the one that signed them, and die with it."""
+    if settings.postgres_url and not settings.admin.secret_key:
+        raise ConfigError(
+            "[admin] secret_key: required with a PostgreSQL database, which replicas of "
+            "the gateway share: set the same secret on every replica (in the file, or "
+            "ADMIN_SECRET_KEY; `llmgw config init --secret` writes one)"
         )
 
 

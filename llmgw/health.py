@@ -1,10 +1,11 @@
 """`GET /health` and `GET /metrics`: what operators and load balancers watch.
 
 `/health` answers 200 while the gateway can serve (at least one healthy upstream, not
-shutting down) and 503 otherwise; its body says what is wrong, database, ledger and
-limits included, so one request tells an operator where to look. It asks the database
-nothing: it reports what the store's watcher last saw, and when the ledger last wrote;
-nor Redis: the limiter knows whether its last call was answered.
+shutting down) and 503 otherwise; its body says what is wrong, database, ledger, limits
+and key table included, so one request tells an operator where to look. It asks the
+database nothing: it reports what the store's watcher last saw, when the ledger last
+wrote and the key table last read the key change log; nor Redis: the limiter knows
+whether its last call was answered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from .api_types import DatabaseStatus, Health, LimitsStatus
-from .state import KEYS, LEDGER, LIMITER, METRICS, STORE, UPSTREAMS
+from .state import KEY_SYNC, LEDGER, LIMITER, METRICS, STORE, UPSTREAMS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -25,13 +26,22 @@ async def health(request: web.Request) -> web.Response:
     # What the store last saw: a load balancer's probes never queue behind a write.
     database = cfg[STORE].health()
     limits = cfg[LIMITER].status()
+    keys = cfg[KEY_SYNC]
     serving = pool.any_healthy and not metrics.draining
     status: Literal["ok", "degraded", "unavailable"]
     if not serving:
         status = "unavailable"
-    elif not database.ok or ledger.dropped or ledger.rejected or ledger.last_error or limits.error:
-        # Still serving: keys are in memory, the ledger buffers, limits are counted alone
-        # (or, under on_redis_error = "deny", refused: the body says which).
+    elif (
+        not database.ok
+        or ledger.dropped
+        or ledger.rejected
+        or ledger.last_error
+        or limits.error
+        or keys.stale
+    ):
+        # Still serving: keys are in memory (but may miss other replicas' changes), the
+        # ledger buffers, limits are counted alone (or, under on_redis_error = "deny",
+        # refused: the body says which).
         status = "degraded"
     else:
         status = "ok"
@@ -40,7 +50,7 @@ async def health(request: web.Request) -> web.Response:
         draining=metrics.draining,
         uptime_s=round(time.time() - metrics.started_at, 1),
         in_flight=metrics.in_flight,
-        keys=len(cfg[KEYS]),
+        keys=keys.status(),
         database=DatabaseStatus(
             ok=database.ok,
             error=database.error,

@@ -9,6 +9,7 @@ from .client_address import TrustedProxies
 from .clock import Clock
 from .config import Settings
 from .context import RequestContext
+from .key_sync import KeySync
 from .keys import KeyTable
 from .ledger import Ledger
 from .limits import Limiter
@@ -21,6 +22,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
 STORE = web.AppKey("store", Store)
 KEYS = web.AppKey("keys", KeyTable)
+KEY_SYNC = web.AppKey("key_sync", KeySync)
 LIMITER = web.AppKey("limiter", Limiter)
 UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)

@@ -262,6 +262,10 @@ async def gateway_factory(fake: FakeVLLM, database: Database) -> AsyncIterator[G
         settings = make_settings(fake.url, **overrides)
         if "database" not in overrides:
             settings = database.configure(settings)
+        if settings.postgres_url and not settings.admin.secret_key:
+            # Replicas on one PostgreSQL database share a token secret (start-up says so).
+            admin = dataclasses.replace(settings.admin, secret_key="replicas-share-this")
+            settings = dataclasses.replace(settings, admin=admin)
         gateway = await start_gateway(settings, clock)
         started.append(gateway)
         return gateway

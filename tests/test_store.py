@@ -55,8 +55,10 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     assert await database.columns("usage_hourly_latency") == [
         "hour", "user_id", "api_key_id", "model", "bucket", "count",
     ]  # fmt: skip
+    assert await database.columns("key_changes") == ["version", "key_id", "changed_at"]
     for table in ("api_keys", "request_logs", "admin_users", "audit_log"):
         assert await database.primary_key(table) == ["id"]
+    assert await database.primary_key("key_changes") == ["version"]
     assert await database.primary_key("usage_hourly") == ["hour", "user_id", "api_key_id", "model"]
     assert await database.primary_key("usage_hourly_latency") == [
         "hour", "user_id", "api_key_id", "model", "bucket",

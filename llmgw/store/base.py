@@ -3,7 +3,9 @@
 `Store` is all the rest of the gateway sees of its database: the handlers, the ledger
 and the app. Reads go to the store (on a connection of their own: they never queue
 behind a ledger batch); every change runs on the `Transaction` it belongs to, with its
-audit row, and in-memory state follows on commit (`Transaction.on_commit`). SQLite
+audit row, and in-memory state follows on commit (`Transaction.on_commit`). Every key
+change also records a numbered entry in the key change log, in its transaction, which
+other replicas read to follow (`key_sync`). SQLite
 (`sqlite.py`) and PostgreSQL (`postgres.py`) implement it; no module above the store
 imports a database driver, nor knows which database it has.
 """
@@ -75,6 +77,14 @@ class Actor:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """The keys changed after a version of the key change log, as they are now."""
+
+    version: int  # the newest change read (the version asked after, if none)
+    keys: Mapping[int, ApiKey | None]  # by id: its row now, or None once deleted
+
+
+@dataclass(frozen=True, slots=True)
 class StoreHealth:
     """What `/health` says of the database, without asking it: the watcher's last
     look and the ledger's last write (seconds ago; None: not yet)."""
@@ -114,6 +124,12 @@ class Transaction(Protocol):
         fields of one key all land."""
 
     async def delete_key(self, key_id: int) -> ApiKey | None: ...
+
+    async def key_changes_since(self, version: int) -> KeyChanges:
+        """The keys changed (by any replica) after `version` of the key change log.
+
+        On a transaction, so that what is read is applied (`on_commit`) in order with
+        this process's own changes: never an older row over a newer one."""
 
     async def get_admin(self, username: str) -> AdminUser | None: ...
 
@@ -159,6 +175,18 @@ class Store(Protocol):
     ) -> list[ApiKey]: ...
 
     async def get_key(self, key_id: int) -> ApiKey | None: ...
+
+    async def key_version(self) -> int:
+        """The newest version of the key change log (0: no change yet). Read before
+        `load_keys`, a change made in between is read again later: harmless."""
+
+    async def listen_key_changes(
+        self, on_change: Callable[[int], None], on_listening: Callable[[], None]
+    ) -> None:
+        """Until cancelled, or the connection is lost (`StoreUnavailable`): call
+        `on_change(version)` as each key change any replica makes commits, this one's
+        included, and `on_listening()` once listening has begun (what committed before
+        may have been missed). Returns at once where no other process changes keys."""
 
     async def list_admins(self) -> list[AdminUser]: ...
 

@@ -11,6 +11,9 @@ change.
 
 A database that cannot be reached makes every call raise `StoreUnavailable` naming it
 (`postgres_pool`); the pool reconnects by itself once the server is back.
+
+Key changes are heard on a connection of their own, outside the pool (LISTEN belongs
+to a session, and a pooled connection is reset when given back).
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ from ..api_types import AuditEntry, RequestRow, UsageReport
 from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..times import iso_utc
-from .base import AdminUser, StoreHealth, Unsupported
+from .base import AdminUser, StoreHealth, StoreUnavailable, Unsupported
 from .postgres_ledger import INSERT_AND_FOLD, log_columns
 from .postgres_migrations import migrate
-from .postgres_pool import describe, open_pool, refused_records, unavailable
-from .postgres_tx import PostgresTransaction
+from .postgres_pool import (
+    CONNECT_TIMEOUT,
+    Connection,
+    describe,
+    open_pool,
+    refused_records,
+    unavailable,
+)
+from .postgres_tx import KEY_CHANNEL, PostgresTransaction
 from .rows import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
@@ -59,9 +69,14 @@ _CHECK_TIMEOUT = 2.0
 _CLOSE_TIMEOUT = 5.0
 
 
+# How the key listener's session is named in pg_stat_activity.
+KEY_LISTENER = "llmgw key listener"
+
+
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool, name: str, clock: Callable[[], float]) -> None:
+    def __init__(self, pool: asyncpg.Pool, name: str, clock: Callable[[], float], url: str) -> None:
         self._pool = pool
+        self._url = url
         self.name = name
         self._clock = clock
         self._changes = asyncio.Lock()  # this process's changes, one at a time
@@ -82,7 +97,7 @@ class PostgresStore:
         except BaseException:
             pool.terminate()
             raise
-        store = cls(pool, name, clock)
+        store = cls(pool, name, clock, url)
         store._checked = time.monotonic()
         return store
 
@@ -131,6 +146,39 @@ class PostgresStore:
     async def get_key(self, key_id: int) -> ApiKey | None:
         row = await self._one(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
         return key_from_row(row) if row else None
+
+    async def key_version(self) -> int:
+        row = await self._one("SELECT coalesce(max(version), 0) FROM key_changes")
+        return int(row[0]) if row else 0
+
+    async def listen_key_changes(
+        self, on_change: Callable[[int], None], on_listening: Callable[[], None]
+    ) -> None:
+        with unavailable(self.name):
+            connection = await asyncpg.connect(
+                self._url,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": KEY_LISTENER},
+            )
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def terminated(_: object) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        def notified(_: Connection, pid: int, channel: str, payload: object) -> None:
+            if isinstance(payload, str) and payload.isdigit():  # anyone may NOTIFY
+                on_change(int(payload))
+
+        connection.add_termination_listener(terminated)
+        try:
+            with unavailable(self.name):
+                await connection.add_listener(KEY_CHANNEL, notified)
+            on_listening()
+            await lost
+        finally:
+            connection.terminate()
+        raise StoreUnavailable(f"the {self.name} closed the connection listening for key changes")
 
     async def list_admins(self) -> list[AdminUser]:
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admin_users ORDER BY id")

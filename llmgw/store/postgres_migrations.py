@@ -126,6 +126,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "key_changes: a numbered log of key changes, which replicas read to follow",
+        # One row per change of a key, in its transaction (which NOTIFYs llmgw_keys with
+        # the version on commit). Versions are taken under an advisory lock held until
+        # commit (`postgres_tx`), so they commit in order: a replica that has read
+        # version N never later meets a smaller one committing.
+        """
+        CREATE TABLE key_changes (
+            version BIGSERIAL PRIMARY KEY,
+            key_id BIGINT NOT NULL,
+            changed_at TEXT COLLATE "C" NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -1,5 +1,14 @@
 """A change in the PostgreSQL store: the statements of one transaction on one pooled
-connection (`PostgresStore.transaction` begins and ends it)."""
+connection (`PostgresStore.transaction` begins and ends it).
+
+A key change also enters the key change log and NOTIFYs `KEY_CHANNEL` with its version,
+which PostgreSQL delivers to every replica listening once (and only if) it commits. The
+log's versions come from a sequence, which hands them out in the order asked, not the
+order committed: two replicas' changes committing the other way round would let a
+reader see version 11 before 10 exists, and skip 10 for ever. So every key change first
+takes `KEY_CHANGE_LOCK` (held until commit): key changes commit one at a time across
+replicas, in version order. They are admin changes, a few a minute at most.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +20,21 @@ import orjson
 
 from ..keys import ApiKey
 from ..times import iso_utc
-from .base import Actor, AdminUser, AlreadyExists
+from .base import Actor, AdminUser, AlreadyExists, KeyChanges
 from .postgres_pool import Connection
-from .rows import ADMIN_COLUMNS, KEY_COLUMNS, admin_from_row, key_from_row
+from .rows import (
+    ADMIN_COLUMNS,
+    KEY_CHANGES_SINCE,
+    KEY_COLUMNS,
+    admin_from_row,
+    key_changes,
+    key_from_row,
+)
+
+# The channel every key change is NOTIFYed on, with its version as the payload.
+KEY_CHANNEL = "llmgw_keys"
+# pg_advisory_xact_lock's key for "changing a key": any constant all replicas share.
+KEY_CHANGE_LOCK = 0x6C6C_6D67_7701  # "llmgw" and a one
 
 # What an update may change, and how each value is stored.
 KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
@@ -57,6 +78,7 @@ class PostgresTransaction:
         requests_per_hour: int | None = None,
     ) -> ApiKey:
         now = iso_utc(self._clock())
+        await self._lock_keys()
         try:
             key = await self._key(
                 "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
@@ -78,6 +100,7 @@ class PostgresTransaction:
         except asyncpg.UniqueViolationError:
             raise AlreadyExists("a key with that hash exists already") from None
         assert key is not None  # RETURNING always yields the inserted row
+        await self._changed(key)
         return key
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
@@ -87,18 +110,45 @@ class PostgresTransaction:
         names = [*columns, "updated_at"]
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, 1))
         params = [KEY_UPDATABLE[name](changes[name]) for name in columns]
-        return await self._key(
-            f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}"
-            f" RETURNING {KEY_COLUMNS}",
-            *params,
-            iso_utc(self._clock()),
-            key_id,
+        await self._lock_keys()
+        return await self._changed(
+            await self._key(
+                f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}"
+                f" RETURNING {KEY_COLUMNS}",
+                *params,
+                iso_utc(self._clock()),
+                key_id,
+            )
         )
 
     async def delete_key(self, key_id: int) -> ApiKey | None:
-        return await self._key(
-            f"DELETE FROM api_keys WHERE id = $1 RETURNING {KEY_COLUMNS}", key_id
+        await self._lock_keys()
+        return await self._changed(
+            await self._key(f"DELETE FROM api_keys WHERE id = $1 RETURNING {KEY_COLUMNS}", key_id)
         )
+
+    async def key_changes_since(self, version: int) -> KeyChanges:
+        return key_changes(
+            version, await self._db.fetch(KEY_CHANGES_SINCE.format(after="$1"), version)
+        )
+
+    async def _lock_keys(self) -> None:
+        # Before the key's row is locked: every key change takes the two in this order
+        # (a ledger batch takes rows only), so none waits on another in a circle.
+        await self._db.execute("SELECT pg_advisory_xact_lock($1)", KEY_CHANGE_LOCK)
+
+    async def _changed(self, key: ApiKey | None) -> ApiKey | None:
+        """`key` (changed, unless None) entered in the key change log, and NOTIFYed."""
+        if key is not None:
+            await self._db.execute(
+                "WITH noted AS (INSERT INTO key_changes (key_id, changed_at)"
+                " VALUES ($1, $2) RETURNING version)"
+                " SELECT pg_notify($3, version::text) FROM noted",
+                key.id,
+                iso_utc(self._clock()),
+                KEY_CHANNEL,
+            )
+        return key
 
     # --- admin users ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import orjson
 from ..api_types import AuditEntry, RequestRow
 from ..keys import ApiKey
 from ..times import parse_iso
-from .base import AdminUser
+from .base import AdminUser, KeyChanges
 
 KEY_COLUMNS = (
     "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
@@ -28,6 +28,23 @@ REQUEST_COLUMNS = (
     " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
 )
 AUDIT_COLUMNS = "id, timestamp, actor, door, action, target, before, after"
+# Each key changed after a version ({after}: the placeholder), once, with its newest
+# change and its row now (NULLs once deleted: ids are never reused).
+KEY_CHANGES_SINCE = (
+    f"SELECT changed.version, changed.key_id, {KEY_COLUMNS} FROM"
+    " (SELECT key_id, max(version) AS version FROM key_changes WHERE version > {after}"
+    " GROUP BY key_id) AS changed LEFT JOIN api_keys ON api_keys.id = changed.key_id"
+)
+
+
+def key_changes(since: int, rows: Iterable[Iterable[Any]]) -> KeyChanges:
+    """`KEY_CHANGES_SINCE`'s rows as `KeyChanges`."""
+    version = since
+    keys: dict[int, ApiKey | None] = {}
+    for changed, key_id, *columns in rows:
+        version = max(version, changed)
+        keys[key_id] = None if columns[0] is None else key_from_row(columns)
+    return KeyChanges(version, keys)
 
 
 def key_from_row(row: Iterable[Any]) -> ApiKey:

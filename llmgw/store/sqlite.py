@@ -116,6 +116,15 @@ class SqliteStore:
         row = await self._one(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
         return key_from_row(row) if row else None
 
+    async def key_version(self) -> int:
+        row = await self._one("SELECT coalesce(max(version), 0) FROM key_changes")
+        return int(row[0])
+
+    async def listen_key_changes(
+        self, on_change: Callable[[int], None], on_listening: Callable[[], None]
+    ) -> None:
+        """Nothing to hear: SQLite has one process, whose key changes apply on commit."""
+
     async def list_admins(self) -> list[AdminUser]:
         async with self._reader.execute(
             f"SELECT {ADMIN_COLUMNS} FROM admin_users ORDER BY id"

@@ -257,6 +257,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX idx_request_logs_key_timestamp ON request_logs (api_key_id, timestamp);
         """,
     ),
+    Migration(
+        6,
+        "key_changes: a numbered log of key changes, which replicas read to follow",
+        # One row per change of a key, in its transaction; a replica reads the rows after
+        # the version it has applied and takes each key's row as it is now. AUTOINCREMENT:
+        # a version is never reused, even after the newest rows are deleted.
+        """
+        CREATE TABLE key_changes (
+            version INTEGER PRIMARY KEY AUTOINCREMENT,
+            key_id INTEGER NOT NULL,
+            changed_at TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 

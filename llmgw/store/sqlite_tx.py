@@ -12,8 +12,15 @@ import orjson
 
 from ..keys import ApiKey
 from ..times import iso_utc
-from .base import Actor, AdminUser, AlreadyExists
-from .rows import ADMIN_COLUMNS, KEY_COLUMNS, admin_from_row, key_from_row
+from .base import Actor, AdminUser, AlreadyExists, KeyChanges
+from .rows import (
+    ADMIN_COLUMNS,
+    KEY_CHANGES_SINCE,
+    KEY_COLUMNS,
+    admin_from_row,
+    key_changes,
+    key_from_row,
+)
 from .sqlite_rows import KEY_UPDATABLE
 
 
@@ -69,6 +76,7 @@ class SqliteTransaction:
         except sqlite3.IntegrityError:
             raise AlreadyExists("a key with that hash exists already") from None
         assert key is not None  # RETURNING always yields the inserted row
+        await self._changed(key)
         return key
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
@@ -77,15 +85,30 @@ class SqliteTransaction:
             raise ValueError(f"not updatable: {sorted(set(changes) - set(columns))}")
         assignments = ", ".join(f"{name} = ?" for name in [*columns, "updated_at"])
         params = [KEY_UPDATABLE[name](changes[name]) for name in columns]
-        return await self._key(
-            f"UPDATE api_keys SET {assignments} WHERE id = ? RETURNING {KEY_COLUMNS}",
-            (*params, iso_utc(self._clock()), key_id),
+        return await self._changed(
+            await self._key(
+                f"UPDATE api_keys SET {assignments} WHERE id = ? RETURNING {KEY_COLUMNS}",
+                (*params, iso_utc(self._clock()), key_id),
+            )
         )
 
     async def delete_key(self, key_id: int) -> ApiKey | None:
-        return await self._key(
-            f"DELETE FROM api_keys WHERE id = ? RETURNING {KEY_COLUMNS}", (key_id,)
+        return await self._changed(
+            await self._key(f"DELETE FROM api_keys WHERE id = ? RETURNING {KEY_COLUMNS}", (key_id,))
         )
+
+    async def key_changes_since(self, version: int) -> KeyChanges:
+        async with self._db.execute(KEY_CHANGES_SINCE.format(after="?"), (version,)) as cursor:
+            return key_changes(version, await cursor.fetchall())
+
+    async def _changed(self, key: ApiKey | None) -> ApiKey | None:
+        """`key` (changed, unless None) entered in the key change log."""
+        if key is not None:
+            await self._db.execute(
+                "INSERT INTO key_changes (key_id, changed_at) VALUES (?, ?)",
+                (key.id, iso_utc(self._clock())),
+            )
+        return key
 
     # --- admin users ----------------------------------------------------------------
 
