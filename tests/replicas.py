@@ -3,9 +3,10 @@ Redis, as `DESIGN.md`'s "Beyond one process" draws them, with no balancer in fro
 load spreads its requests over the replicas itself.
 
 Each replica is a `Served` (its own port, admin socket, config file and log) with the
-same `[database] url`, `[limits]`, tiers and admin secret. Key changes do not yet reach
-a running replica, so the keys a test needs are made on the first replica before the
-others start (`Replicas.start`), and the others load them from the database.
+same `[database] url`, `[limits]`, tiers and admin secret. The keys a test needs are
+made on the first replica before the others start (`Replicas.start`): the others load
+them from the database, so a test never waits for a key to reach them (key sync has its
+own tests, `tests/test_key_sync.py`).
 """
 
 from __future__ import annotations
