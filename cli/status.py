@@ -68,6 +68,8 @@ def _print_health(health: Health) -> None:
     if keys["error"]:
         reasons.append(f"keys: {keys['error']}")
     click.echo(f"gateway    {verdict}" + (f" - {'; '.join(reasons)}" if reasons else ""))
+    # Replicas share keys and usage (the database) but count their live figures alone.
+    click.echo(f"replica    {health['replica']} (the live figures below are this replica's)")
     click.echo(f"uptime     {_duration(health['uptime_s'])}")
     heard = ", listening" if keys["listening"] else ""
     click.echo(

@@ -179,6 +179,7 @@ class UpstreamStatus(TypedDict):
 
 
 class Health(TypedDict):
+    replica: str  # which gateway answered: `[server] replica_name`, else HOST:PORT
     status: Literal["ok", "degraded", "unavailable"]
     draining: bool
     uptime_s: float
@@ -264,6 +265,7 @@ class StatsTotals(LiveTotals):
 class Stats(TypedDict):
     """`GET /stats`: the live snapshot with what the gateway knows besides."""
 
+    replica: str  # the live figures are this gateway's alone
     now: float
     window: int
     seconds: int

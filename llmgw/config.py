@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -57,6 +58,12 @@ class ServerSettings:
         "Address the OpenAI-compatible API, /health and /metrics listen on.",
     )
     port: int = setting(8000, "Port the OpenAI-compatible API, /health and /metrics listen on.")
+    replica_name: str = setting(
+        "",
+        "How this gateway names itself in /health, /stats, `llmgw status` and llmgw-tui, "
+        "so an admin knows which replica's live figures they see. Empty: HOST:PORT, this "
+        "host's name and the port above.",
+    )
     max_body_bytes: int = setting(
         16 * 1024 * 1024, "Largest request body accepted (bytes); larger ones get 413."
     )
@@ -274,6 +281,11 @@ class Settings:
     logging: LoggingSettings = field(
         default=LoggingSettings(), metadata=doc("How and where the gateway logs.")
     )
+
+    @property
+    def replica(self) -> str:
+        """This gateway's name among the replicas (`[server] replica_name`)."""
+        return self.server.replica_name or f"{socket.gethostname()}:{self.server.port}"
 
     @property
     def socket_path(self) -> Path:

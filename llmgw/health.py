@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from .api_types import DatabaseStatus, Health, LimitsStatus
-from .state import KEY_SYNC, LEDGER, LIMITER, METRICS, STORE, UPSTREAMS
+from .state import KEY_SYNC, LEDGER, LIMITER, METRICS, SETTINGS, STORE, UPSTREAMS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -46,6 +46,7 @@ async def health(request: web.Request) -> web.Response:
     else:
         status = "ok"
     body = Health(
+        replica=cfg[SETTINGS].replica,
         status=status,
         draining=metrics.draining,
         uptime_s=round(time.time() - metrics.started_at, 1),

@@ -264,6 +264,8 @@ async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSessio
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("gateway    ok")
+    # Which replica's live figures these are: HOST:PORT unless [server] replica_name.
+    assert lines[1].startswith(f"replica    {gateway.settings.replica} ")
     upstream = next(line for line in lines if line.startswith(gateway.settings.upstreams[0].url))
     assert upstream.split()[1] == "yes"
     assert "fake-model" in upstream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -14,10 +15,19 @@ from textual.widgets._footer import FooterKey
 from textual.widgets._tabbed_content import ContentTab
 
 from llmgw.admin_client import AdminClient
+from llmgw.config import load_settings
 from tui.app import LlmgwTui
 from tui.banner import ConnectionBanner
 
-from .conftest import LLMGW, Gateway, Served, run_llmgw, start_gateway, wait_for
+from .conftest import (
+    LLMGW,
+    Gateway,
+    GatewayFactory,
+    Served,
+    run_llmgw,
+    start_gateway,
+    wait_for,
+)
 
 
 class QuickTui(LlmgwTui):
@@ -159,3 +169,16 @@ async def test_a_real_terminal_in_tmux_shows_the_dashboard(
     finally:
         stop = await asyncio.create_subprocess_exec(tmux, "kill-server", env=env)
         await stop.wait()
+
+
+async def test_the_header_names_the_replica_whose_live_figures_it_shows(
+    gateway_factory: GatewayFactory,
+) -> None:
+    base = load_settings(None).server
+    gateway: Gateway = await gateway_factory(
+        server=dataclasses.replace(base, host="127.0.0.1", port=0, replica_name="gw-b")
+    )
+    app = QuickTui(gateway.socket_path)
+    async with app.run_test(size=(100, 30)):
+        await wait_for(lambda: "replica gw-b" in app.sub_title)
+        assert app.sub_title == f"{gateway.socket_path} · replica gw-b"

@@ -281,6 +281,7 @@ def _key(row: tuple[Any, ...]) -> BusyKey:
 def canned_snapshot() -> Stats:
     total = _canned_total()
     return {
+        "replica": "gw-a:8000",
         "now": NOW,
         "window": SECONDS,
         "seconds": SECONDS,

@@ -124,6 +124,8 @@ class LlmgwTui(App[None]):
     def stats_tick(self, event: StatsTick) -> None:
         if not self.is_running:
             return  # shutting down: the panes may already be gone (a tick raced the exit)
+        # The live figures are one replica's: the header says which.
+        self.sub_title = f"{self.socket_path} · replica {event.snapshot['replica']}"
         self.query_one(DashboardPane).show(event.snapshot)
         self.query_one(KeysPane).tick()
         self.query_one(UsagePane).tick()

@@ -84,6 +84,7 @@ async def snapshot(request: web.Request, seconds: int) -> Stats:
     live = cfg[LIVE].snapshot(seconds, top=TOP_KEYS)
     keys, limiter, settings = cfg[KEYS], cfg[LIMITER], cfg[SETTINGS]
     return Stats(
+        replica=settings.replica,
         now=live["now"],
         window=live["window"],
         seconds=live["seconds"],
