@@ -18,16 +18,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
 from llmgw.api_types import CreatedKey
 from llmgw.fake_vllm import FakeVLLM
 
-from ..conftest import run_llmgw
+from ..conftest import Served, run_llmgw
 from ..postgres import Cluster, PostgresMissing, start_cluster
 from ..redis_server import RedisServer
-from ..replicas import Answer, Load, Replicas, burst, steady_load, tier_tables
+from ..replicas import CHAT, Answer, Load, Replicas, burst, steady_load, tier_tables
 
 AT_ONCE = 300
 LIMIT = 10
@@ -216,6 +217,41 @@ async def test_a_tier_raised_mid_burst_never_gives_back_used_requests(
     limits = {(a.replica, a.headers["X-RateLimit-Limit-Minute"]) for a in settled}
     assert limits == {(0, "20"), (1, "20"), (2, "20")}
     assert_one_row_per_answer(load.answers, await group.ledger(key["id"]))
+
+
+async def test_a_key_revoked_through_one_replica_is_refused_by_the_others_within_a_second(
+    replicas: ReplicaFactory, pg_url: str, redis_url: str
+) -> None:
+    group = replicas(database_url=pg_url, redis_url=redis_url, free=(1000, 10000))
+    [key] = await start_with_keys(group, "free", 1)
+    headers = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+
+    async def status(served: Served, session: aiohttp.ClientSession) -> int:
+        url = f"{served.url}/v1/chat/completions"
+        async with session.post(url, data=CHAT, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession() as session:
+        assert [await status(s, session) for s in group.all] == [200, 200, 200]
+        revoked = await run_llmgw(
+            "--socket", str(group.first.socket), "key", "revoke", str(key["id"])
+        )
+        assert revoked.code == 0, revoked.stderr
+        began = time.monotonic()
+        took: dict[int, float] = {}
+        async with asyncio.timeout(1.0):  # the bound: within a second
+            while len(took) < 2:
+                for n, served in enumerate(group.all[1:], 2):
+                    if n not in took and await status(served, session) == 401:
+                        took[n] = time.monotonic() - began
+                await asyncio.sleep(0.005)
+        assert await status(group.first, session) == 401  # at once where it was made
+    print(
+        "\nrevoked through replica 1, refused by "
+        + ", ".join(f"replica {n} after {ms * 1000:.0f} ms" for n, ms in sorted(took.items()))
+    )
+    await group.settled()
 
 
 async def test_redis_restarted_under_load_the_replicas_serve_on_alone(
