@@ -27,27 +27,17 @@ from .rows import (
     KEY_CHANGES_SINCE,
     KEY_COLUMNS,
     admin_from_row,
+    admin_update,
     key_changes,
     key_from_row,
+    key_update,
+    stored,
 )
 
 # The channel every key change is NOTIFYed on, with its version as the payload.
 KEY_CHANNEL = "llmgw_keys"
 # pg_advisory_xact_lock's key for "changing a key": any constant all replicas share.
 KEY_CHANGE_LOCK = 0x6C6C_6D67_7701  # "llmgw" and a one
-
-# What an update may change, and how each value is stored.
-KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
-    "tier": str,
-    "description": str,
-    "is_active": bool,
-    "expires_at": lambda v: None if v is None else iso_utc(v),
-    "allowed_models": lambda v: None if v is None else orjson.dumps(v).decode(),
-    "requests_per_minute": lambda v: v,
-    "requests_per_hour": lambda v: v,
-    "key_hash": str,
-    "key_prefix": str,
-}
 
 
 class PostgresTransaction:
@@ -92,8 +82,8 @@ class PostgresTransaction:
                 tier,
                 description,
                 now,
-                KEY_UPDATABLE["expires_at"](expires_at),
-                KEY_UPDATABLE["allowed_models"](allowed_models),
+                stored("expires_at", expires_at),
+                stored("allowed_models", allowed_models),
                 requests_per_minute,
                 requests_per_hour,
             )
@@ -104,19 +94,14 @@ class PostgresTransaction:
         return key
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
-        columns = [name for name in changes if name in KEY_UPDATABLE]
-        if len(columns) != len(changes):
-            raise ValueError(f"not updatable: {sorted(set(changes) - set(columns))}")
-        names = [*columns, "updated_at"]
-        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, 1))
-        params = [KEY_UPDATABLE[name](changes[name]) for name in columns]
+        columns = key_update(changes, self._clock())
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(columns, 1))
         await self._lock_keys()
         return await self._changed(
             await self._key(
-                f"UPDATE api_keys SET {assignments} WHERE id = ${len(names) + 1}"
+                f"UPDATE api_keys SET {assignments} WHERE id = ${len(columns) + 1}"
                 f" RETURNING {KEY_COLUMNS}",
-                *params,
-                iso_utc(self._clock()),
+                *columns.values(),
                 key_id,
             )
         )
@@ -184,17 +169,12 @@ class PostgresTransaction:
         is_active: bool | None = None,
         logged_in: bool = False,
     ) -> AdminUser | None:
-        now = iso_utc(self._clock())
-        changes: dict[str, Any] = {}
-        if hashed_password is not None:
-            changes |= {"hashed_password": hashed_password, "password_changed_at": now}
-        if is_active is not None:
-            changes["is_active"] = is_active
-        if hashed_password is not None or is_active is False:
-            # Every token issued so far dies, and stays dead if the user is enabled again.
-            changes["tokens_valid_after"] = now
-        if logged_in:
-            changes["last_login"] = now
+        changes = admin_update(
+            self._clock(),
+            hashed_password=hashed_password,
+            is_active=is_active,
+            logged_in=logged_in,
+        )
         if not changes:
             return await self.get_admin(username)
         assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, 1))

@@ -4,15 +4,63 @@ reads and changes alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from ..api_types import AuditEntry, RequestRow
 from ..keys import ApiKey
-from ..times import parse_iso
+from ..times import iso_utc, parse_iso
 from .base import AdminUser, KeyChanges
+
+# What an update of a key may change, and how each value is stored (a bool binds as 1/0
+# on SQLite and as a boolean on PostgreSQL).
+_KEY_STORED: Mapping[str, Callable[[Any], Any]] = {
+    "tier": str,
+    "description": str,
+    "is_active": bool,
+    "expires_at": lambda v: None if v is None else iso_utc(v),
+    "allowed_models": lambda v: None if v is None else orjson.dumps(v).decode(),
+    "requests_per_minute": lambda v: v,
+    "requests_per_hour": lambda v: v,
+    "key_hash": str,
+    "key_prefix": str,
+}
+
+
+def stored(name: str, value: Any) -> Any:
+    """A key's field as its column holds it."""
+    return _KEY_STORED[name](value)
+
+
+def key_update(changes: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The columns an update of a key sets, in order, with the values to store
+    (`updated_at` last); a ValueError names a field no update may change."""
+    if unknown := sorted(set(changes) - set(_KEY_STORED)):
+        raise ValueError(f"not updatable: {unknown}")
+    return {name: stored(name, value) for name, value in changes.items()} | {
+        "updated_at": iso_utc(now)
+    }
+
+
+def admin_update(
+    now: float, *, hashed_password: str | None, is_active: bool | None, logged_in: bool
+) -> dict[str, Any]:
+    """The columns an update of an admin user sets, with their values (none: nothing)."""
+    at = iso_utc(now)
+    columns: dict[str, Any] = {}
+    if hashed_password is not None:
+        columns |= {"hashed_password": hashed_password, "password_changed_at": at}
+    if is_active is not None:
+        columns["is_active"] = is_active
+    if hashed_password is not None or is_active is False:
+        # Every token issued so far dies, and stays dead if the user is enabled again.
+        columns["tokens_valid_after"] = at
+    if logged_in:
+        columns["last_login"] = at
+    return columns
+
 
 KEY_COLUMNS = (
     "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"

@@ -5,27 +5,12 @@ from rows are both databases', in `rows`)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
 from typing import Any
-
-import orjson
 
 from ..ledger import UsageRecord
 from ..rollups import BOUNDS_NS, OVERFLOW
 from ..times import iso_utc
 
-# What an update may change, and how each value is stored.
-KEY_UPDATABLE: Mapping[str, Callable[[Any], Any]] = {
-    "tier": str,
-    "description": str,
-    "is_active": int,
-    "expires_at": lambda v: None if v is None else iso_utc(v),
-    "allowed_models": lambda v: None if v is None else orjson.dumps(v).decode(),
-    "requests_per_minute": lambda v: v,
-    "requests_per_hour": lambda v: v,
-    "key_hash": str,
-    "key_prefix": str,
-}
 # What SQLite raises for a value it cannot store (an integer past 2^63, text that is not
 # UTF-8) or a row a constraint refuses: the records' fault, not the database's, so the
 # ledger sets such a record aside instead of retrying it for ever.

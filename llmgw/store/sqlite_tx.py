@@ -18,10 +18,12 @@ from .rows import (
     KEY_CHANGES_SINCE,
     KEY_COLUMNS,
     admin_from_row,
+    admin_update,
     key_changes,
     key_from_row,
+    key_update,
+    stored,
 )
-from .sqlite_rows import KEY_UPDATABLE
 
 
 class SqliteTransaction:
@@ -67,8 +69,8 @@ class SqliteTransaction:
                     description,
                     now,
                     now,
-                    KEY_UPDATABLE["expires_at"](expires_at),
-                    KEY_UPDATABLE["allowed_models"](allowed_models),
+                    stored("expires_at", expires_at),
+                    stored("allowed_models", allowed_models),
                     requests_per_minute,
                     requests_per_hour,
                 ),
@@ -80,15 +82,12 @@ class SqliteTransaction:
         return key
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> ApiKey | None:
-        columns = [name for name in changes if name in KEY_UPDATABLE]
-        if len(columns) != len(changes):
-            raise ValueError(f"not updatable: {sorted(set(changes) - set(columns))}")
-        assignments = ", ".join(f"{name} = ?" for name in [*columns, "updated_at"])
-        params = [KEY_UPDATABLE[name](changes[name]) for name in columns]
+        columns = key_update(changes, self._clock())
+        assignments = ", ".join(f"{name} = ?" for name in columns)
         return await self._changed(
             await self._key(
                 f"UPDATE api_keys SET {assignments} WHERE id = ? RETURNING {KEY_COLUMNS}",
-                (*params, iso_utc(self._clock()), key_id),
+                (*columns.values(), key_id),
             )
         )
 
@@ -141,28 +140,18 @@ class SqliteTransaction:
         is_active: bool | None = None,
         logged_in: bool = False,
     ) -> AdminUser | None:
-        now = iso_utc(self._clock())
-        sets: list[str] = []
-        params: list[Any] = []
-        if hashed_password is not None:
-            sets += ["hashed_password = ?", "password_changed_at = ?"]
-            params += [hashed_password, now]
-        if is_active is not None:
-            sets.append("is_active = ?")
-            params.append(int(is_active))
-        if hashed_password is not None or is_active is False:
-            # Every token issued so far dies, and stays dead if the user is enabled again.
-            sets.append("tokens_valid_after = ?")
-            params.append(now)
-        if logged_in:
-            sets.append("last_login = ?")
-            params.append(now)
-        if not sets:
+        changes = admin_update(
+            self._clock(),
+            hashed_password=hashed_password,
+            is_active=is_active,
+            logged_in=logged_in,
+        )
+        if not changes:
             return await self.get_admin(username)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
         return await self._admin(
-            f"UPDATE admin_users SET {', '.join(sets)} WHERE username = ?"
-            f" RETURNING {ADMIN_COLUMNS}",
-            (*params, username),
+            f"UPDATE admin_users SET {assignments} WHERE username = ? RETURNING {ADMIN_COLUMNS}",
+            (*changes.values(), username),
         )
 
     # --- audit ----------------------------------------------------------------------
