@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +50,13 @@ from .rows import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
     REQUEST_COLUMNS,
+    USAGE_GROUP_BY,
     admin_from_row,
     audit_entry,
     key_from_row,
     request_row,
 )
 
-# What each grouping of `GET /usage` groups by, as a column of both rollup tables.
-_GROUP_BY: Mapping[rollups.Grouping, str] = {
-    "user": "user_id",
-    "key": "api_key_id",
-    "model": "model",
-    "day": "substr(hour, 1, 10)",
-}
 # A look at the database that takes longer than this is a failed look.
 _CHECK_TIMEOUT = 2.0
 # Seconds `close` waits for connections in use before cutting them off.
@@ -235,7 +229,7 @@ class PostgresStore:
     async def usage_summary(self, *, days: int, by: rollups.Grouping, now: float) -> UsageReport:
         since = rollups.window_start(days, now)
         hour = iso_utc(since)[:13]
-        group = _GROUP_BY[by]
+        group = USAGE_GROUP_BY[by]
         # sum() of bigints is numeric in PostgreSQL: cast back, to read ints as SQLite's.
         rows = await self._fetch(
             f"SELECT {group}, sum(requests)::bigint, sum(errors)::bigint,"

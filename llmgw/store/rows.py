@@ -11,6 +11,7 @@ import orjson
 
 from ..api_types import AuditEntry, RequestRow
 from ..keys import ApiKey
+from ..rollups import Grouping
 from ..times import iso_utc, parse_iso
 from .base import AdminUser, KeyChanges
 
@@ -76,6 +77,13 @@ REQUEST_COLUMNS = (
     " prompt_tokens, completion_tokens, usage_source, duration_ms, ttft_ms, upstream"
 )
 AUDIT_COLUMNS = "id, timestamp, actor, door, action, target, before, after"
+# What each grouping of `GET /usage` groups by, as a column of both rollup tables.
+USAGE_GROUP_BY: Mapping[Grouping, str] = {
+    "user": "user_id",
+    "key": "api_key_id",
+    "model": "model",
+    "day": "substr(hour, 1, 10)",
+}
 # Each key changed after a version ({after}: the placeholder), once, with its newest
 # change and its row now (NULLs once deleted: ids are never reused).
 KEY_CHANGES_SINCE = (

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from .rows import (
     AUDIT_COLUMNS,
     KEY_COLUMNS,
     REQUEST_COLUMNS,
+    USAGE_GROUP_BY,
     admin_from_row,
     audit_entry,
     key_from_row,
@@ -45,13 +46,6 @@ from .sqlite_file import Database
 from .sqlite_rows import FOLD_NEW_LOGS, INSERT_LOG, LAST_LOG_ID, RECORD_ERRORS, log_row
 from .sqlite_tx import SqliteTransaction
 
-# What each grouping of `GET /usage` groups by, as a column of both rollup tables.
-_GROUP_BY: Mapping[rollups.Grouping, str] = {
-    "user": "user_id",
-    "key": "api_key_id",
-    "model": "model",
-    "day": "substr(hour, 1, 10)",
-}
 # A look at the database that takes longer than this is a failed look.
 _CHECK_TIMEOUT = 2.0
 
@@ -193,7 +187,7 @@ class SqliteStore:
     async def usage_summary(self, *, days: int, by: rollups.Grouping, now: float) -> UsageReport:
         since = rollups.window_start(days, now)
         hour = iso_utc(since)[:13]
-        group = _GROUP_BY[by]
+        group = USAGE_GROUP_BY[by]
         async with self._reader.execute(
             f"SELECT {group}, sum(requests), sum(errors), sum(rate_limited),"
             " sum(prompt_tokens), sum(completion_tokens), total(duration_ms_sum),"
