@@ -114,15 +114,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("database", ["sqlite", "postgres"], indirect=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """The session's own PostgreSQL server, started on first use."""
+def running_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server, destroyed at the end; the test fails (never skips)
+    when one cannot start."""
     try:
         cluster = start_cluster()
     except PostgresMissing as exc:
         pytest.fail(f"cannot start PostgreSQL for the tests: {exc}", pytrace=False)
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """The session's own PostgreSQL server, started on first use."""
+    yield from running_cluster()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of the test's own, to stop and start again."""
+    yield from running_cluster()
 
 
 @pytest.fixture

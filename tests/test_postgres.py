@@ -9,7 +9,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,7 +26,7 @@ from llmgw.times import iso_utc
 
 from .conftest import Gateway, GatewayFactory, free_port, post_chat, run_llmgw, wait_for
 from .databases import PostgresDatabase
-from .postgres import Cluster, PostgresMissing, start_cluster
+from .postgres import Cluster
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 HOUR = 1_790_002_800.0
@@ -37,17 +37,6 @@ async def blank(postgres_cluster: Cluster) -> AsyncIterator[PostgresDatabase]:
     name = f"llmgw_pg_{uuid.uuid4().hex[:12]}"
     yield PostgresDatabase(await postgres_cluster.create_database(name))
     await postgres_cluster.drop_database(name)
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A server of the test's own, to stop and start again."""
-    try:
-        cluster = start_cluster()
-    except PostgresMissing as exc:
-        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}", pytrace=False)
-    yield cluster
-    cluster.destroy()
 
 
 def records(count: int, rng: random.Random) -> list[UsageRecord]:

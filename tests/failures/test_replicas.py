@@ -26,7 +26,7 @@ from llmgw.api_types import CreatedKey
 from llmgw.fake_vllm import FakeVLLM
 
 from ..conftest import Served, run_llmgw
-from ..postgres import Cluster, PostgresMissing, start_cluster
+from ..postgres import Cluster
 from ..redis_server import RedisServer
 from ..replicas import CHAT, Answer, Load, Replicas, burst, steady_load, tier_tables
 
@@ -42,17 +42,6 @@ async def pg_url(postgres_cluster: Cluster) -> AsyncIterator[str]:
     name = f"llmgw_replicas_{uuid.uuid4().hex[:12]}"
     yield await postgres_cluster.create_database(name)
     await postgres_cluster.drop_database(name)
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A PostgreSQL server of the test's own, to stop and start again."""
-    try:
-        cluster = start_cluster()
-    except PostgresMissing as exc:
-        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}", pytrace=False)
-    yield cluster
-    cluster.destroy()
 
 
 @pytest.fixture
