@@ -58,6 +58,49 @@ def bucket_of(duration_ms: float) -> int:
     return bisect.bisect_right(BOUNDS_NS, round(duration_ms, 3) * 1_000_000)
 
 
+class Fold:
+    """The rollup cells of ledger rows as they are stored: per (hour, user, key (0: none),
+    model ('': none)) the sums of `usage_hourly` and the latency buckets of
+    `usage_hourly_latency`, and each key's last use. What `add` gets is what the row
+    holds (its rounded duration, its timestamp text), so the cells are exactly what SQL
+    over the stored rows would sum (migration 3's backfill says the same in SQL)."""
+
+    __slots__ = ("last_used", "latency", "totals")
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str, int, str], list[float]] = {}
+        self.latency: Counter[tuple[str, str, int, str, int]] = Counter()
+        self.last_used: dict[int, str] = {}
+
+    def add(
+        self,
+        timestamp: str,
+        user_id: str,
+        api_key_id: int | None,
+        model: str | None,
+        status: int,
+        duration_ms: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        cell = (timestamp[:13], user_id, api_key_id or 0, model or "")
+        sums = self.totals.get(cell)
+        if sums is None:
+            sums = self.totals[cell] = [0, 0, 0, 0, 0, 0.0]
+        sums[0] += 1
+        sums[3] += prompt_tokens
+        sums[4] += completion_tokens
+        if api_key_id is not None and timestamp > self.last_used.get(api_key_id, ""):
+            self.last_used[api_key_id] = timestamp
+        if status == 429:  # refused at once: counted, not timed
+            sums[2] += 1
+            return
+        if status >= 400:
+            sums[1] += 1
+        sums[5] += duration_ms
+        self.latency[(*cell, bisect.bisect_right(BOUNDS_NS, duration_ms * 1_000_000))] += 1
+
+
 def bucket_range(bucket: int) -> tuple[float, float | None]:
     """A bucket's [low, high) in milliseconds; high is None for the overflow bucket."""
     low = 0.0 if bucket == 0 else BOUNDS_NS[bucket - 1] / 1e6

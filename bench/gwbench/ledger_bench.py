@@ -22,23 +22,24 @@ import contextlib
 import sqlite3
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import uvloop
 
+from llmgw.context import RequestIds
 from llmgw.ledger import Ledger, UsageRecord
 from llmgw.store import SqliteStore, Store
 
 KEYS = 50
+REQUEST_IDS = RequestIds()
 MODELS = ("llama-3.1-70b", "qwen2.5-coder-32b", "llama-3.1-8b")
 
 
 def make_record(i: int) -> UsageRecord:
     return UsageRecord(
-        request_id=uuid.uuid4().hex,
+        request_id=REQUEST_IDS.next(),  # as the gateway makes them: one per request
         user_id=f"user{i % KEYS:03d}",
         api_key_id=i % KEYS + 1,
         endpoint="/v1/chat/completions",

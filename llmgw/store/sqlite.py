@@ -43,7 +43,14 @@ from .rows import (
     request_row,
 )
 from .sqlite_file import Database
-from .sqlite_rows import FOLD_NEW_LOGS, INSERT_LOG, LAST_LOG_ID, RECORD_ERRORS, log_row
+from .sqlite_rows import (
+    FOLD_NEW_LOGS,
+    INSERT_LOG,
+    LAST_LOG_ID,
+    RECORD_ERRORS,
+    fold_upserts,
+    folded_rows,
+)
 from .sqlite_tx import SqliteTransaction
 
 # A look at the database that takes longer than this is a failed look.
@@ -138,20 +145,25 @@ class SqliteStore:
     # --- the ledger -------------------------------------------------------------------
 
     async def insert_request_logs(self, records: Sequence[UsageRecord]) -> int:
-        """The rows are made in SQLite's thread (the parameters are a generator) and
-        folded into the rollups by SQLite itself (only the rows new by request id: a
-        batch retried after a lost commit adds nothing twice), so a batch costs the
-        event loop next to nothing."""
+        """The rows are made, and folded into the rollup cells, in SQLite's thread (the
+        parameters are a generator), so a batch costs the event loop next to nothing;
+        one upsert per cell follows. Should a row have been written before (a batch
+        retried after a lost commit), only the new rows are folded, by SQL."""
         try:
             async with self.transaction():
                 db = self._database.connection
                 async with db.execute(LAST_LOG_ID) as cursor:
                     row = await cursor.fetchone()
                 last_id = row[0] if row else 0
-                cursor = await db.executemany(INSERT_LOG, (log_row(r) for r in records))
+                fold = rollups.Fold()
+                cursor = await db.executemany(INSERT_LOG, folded_rows(records, fold))
                 inserted = cursor.rowcount
-                for statement in FOLD_NEW_LOGS:
-                    await db.execute(statement, (last_id,))
+                if inserted == len(records):
+                    for statement, cells in fold_upserts(fold):
+                        await db.executemany(statement, cells)
+                else:
+                    for statement in FOLD_NEW_LOGS:
+                        await db.execute(statement, (last_id,))
         except RECORD_ERRORS as exc:
             raise RecordError(f"{type(exc).__name__}: {exc}") from exc
         self._written = time.monotonic()

@@ -174,6 +174,18 @@ class Database:
         return Path(name)
 
 
+def _yield_to_the_loop(connection: aiosqlite.Connection) -> None:
+    """Make the connection's thread the least urgent on its core (Linux: a thread's own
+    nice value). The ledger's batches run there; on a core it shares with the event
+    loop, a batch of a thousand rows would otherwise keep the loop waiting for the
+    scheduler's slice (milliseconds) whenever the loop wakes meanwhile."""
+    thread = getattr(connection, "_thread", None)  # aiosqlite's worker (no public handle)
+    native_id = getattr(thread, "native_id", None)
+    if native_id is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, native_id, 19)
+
+
 def _integrity_problem(path: Path) -> str | None:
     with contextlib.closing(sqlite3.connect(path)) as copy:
         result = copy.execute("PRAGMA integrity_check").fetchone()[0]
@@ -193,6 +205,7 @@ async def _connect(path: Path, clock: Clock) -> tuple[aiosqlite.Connection, aios
         await writer.execute("PRAGMA synchronous=NORMAL")
         await writer.execute("PRAGMA busy_timeout=5000")
         await migrate(writer, clock)
+        _yield_to_the_loop(writer)
         reader = await aiosqlite.connect(path, isolation_level=None)
         await reader.execute("PRAGMA query_only=ON")
         await reader.execute("PRAGMA busy_timeout=5000")

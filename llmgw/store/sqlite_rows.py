@@ -5,10 +5,11 @@ from rows are both databases', in `rows`)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..ledger import UsageRecord
-from ..rollups import BOUNDS_NS, OVERFLOW
+from ..rollups import BOUNDS_NS, OVERFLOW, Fold
 from ..times import iso_utc
 
 # What SQLite raises for a value it cannot store (an integer past 2^63, text that is not
@@ -55,6 +56,47 @@ FOLD_NEW_LOGS = (
     f" FROM (SELECT api_key_id, max(timestamp) AS last {_NEW} AND api_key_id IS NOT NULL"
     " GROUP BY api_key_id) AS used WHERE api_keys.id = used.api_key_id",
 )
+
+
+# A batch folded in Python (rollups.Fold), applied a cell at a time.
+UPSERT_HOURLY = (
+    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+    " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+    " requests = requests + excluded.requests, errors = errors + excluded.errors,"
+    " rate_limited = rate_limited + excluded.rate_limited,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum"
+)
+UPSERT_LATENCY = (
+    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+    " count = count + excluded.count"
+)
+UPDATE_LAST_USED = (
+    "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?"
+)
+
+
+def folded_rows(records: Iterable[UsageRecord], fold: Fold) -> Iterator[tuple[Any, ...]]:
+    """The rows of `records`, each added to `fold` as it is made: run as executemany's
+    parameters, all of it happens in SQLite's thread."""
+    for record in records:
+        row = log_row(record)
+        fold.add(row[13], row[1], row[2], row[11], row[5], row[6], row[8], row[9])
+        yield row
+
+
+def fold_upserts(fold: Fold) -> tuple[tuple[str, list[tuple[Any, ...]]], ...]:
+    """The statements that add `fold` to the rollups and the keys' last use."""
+    return (
+        (UPSERT_HOURLY, [(*cell, *sums) for cell, sums in fold.totals.items()]),
+        (UPSERT_LATENCY, [(*cell, count) for cell, count in fold.latency.items()]),
+        (UPDATE_LAST_USED, [(last, key_id) for key_id, last in fold.last_used.items()]),
+    )
 
 
 def log_row(r: UsageRecord) -> tuple[Any, ...]:
