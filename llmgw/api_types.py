@@ -23,8 +23,27 @@ class KeyView(TypedDict):
     expires_at: str | None
     last_used_at: str | None
     allowed_models: list[str] | None
-    requests_per_minute: int | None
+    requests_per_minute: int | None  # the key's own limits; None: its tier's
     requests_per_hour: int | None
+    tokens_per_minute: int | None  # 0: unlimited for this key, whatever its tier says
+    tokens_per_day: int | None
+    max_in_flight: int | None
+    budget_tokens: int | None
+    budget_period: Literal["day", "week", "month"] | None
+
+
+class KeyDetail(KeyView):
+    """`GET /keys/{id}`: the key, and each of its limits with what is left of it now."""
+
+    limits: LimitsView | None  # None: the limits cannot be read (Redis gone, policy deny)
+
+
+class UserBudget(TypedDict):
+    """A token budget shared by all keys of a user (`PUT /users/{user_id}/budget`)."""
+
+    user_id: str
+    budget_tokens: int
+    budget_period: Literal["day", "week", "month"]
 
 
 class CreatedKey(KeyView):
@@ -41,6 +60,13 @@ class TierView(TypedDict):
     name: str
     requests_per_minute: int
     requests_per_hour: int
+    tokens_per_minute: int  # 0: unlimited
+    tokens_per_day: int
+    max_in_flight: int
+    budget_tokens: int
+    budget_period: Literal["day", "week", "month"]
+    default_max_tokens: int
+    priority: int
 
 
 class Tiers(TypedDict):
@@ -244,9 +270,32 @@ class WindowBudget(TypedDict):
     reset_s: float
 
 
-class KeyBudget(TypedDict):
-    minute: WindowBudget
-    hour: WindowBudget
+class InFlightView(TypedDict):
+    limit: int
+    current: int  # requests of the key being served now
+
+
+class BudgetView(TypedDict):
+    """A token budget for a calendar period (UTC), a key's or its user's."""
+
+    limit: int
+    used: int
+    remaining: int  # 0 once spent (used may exceed limit: a request settles what it used)
+    period: Literal["day", "week", "month"]
+    renews_at: str  # ISO UTC: the start of the next period
+
+
+class LimitsView(TypedDict):
+    """Each limit of a key as it applies now, and what is left of it; None where the
+    limit is off (0 = unlimited)."""
+
+    requests_per_minute: WindowBudget
+    requests_per_hour: WindowBudget
+    tokens_per_minute: WindowBudget | None
+    tokens_per_day: WindowBudget | None
+    in_flight: InFlightView | None
+    key_budget: BudgetView | None
+    user_budget: BudgetView | None
 
 
 class BusyKey(KeyActivity):
@@ -255,7 +304,7 @@ class BusyKey(KeyActivity):
     key_prefix: str | None
     user_id: str | None
     tier: str | None
-    budget: KeyBudget | None
+    limits: LimitsView | None  # None: deleted, or the limits cannot be read (Redis gone)
 
 
 class StatsTotals(LiveTotals):
