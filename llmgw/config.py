@@ -184,12 +184,22 @@ class UpstreamSettings:
     api_key: str = setting(
         "", "Sent upstream as a bearer token when vLLM runs with --api-key.", secret=True
     )
+    priority_scheduling: bool = setting(
+        False, "vLLM runs with --scheduling-policy priority: requests carry their tier's priority."
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class TierSettings:
     requests_per_minute: int = field(metadata=doc("Requests a key of this tier may make a minute."))
     requests_per_hour: int = field(metadata=doc("Requests a key of this tier may make an hour."))
+    tokens_per_minute: int = setting(0, "Tokens (prompt + completion) a key may use a minute; 0: unlimited.")
+    tokens_per_day: int = setting(0, "Tokens a key may use a day (a sliding day); 0: unlimited.")
+    max_in_flight: int = setting(0, "Requests of one key served at once; 0: unlimited.")
+    budget_tokens: int = setting(0, "Tokens a key may use per budget period; 0: no budget.")
+    budget_period: str = setting("month", "The budget's calendar period (UTC): day, week or month.")
+    default_max_tokens: int = setting(4096, "max_tokens given to a request without one, when its key counts tokens.")
+    priority: int = setting(0, "vLLM's priority for this tier's requests (lower runs first).")
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,13 @@ class ApiKey:
     allowed_models: tuple[str, ...] | None = None
     requests_per_minute: int | None = None  # overrides the tier's
     requests_per_hour: int | None = None
+    tokens_per_minute: int | None = None  # 0: unlimited for this key
+    tokens_per_day: int | None = None
+    max_in_flight: int | None = None
+    budget_tokens: int | None = None
+    budget_period: str | None = None
+    user_budget_tokens: int | None = None  # the key's user's budget (all their keys)
+    user_budget_period: str | None = None
 
     def may_use(self, model: str | None) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -111,6 +118,11 @@ class ApiKey:
             allowed_models=list(self.allowed_models) if self.allowed_models else None,
             requests_per_minute=self.requests_per_minute,
             requests_per_hour=self.requests_per_hour,
+            tokens_per_minute=self.tokens_per_minute,
+            tokens_per_day=self.tokens_per_day,
+            max_in_flight=self.max_in_flight,
+            budget_tokens=self.budget_tokens,
+            budget_period=self.budget_period,  # type: ignore[typeddict-item]
         )
 
 

@@ -5,43 +5,56 @@ one the settings name."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
 
+from ..clock import Clock
 from ..config import Settings
 from .base import (
+    NOTHING,
+    Budget,
     Decision,
+    Demand,
     Limiter,
     LimiterStatus,
     LimiterUnavailable,
     LimitExceeded,
-    RequestLimits,
+    Limits,
     Reservation,
+    SpentTokens,
     WindowState,
     format_duration,
     limits_for,
+    nothing_spent,
 )
 from .memory import MemoryLimiter
 
 __all__ = [
+    "NOTHING",
+    "Budget",
     "Decision",
+    "Demand",
     "LimitExceeded",
     "Limiter",
     "LimiterStatus",
     "LimiterUnavailable",
+    "Limits",
     "MemoryLimiter",
-    "RequestLimits",
     "Reservation",
+    "SpentTokens",
     "WindowState",
     "format_duration",
     "limits_for",
+    "nothing_spent",
     "open_limiter",
 ]
 
 
-async def open_limiter(settings: Settings, clock: Callable[[], float]) -> Limiter:
+async def open_limiter(
+    settings: Settings, clock: Clock, spent: SpentTokens = nothing_spent
+) -> Limiter:
     """The limiter of [limits]: memory, or Redis with the memory one (on `clock`) to
-    fall back on. Redis is asked once, so a Redis already gone is logged at start."""
-    local = MemoryLimiter(clock)
+    fall back on. `spent` reads a budget's tokens from the ledger. Redis is asked once,
+    so a Redis already gone is logged at start."""
+    local = MemoryLimiter(clock, spent)
     config = settings.limits
     if config.backend == "memory":
         return local
