@@ -87,8 +87,8 @@ def create_app(
     app.cleanup_ctx.extend(
         [
             _log_flusher,
-            _limiter,
             _database,
+            _limiter,  # after the store: budgets start from the ledger
             _key_sync,
             _ledger,
             _upstream_client,
@@ -144,7 +144,7 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
-    limiter = await open_limiter(app[SETTINGS], app[CLOCK].monotonic)
+    limiter = await open_limiter(app[SETTINGS], app[CLOCK])  # TODO(merge): app[STORE].tokens_since
     app[LIMITER] = limiter
     yield
     await limiter.close()

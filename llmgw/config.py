@@ -193,12 +193,16 @@ class UpstreamSettings:
 class TierSettings:
     requests_per_minute: int = field(metadata=doc("Requests a key of this tier may make a minute."))
     requests_per_hour: int = field(metadata=doc("Requests a key of this tier may make an hour."))
-    tokens_per_minute: int = setting(0, "Tokens (prompt + completion) a key may use a minute; 0: unlimited.")
+    tokens_per_minute: int = setting(
+        0, "Tokens (prompt + completion) a key may use a minute; 0: unlimited."
+    )
     tokens_per_day: int = setting(0, "Tokens a key may use a day (a sliding day); 0: unlimited.")
     max_in_flight: int = setting(0, "Requests of one key served at once; 0: unlimited.")
     budget_tokens: int = setting(0, "Tokens a key may use per budget period; 0: no budget.")
     budget_period: str = setting("month", "The budget's calendar period (UTC): day, week or month.")
-    default_max_tokens: int = setting(4096, "max_tokens given to a request without one, when its key counts tokens.")
+    default_max_tokens: int = setting(
+        4096, "max_tokens given to a request without one, when its key counts tokens."
+    )
     priority: int = setting(0, "vLLM's priority for this tier's requests (lower runs first).")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .keys import ApiKey
 from .ledger import UsageRecord, UsageSource
+from .limits import Reservation
 from .streaming import SseRelay
 from .usage import InvalidUsage, Usage, estimate_prompt_tokens
 
@@ -55,16 +56,33 @@ class RequestContext:
     relay: SseRelay | None = None
     status: int | None = None  # overrides the response's status (a stream cut short)
     cut: bool = False  # the response was cut off after its first byte
+    reservation: Reservation | None = None  # what the request holds of its key's limits
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    async def settle(self, status: int) -> None:
+        """Settle the request's reservation with what it used (as its ledger row will
+        say), ending with `status`; only the first call counts."""
+        if self.reservation is not None:
+            prompt, completion, _ = self._usage(status)
+            await self.reservation.settle(prompt + completion)
 
     def record(self, status: int) -> UsageRecord | None:
         """The ledger row for this request; None when no key was recognised."""
         if self.key is None:
             return None
         prompt, completion, source = self._usage(status)
+        if source == "invalid":
+            # Once per request (a record is made once), never the prompt: only the numbers.
+            log.warning(
+                "upstream %s reported usage that cannot be true for request %s: %s; "
+                "the ledger row is estimated and marked invalid",
+                self.upstream,
+                self.request_id,
+                self._reported().raw,  # type: ignore[union-attr]
+            )
         return UsageRecord(
             request_id=self.request_id,
             user_id=self.key.user_id,
@@ -82,19 +100,14 @@ class RequestContext:
             timestamp=self.timestamp,
         )
 
+    def _reported(self) -> Usage | InvalidUsage | None:
+        return self.usage or (self.relay.usage if self.relay else None)
+
     def _usage(self, status: int) -> tuple[int, int, UsageSource]:
-        reported = self.usage or (self.relay.usage if self.relay else None)
+        reported = self._reported()
         if isinstance(reported, Usage):
             return reported.prompt_tokens, reported.completion_tokens, "reported"
         if isinstance(reported, InvalidUsage):
-            # Once per request (a record is made once), never the prompt: only the numbers.
-            log.warning(
-                "upstream %s reported usage that cannot be true for request %s: %s; "
-                "the ledger row is estimated and marked invalid",
-                self.upstream,
-                self.request_id,
-                reported.raw,
-            )
             prompt = estimate_prompt_tokens(self.payload) if self.payload else 0
             return prompt, self.relay.completion_events if self.relay else 0, "invalid"
         if self.upstream is None or self.payload is None:

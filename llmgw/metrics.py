@@ -22,6 +22,12 @@ class Metrics:
     responses: Counter[int] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Requests refused by a limit, by the limit (the 429's `error.type`).
+    refusals: Counter[str] = field(
+        default_factory=lambda: Counter(
+            dict.fromkeys(("requests", "tokens", "concurrency", "budget"), 0)
+        )
+    )
 
     def render(self, ledger: Ledger, pool: UpstreamPool, limits: LimiterStatus) -> str:
         lines = [
@@ -33,6 +39,13 @@ class Metrics:
             *(
                 f'llmgw_responses_total{{code="{code}"}} {count}'
                 for code, count in sorted(self.responses.items())
+            ),
+            "# HELP llmgw_limit_refusals_total Requests refused by a limit of their key, by "
+            "the limit.",
+            "# TYPE llmgw_limit_refusals_total counter",
+            *(
+                f'llmgw_limit_refusals_total{{reason="{reason}"}} {count}'
+                for reason, count in self.refusals.items()
             ),
             "# HELP llmgw_tokens_total Tokens recorded in the ledger.",
             "# TYPE llmgw_tokens_total counter",

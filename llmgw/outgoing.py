@@ -1,16 +1,23 @@
 """What a request sends upstream: its body, read within a deadline and checked before any
-limit is charged (a 400, 403 or 404 costs nothing).
+limit is charged (a 400, 403 or 404 costs nothing), and what it may cost in tokens.
 
-The body goes upstream as the bytes received, with one exception: a streaming chat or
-text completion is made to ask for the usage chunk, which the relay removes again on the
-way back if the client did not ask for it itself.
+The body goes upstream as the bytes received, but for these fields the gateway sets:
+- `stream_options.include_usage` on a streaming chat or text completion, so the usage
+  chunk comes (the relay removes it again if the client did not ask for it itself);
+- `max_tokens`, when the key counts tokens and the request has none (its tier's
+  `default_max_tokens`: every request must be reservable), or lowered to what is left
+  of a budget, so vLLM stops by itself;
+- `priority`, the tier's, for an upstream that schedules by it (and only there: vLLM
+  refuses a priority it does not schedule by).
+Fields the request does not have are spliced onto the end of the received bytes, so
+everything it did send goes upstream unchanged; otherwise the body is encoded again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -20,28 +27,57 @@ from aiohttp import web
 from .context import RequestContext
 from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey
+from .limits import Demand, Limits, tier_of
 from .routes import Route
 from .state import SETTINGS, UPSTREAMS
+from .usage import estimate_prompt_tokens
 
-_USAGE_OPTIONS = b',"stream_options":{"include_usage":true}}'
 # What JSON calls each type, for OpenAI's "expected a boolean, but got a string" message.
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", list: "an array"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """The request as it goes upstream."""
 
-    body: bytes
+    received: bytes
+    payload: dict[str, Any]
     stream: bool  # the client asked for a stream
     strip_usage: bool  # the gateway, not the client, asked for the usage chunk
+    demand: Demand  # what it may cost in tokens
+    # The most completion tokens it may generate (max_tokens × n), when its key counts
+    # tokens: a stream past this (an upstream ignoring max_tokens) is cut.
+    ceiling: int | None = None
+    _fields: dict[str, Any] = field(default_factory=dict)  # set by the gateway
+    _bodies: dict[int | None, bytes] = field(default_factory=dict)  # by priority
+
+    def grant(self, granted: int) -> None:
+        """The limits granted `granted` tokens: less than the demand lowers max_tokens
+        to what was granted."""
+        demand = self.demand
+        if granted >= demand.total or not demand.completion:
+            return
+        per_choice = max(1, (granted - demand.prompt) // demand.choices)
+        self._fields[_cap_field(self.payload)] = per_choice
+        if self.ceiling is not None:
+            self.ceiling = _ceiling(per_choice, demand.choices)
+        self._bodies.clear()
+
+    def body(self, priority: int | None) -> bytes:
+        """The bytes to send an upstream (with `priority`, if it schedules by it)."""
+        body = self._bodies.get(priority)
+        if body is None:
+            fields = self._fields if priority is None else {**self._fields, "priority": priority}
+            body = self._bodies[priority] = _with_fields(self.received, self.payload, fields)
+        return body
 
 
 async def read_outgoing(
-    request: web.Request, ctx: RequestContext, route: Route, key: ApiKey
+    request: web.Request, ctx: RequestContext, route: Route, key: ApiKey, limits: Limits
 ) -> Outgoing:
     """The request's body, checked: JSON, a model the key may use and some upstream
-    serves, a boolean `stream`. Fills in `ctx.payload` and `ctx.model`."""
+    serves, a boolean `stream`; and its demand in tokens. Fills in `ctx.payload` and
+    `ctx.model`."""
     body = await _read_body(request)
     try:
         payload = orjson.loads(body)
@@ -63,10 +99,61 @@ async def read_outgoing(
             code="model_not_found",
             param="model",
         )
-    if not route.streams or not _wants_stream(payload.get("stream")):
-        return Outgoing(body, stream=False, strip_usage=False)
-    body, strip_usage = _ask_for_usage(body, payload)
-    return Outgoing(body, stream=True, strip_usage=strip_usage)
+    stream = route.streams and _wants_stream(payload.get("stream"))
+    fields: dict[str, Any] = {}
+    strip_usage = stream and _ask_for_usage(payload, fields)
+    demand, ceiling = _demand(route, payload, limits, key, request, fields)
+    return Outgoing(body, payload, stream, strip_usage, demand, ceiling, fields)
+
+
+def _demand(
+    route: Route,
+    payload: dict[str, Any],
+    limits: Limits,
+    key: ApiKey,
+    request: web.Request,
+    fields: dict[str, Any],
+) -> tuple[Demand, int | None]:
+    """What the request may cost: its prompt, estimated, and max_tokens × n (the
+    tier's default_max_tokens, added to the body, when it has none and its key counts
+    tokens)."""
+    if route.kind == "embedding":
+        return Demand(estimate_prompt_tokens(payload), 0), None
+    if route.kind == "models":
+        return Demand(0, 0), None
+    n = payload.get("n")
+    choices = n if type(n) is int and n >= 1 else 1
+    cap = payload.get(_cap_field(payload))
+    if type(cap) is int and cap >= 1:
+        max_tokens = cap
+    else:
+        max_tokens = tier_of(key, request.app[SETTINGS]).default_max_tokens
+        if cap is None and limits.counts_tokens:
+            fields["max_tokens"] = max_tokens
+        # (Anything else is vLLM's to refuse, in its own words; the default is reserved.)
+    demand = Demand(estimate_prompt_tokens(payload), max_tokens * choices, choices)
+    return demand, _ceiling(max_tokens, choices) if limits.counts_tokens else None
+
+
+def _cap_field(payload: dict[str, Any]) -> str:
+    """The field that caps generation: OpenAI's newer name when the request uses it."""
+    return "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+
+
+def _ceiling(max_tokens: int, choices: int) -> int:
+    # Token chunks, not tokens: each choice's last chunk may carry no token.
+    return (max_tokens + 1) * choices
+
+
+def _with_fields(body: bytes, payload: dict[str, Any], fields: dict[str, Any]) -> bytes:
+    """`body` with `fields` set: spliced onto its end when the request has none of
+    them (its own bytes unchanged), else encoded again."""
+    if not fields:
+        return body
+    if not payload or any(name in payload for name in fields):
+        return orjson.dumps({**payload, **fields})
+    end = body.rstrip().rfind(b"}")
+    return body[:end] + b"," + orjson.dumps(fields)[1:]
 
 
 async def read_within(
@@ -160,20 +247,20 @@ def _wants_stream(stream: Any) -> bool:
     )
 
 
-def _ask_for_usage(body: bytes, payload: dict[str, Any]) -> tuple[bytes, bool]:
-    """The body with `stream_options.include_usage` on; and whether the client lacked it.
-
-    When the client did not send `stream_options`, the option is spliced onto the end
-    of the received bytes, so everything it did send goes upstream unchanged.
-    """
+def _ask_for_usage(payload: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Set `stream_options.include_usage` among `fields`; whether the client lacked it."""
     options = payload.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
-        return body, False
-    if "stream_options" not in payload:
-        end = body.rstrip().rfind(b"}")
-        return body[:end] + _USAGE_OPTIONS, True
+        return False
     if options is not None and not isinstance(options, dict):
-        return body, False  # malformed: let vLLM reject it in its own words
+        return False  # malformed: let vLLM reject it in its own words
+    if options is None and "stream_options" not in payload:
+        fields["stream_options"] = {"include_usage": True}
+        return True
     # Continuous usage only applies with include_usage; the client would not have seen it.
-    patched = {**(options or {}), "include_usage": True, "continuous_usage_stats": False}
-    return orjson.dumps({**payload, "stream_options": patched}), True
+    fields["stream_options"] = {
+        **(options or {}),
+        "include_usage": True,
+        "continuous_usage_stats": False,
+    }
+    return True

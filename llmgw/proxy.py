@@ -2,8 +2,11 @@
 
 1. Authenticate the key (401s; nothing is charged).
 2. Read and check the body (`outgoing`: 400, 403, 404, 408, 413; nothing is charged).
-3. Admit the request under the key's limits (429 naming the limit), holding the
-   reservation until the request ends, however it ends.
+3. Admit the request under every limit of its key (429 naming the limit), reserving
+   its demand in tokens; settle the reservation with the tokens it used once the
+   answer is complete (before the client has its last byte, so a client waiting for
+   one request to end before the next is never refused for concurrency), or however
+   else it ends.
 4. Forward it to the best upstream that serves its model, failing over to the next one
    while nothing has reached an upstream; give the request back if none could be
    reached.
@@ -17,21 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import orjson
 from aiohttp import web
 from yarl import URL
 
-from .context import RequestContext
+from .context import CLIENT_CLOSED, RequestContext
 from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey, presented_key
-from .limits import LimiterUnavailable, LimitExceeded, Reservation, limits_for
+from .limits import (
+    NOTHING,
+    Demand,
+    LimiterUnavailable,
+    LimitExceeded,
+    Limits,
+    Reservation,
+    limits_for,
+    tier_of,
+)
 from .outgoing import Outgoing, read_outgoing
 from .relay import answer, relay_stream, upstream_failed
 from .routes import ROUTES, Route
-from .state import CLIENT, CLOCK, CONTEXT, KEYS, LIMITER, SETTINGS, UPSTREAMS
+from .state import CLIENT, CLOCK, CONTEXT, KEYS, LIMITER, METRICS, SETTINGS, UPSTREAMS
 from .streaming import SseRelay
 from .upstreams import Upstream
 
@@ -48,18 +60,23 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request[CONTEXT]
         key = _authenticate(request, ctx)
+        limits = limits_for(key, request.app[SETTINGS])
         try:
             if request.query_string:
                 _refuse_key_in_query(request.query_string)
             outgoing = (
-                None if route.kind == "models" else await read_outgoing(request, ctx, route, key)
+                None
+                if route.kind == "models"
+                else await read_outgoing(request, ctx, route, key, limits)
             )
         except GatewayError:
-            await _show_windows(request, ctx, key)  # an authenticated answer: the headers
+            await _show_windows(request, ctx, key, limits)  # an authenticated answer
             raise
-        async with _admitted(request, ctx, key) as reservation:
+        demand = NOTHING if outgoing is None else outgoing.demand
+        async with _Admitted(request, ctx, key.id, limits, demand) as reservation:
             if outgoing is None:
                 return await _list_models(request, ctx, key, reservation)
+            outgoing.grant(reservation.decision.granted)
             return await _forward(request, ctx, route, outgoing, reservation)
 
     handle.__name__ = f"proxy_{route.kind}"
@@ -85,29 +102,54 @@ def _refuse_key_in_query(query: str) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def _admitted(
-    request: web.Request, ctx: RequestContext, key: ApiKey
-) -> AsyncIterator[Reservation]:
-    """The key's limits admit the request (or 429), until the block is left."""
-    limits = limits_for(key, request.app[SETTINGS])
-    try:
-        async with request.app[LIMITER].admit(key.id, limits) as reservation:
-            ctx.rate_headers = reservation.decision.headers()
-            yield reservation
-    except LimitExceeded as exc:
-        ctx.rate_headers = dict(exc.headers())
-        raise GatewayError(429, str(exc), type_=exc.kind, code="rate_limit_exceeded") from None
-    except LimiterUnavailable as exc:  # Redis is gone and [limits] on_redis_error = "deny"
-        raise GatewayError(
-            503, str(exc), code="limiter_unavailable", headers={"Retry-After": "1"}
-        ) from None
+class _Admitted:
+    """The key's limits admit the request (or 429), and the request holds what it was
+    granted until the block is left; leaving settles it, if nothing did before."""
+
+    __slots__ = ("_ctx", "_demand", "_key_id", "_limits", "_request")
+
+    def __init__(
+        self, request: web.Request, ctx: RequestContext, key_id: int, limits: Limits, demand: Demand
+    ) -> None:
+        self._request, self._ctx, self._key_id = request, ctx, key_id
+        self._limits, self._demand = limits, demand
+
+    async def __aenter__(self) -> Reservation:
+        app, ctx = self._request.app, self._ctx
+        try:
+            reservation = await app[LIMITER].admit(self._key_id, self._limits, self._demand)
+        except LimitExceeded as exc:
+            ctx.rate_headers = dict(exc.headers())
+            app[METRICS].refusals[exc.kind] += 1
+            raise GatewayError(429, str(exc), type_=exc.kind, code=exc.code) from None
+        except LimiterUnavailable as exc:  # Redis is gone and [limits] on_redis_error = "deny"
+            raise GatewayError(
+                503, str(exc), code="limiter_unavailable", headers={"Retry-After": "1"}
+            ) from None
+        ctx.reservation = reservation
+        ctx.rate_headers = reservation.decision.headers()
+        return reservation
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        # The status the request ends with, as the accounting will record it.
+        if exc is None:
+            status = self._ctx.status or 200
+        elif isinstance(exc, GatewayError):
+            status = exc.status
+        elif isinstance(exc, asyncio.CancelledError | ConnectionError):
+            status = CLIENT_CLOSED
+        else:
+            status = 500
+        await self._ctx.settle(status)
 
 
-async def _show_windows(request: web.Request, ctx: RequestContext, key: ApiKey) -> None:
+async def _show_windows(
+    request: web.Request, ctx: RequestContext, key: ApiKey, limits: Limits
+) -> None:
     """The limit headers of a request refused before admission (which took nothing);
     none when the limits cannot be read (Redis gone, and no local count to show)."""
-    limits = limits_for(key, request.app[SETTINGS])
     with contextlib.suppress(LimiterUnavailable):
         ctx.rate_headers = (await request.app[LIMITER].windows(key.id, limits)).headers()
 
@@ -124,11 +166,13 @@ async def _forward(
     reservation: Reservation,
 ) -> web.StreamResponse:
     pool = request.app[UPSTREAMS]
+    priority = tier_of(ctx.key, request.app[SETTINGS]).priority if ctx.key else 0
     for upstream in pool.candidates(ctx.model):
         ctx.upstream = upstream.url
+        body = outgoing.body(priority if upstream.priority_scheduling else None)
         try:
             with pool.lease(upstream):
-                return await _exchange(request, ctx, route, upstream, outgoing)
+                return await _exchange(request, ctx, route, upstream, body, outgoing)
         except _Unreachable as exc:
             upstream.mark_down(str(exc))
             ctx.upstream = None
@@ -137,7 +181,12 @@ async def _forward(
 
 
 async def _exchange(
-    request: web.Request, ctx: RequestContext, route: Route, upstream: Upstream, outgoing: Outgoing
+    request: web.Request,
+    ctx: RequestContext,
+    route: Route,
+    upstream: Upstream,
+    body: bytes,
+    outgoing: Outgoing,
 ) -> web.StreamResponse:
     """One request to one upstream, and its answer back to the client."""
     server = request.app[SETTINGS].server
@@ -149,7 +198,7 @@ async def _exchange(
             response = await request.app[CLIENT].request(
                 route.method,
                 target,
-                data=outgoing.body,
+                data=body,
                 headers=_upstream_headers(request, upstream, ctx.request_id),
             )
     try:
@@ -157,8 +206,12 @@ async def _exchange(
         # (never buffered whole and read for a usage it does not have).
         if response.content_type == "text/event-stream":
             ctx.relay = SseRelay(strip_usage=outgoing.strip_usage, role_chunk=route.kind == "chat")
-            return await relay_stream(request, ctx, response, ctx.relay, server.stream_idle_timeout)
-        return await answer(ctx, response, server.stream_idle_timeout)
+            return await relay_stream(
+                request, ctx, response, ctx.relay, server.stream_idle_timeout, outgoing.ceiling
+            )
+        whole = await answer(ctx, response, server.stream_idle_timeout)
+        await ctx.settle(whole.status)
+        return whole
     except BaseException:
         # The client went away or the handler failed: closing (not releasing) the
         # connection is what makes vLLM abort the generation.

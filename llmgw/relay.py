@@ -20,6 +20,10 @@ log = logging.getLogger("llmgw.proxy")
 
 _FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "retry-after-ms")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_OVERRUN = (
+    "The model server generated more than this request's max_tokens allows ({} token "
+    "chunks); the stream was cut. You are charged for what was generated."
+)
 
 
 def upstream_failed(ctx: RequestContext, message: str, exc: BaseException) -> GatewayError:
@@ -61,15 +65,17 @@ async def relay_stream(
     response: aiohttp.ClientResponse,
     relay: SseRelay,
     idle: float,
+    ceiling: int | None = None,
 ) -> web.StreamResponse:
     """Relay an event stream as it arrives; however it ends, the client's stream ends
-    properly (with an error event when the upstream failed)."""
+    properly (with an error event when the upstream failed, or generated more than
+    `ceiling` token chunks: more than its max_tokens allows)."""
     out = web.StreamResponse(status=200, headers=_response_headers(response) | _SSE_HEADERS)
     await out.prepare(request)
     live, key_id = request.app[LIVE], ctx.key.id if ctx.key else 0
     live.stream_opened(key_id)
     try:
-        await _relay(out, ctx, response, relay, idle)
+        await _relay(out, ctx, response, relay, idle, ceiling)
     finally:
         live.stream_closed(key_id)
     return out
@@ -89,6 +95,7 @@ async def _relay(
     response: aiohttp.ClientResponse,
     relay: SseRelay,
     idle: float,
+    ceiling: int | None,
 ) -> None:
     # Closing the upstream response when it goes quiet ends the loop below (with an
     # error, or at the end of what arrived); the watch then tells why.
@@ -98,6 +105,8 @@ async def _relay(
             if data := relay.feed(chunk):
                 ctx.mark_first_byte()
                 watch.paused = True  # a slow client is not an idle upstream
+                if relay.done:  # settled before the client has the end
+                    await ctx.settle(200)
                 await out.write(data)
                 watch.resume()
             else:
@@ -105,7 +114,13 @@ async def _relay(
             if relay.ended:  # the upstream sent an error: nothing after it is relayed
                 response.close()
                 break
-        if not watch.expired and (tail := relay.finish()):
+            if ceiling is not None and relay.completion_events > ceiling:
+                response.close()  # vLLM stops generating when its connection closes
+                await _cut(out, ctx, 502, _OVERRUN.format(ceiling), "max_tokens_exceeded")
+                break
+        if not watch.expired and not ctx.cut and (tail := relay.finish()):
+            if not relay.ended:
+                await ctx.settle(200)
             await out.write(tail)
     except aiohttp.ClientError as exc:
         if not watch.expired:

@@ -83,6 +83,11 @@ class SseRelay:
         return tail + self._release(None)
 
     @property
+    def done(self) -> bool:
+        """The upstream's `[DONE]` is among what was relayed: the stream is complete."""
+        return self._done_events > 0 and not self.ended
+
+    @property
     def completion_events(self) -> int:
         """Token chunks relayed so far: what a cut-short stream is charged for."""
         overhead = self._done_events + (1 if self._role_chunk else 0)

@@ -33,6 +33,7 @@ class Upstream:
     url: str
     api_key: str = field(default="", repr=False)
     configured_models: frozenset[str] = frozenset()
+    priority_scheduling: bool = False  # vLLM runs with --scheduling-policy priority
     discovered_models: frozenset[str] = frozenset()
     # The model cards its /v1/models listed at the last probe; None until it listed any.
     cards: tuple[dict[str, Any], ...] | None = None
@@ -87,7 +88,8 @@ class UpstreamPool:
     def __init__(self, settings: Sequence[UpstreamSettings], probe_timeout: float = 5.0) -> None:
         self._probe_timeout = probe_timeout
         self.upstreams = [
-            Upstream(s.url.rstrip("/"), s.api_key, frozenset(s.models)) for s in settings
+            Upstream(s.url.rstrip("/"), s.api_key, frozenset(s.models), s.priority_scheduling)
+            for s in settings
         ]
 
     def candidates(self, model: str | None) -> list[Upstream]:

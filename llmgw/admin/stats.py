@@ -18,10 +18,10 @@ import time
 import orjson
 from aiohttp import web
 
-from ..api_types import BusyKey, KeyActivity, KeyBudget, Stats, StatsTotals, WindowBudget
+from ..api_types import BusyKey, KeyActivity, LimitsView, Stats, StatsTotals
 from ..config import Settings
 from ..keys import ApiKey
-from ..limits import Limiter, LimiterUnavailable, WindowState, limits_for
+from ..limits import Limiter, LimiterUnavailable, limits_for
 from ..state import KEYS, LEDGER, LIMITER, LIVE, METRICS, SETTINGS, UPSTREAMS
 from .common import int_query, json_response
 
@@ -127,18 +127,12 @@ async def _busy_key(
 ) -> BusyKey:
     """Who the key is and what is left of its limits; all null for a deleted key."""
     if key is None:
-        return BusyKey(**row, key_prefix=None, user_id=None, tier=None, budget=None)
-    budget: KeyBudget | None
+        return BusyKey(**row, key_prefix=None, user_id=None, tier=None, limits=None)
+    limits: LimitsView | None
     try:
-        windows = await limiter.windows(key.id, limits_for(key, settings))
+        limits = (await limiter.windows(key.id, limits_for(key, settings))).view()
     except LimiterUnavailable:  # Redis gone, and the policy is to refuse: nothing to show
-        budget = None
-    else:
-        budget = KeyBudget(minute=_budget(windows.minute), hour=_budget(windows.hour))
+        limits = None
     return BusyKey(
-        **row, key_prefix=key.key_prefix, user_id=key.user_id, tier=key.tier, budget=budget
+        **row, key_prefix=key.key_prefix, user_id=key.user_id, tier=key.tier, limits=limits
     )
-
-
-def _budget(state: WindowState) -> WindowBudget:
-    return WindowBudget(limit=state.limit, remaining=state.remaining, reset_s=round(state.reset, 1))

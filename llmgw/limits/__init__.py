@@ -24,6 +24,7 @@ from .base import (
     format_duration,
     limits_for,
     nothing_spent,
+    tier_of,
 )
 from .memory import MemoryLimiter
 
@@ -45,6 +46,7 @@ __all__ = [
     "limits_for",
     "nothing_spent",
     "open_limiter",
+    "tier_of",
 ]
 
 

@@ -30,7 +30,7 @@ from ..times import iso_utc
 from .periods import Period
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..config import Settings, TierSettings
     from ..keys import ApiKey
 
 MINUTE = 60.0
@@ -73,10 +73,15 @@ class Limits:
         )
 
 
+def tier_of(key: ApiKey, settings: Settings) -> TierSettings:
+    """The key's tier (the default tier, should its tier have been removed from the
+    config)."""
+    return settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
+
+
 def limits_for(key: ApiKey, settings: Settings) -> Limits:
-    """The key's own limits where it has them, else its tier's (else the default tier's,
-    should its tier have been removed from the config)."""
-    tier = settings.tiers.get(key.tier) or settings.tiers[settings.admin.default_tier]
+    """The key's own limits where it has them, else its tier's."""
+    tier = tier_of(key, settings)
     budget_tokens = _own(key.budget_tokens, tier.budget_tokens)
     return Limits(
         requests_per_minute=key.requests_per_minute or tier.requests_per_minute,
