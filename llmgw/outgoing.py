@@ -4,9 +4,9 @@ limit is charged (a 400, 403 or 404 costs nothing), and what it may cost in toke
 The body goes upstream as the bytes received, but for these fields the gateway sets:
 - `stream_options.include_usage` on a streaming chat or text completion, so the usage
   chunk comes (the relay removes it again if the client did not ask for it itself);
-- `max_tokens`, when the key counts tokens and the request has none (its tier's
-  `default_max_tokens`: every request must be reservable), or lowered to what is left
-  of a budget, so vLLM stops by itself;
+- `max_tokens`, when the request has none (its tier's `default_max_tokens`, so every
+  request can be reserved, and none holds a GPU for a whole context's worth of tokens
+  it never asked for), or lowered to what is left of a budget, so vLLM stops by itself;
 - `priority`, the tier's, for an upstream that schedules by it (and only there: vLLM
   refuses a priority it does not schedule by).
 Fields the request does not have are spliced onto the end of the received bytes, so
@@ -29,9 +29,12 @@ from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey
 from .limits import Demand, Limits, tier_of
 from .routes import Route
-from .state import SETTINGS, UPSTREAMS
+from .state import CONTEXT, SETTINGS, UPSTREAMS
 from .usage import estimate_prompt_tokens
 
+# A text completion without max_tokens generates 16 tokens (OpenAI's documented default,
+# and vLLM's): that, not the tier's default_max_tokens, is what it is given.
+COMPLETION_DEFAULT_MAX_TOKENS = 16
 # What JSON calls each type, for OpenAI's "expected a boolean, but got a string" message.
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", list: "an array"}
 
@@ -48,6 +51,7 @@ class Outgoing:
     # The most completion tokens it may generate (max_tokens × n), when its key counts
     # tokens: a stream past this (an upstream ignoring max_tokens) is cut.
     ceiling: int | None = None
+    cap_field: str = "max_tokens"  # the field that caps its generation
     _fields: dict[str, Any] = field(default_factory=dict)  # set by the gateway
     _bodies: dict[int | None, bytes] = field(default_factory=dict)  # by priority
 
@@ -58,7 +62,7 @@ class Outgoing:
         if granted >= demand.total or not demand.completion:
             return
         per_choice = max(1, (granted - demand.prompt) // demand.choices)
-        self._fields[_cap_field(self.payload)] = per_choice
+        self._fields[self.cap_field] = per_choice
         if self.ceiling is not None:
             self.ceiling = _ceiling(per_choice, demand.choices)
         self._bodies.clear()
@@ -102,42 +106,70 @@ async def read_outgoing(
     stream = route.streams and _wants_stream(payload.get("stream"))
     fields: dict[str, Any] = {}
     strip_usage = stream and _ask_for_usage(payload, fields)
-    demand, ceiling = _demand(route, payload, limits, key, request, fields)
-    return Outgoing(body, payload, stream, strip_usage, demand, ceiling, fields)
+    cap_field = _cap_field(route, payload)
+    demand, ceiling = _demand(route, payload, cap_field, limits, key, request, fields)
+    return Outgoing(body, payload, stream, strip_usage, demand, ceiling, cap_field, fields)
 
 
 def _demand(
     route: Route,
     payload: dict[str, Any],
+    cap_field: str,
     limits: Limits,
     key: ApiKey,
     request: web.Request,
     fields: dict[str, Any],
 ) -> tuple[Demand, int | None]:
     """What the request may cost: its prompt, estimated, and max_tokens × n (the
-    tier's default_max_tokens, added to the body, when it has none and its key counts
-    tokens)."""
+    tier's default_max_tokens, added to the body, when it has none)."""
     if route.kind == "embedding":
         return Demand(estimate_prompt_tokens(payload), 0), None
     if route.kind == "models":
         return Demand(0, 0), None
     n = payload.get("n")
     choices = n if type(n) is int and n >= 1 else 1
-    cap = payload.get(_cap_field(payload))
+    prompt = estimate_prompt_tokens(payload)
+    cap = payload.get(cap_field)
     if type(cap) is int and cap >= 1:
-        max_tokens = cap
+        max_tokens = bound = cap
+    elif cap is not None:
+        # Not a count: vLLM's to refuse, in its own words. The default is reserved.
+        max_tokens = bound = tier_of(key, request.app[SETTINGS]).default_max_tokens
     else:
-        max_tokens = tier_of(key, request.app[SETTINGS]).default_max_tokens
-        if cap is None and limits.counts_tokens:
-            fields["max_tokens"] = max_tokens
-        # (Anything else is vLLM's to refuse, in its own words; the default is reserved.)
-    demand = Demand(estimate_prompt_tokens(payload), max_tokens * choices, choices)
-    return demand, _ceiling(max_tokens, choices) if limits.counts_tokens else None
+        max_tokens, bound = _default_max_tokens(route, prompt, key, request)
+        if bound == max_tokens:
+            fields[cap_field] = max_tokens
+    demand = Demand(prompt, max_tokens * choices, choices)
+    return demand, _ceiling(bound, choices) if limits.counts_tokens else None
 
 
-def _cap_field(payload: dict[str, Any]) -> str:
-    """The field that caps generation: OpenAI's newer name when the request uses it."""
-    return "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+def _default_max_tokens(
+    route: Route, prompt: int, key: ApiKey, request: web.Request
+) -> tuple[int, int]:
+    """What a request without max_tokens is reserved, and the most it may generate a
+    choice: the tier's default_max_tokens (a text completion's: 16) both, set in the
+    body, when it surely fits the model's context with the prompt (vLLM refuses a
+    max_tokens that does not fit). Otherwise the body is left alone: vLLM generates at
+    most the rest of the context, which is reserved, and never more than the context."""
+    default = (
+        COMPLETION_DEFAULT_MAX_TOKENS
+        if route.kind == "completion"
+        else tier_of(key, request.app[SETTINGS]).default_max_tokens
+    )
+    context = request.app[UPSTREAMS].context_length(request[CONTEXT].model)
+    # Twice the prompt's estimate: the estimate (characters / 4) may be short of the
+    # tokens vLLM counts (code, or text in other scripts, takes more tokens a character).
+    if context is None or default + 2 * prompt <= context:
+        return default, default
+    return max(1, min(default, context - prompt)), context
+
+
+def _cap_field(route: Route, payload: dict[str, Any]) -> str:
+    """The field that caps generation: OpenAI's newer name when a chat request uses it
+    (vLLM reads it before `max_tokens`; text completions have only `max_tokens`)."""
+    if route.kind == "chat" and "max_completion_tokens" in payload:
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 def _ceiling(max_tokens: int, choices: int) -> int:

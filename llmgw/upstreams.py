@@ -37,6 +37,7 @@ class Upstream:
     discovered_models: frozenset[str] = frozenset()
     # The model cards its /v1/models listed at the last probe; None until it listed any.
     cards: tuple[dict[str, Any], ...] | None = None
+    contexts: dict[str, int] = field(default_factory=dict)  # max_model_len by model
     healthy: bool = True
     in_flight: int = 0
     latency_ms: float | None = None
@@ -115,6 +116,12 @@ class UpstreamPool:
             u.serves(model) for u in self.upstreams
         )
 
+    def context_length(self, model: str | None) -> int | None:
+        """The model's context (vLLM's `max_model_len`), the smallest any upstream
+        lists for it; None when none lists one."""
+        lengths = [u.contexts[model] for u in self.upstreams if model in u.contexts]
+        return min(lengths) if lengths else None
+
     def served_models(self) -> list[str]:
         """Every model some upstream serves, sorted."""
         names: set[str] = set()
@@ -164,6 +171,11 @@ class UpstreamPool:
                         raise  # what it serves is unknown: no use routing to it
                 else:
                     upstream.discovered_models = frozenset(c["id"] for c in upstream.cards)
+                    upstream.contexts = {
+                        c["id"]: c["max_model_len"]
+                        for c in upstream.cards
+                        if type(c.get("max_model_len")) is int
+                    }
         except (
             TimeoutError,
             aiohttp.ClientError,
