@@ -64,7 +64,9 @@ async def open_limiter(
     from .failover import FailoverLimiter
     from .redis import RedisLimiter
 
-    shared = RedisLimiter.from_url(config.redis_url, timeout=config.redis_timeout)
+    shared = RedisLimiter.from_url(
+        config.redis_url, timeout=config.redis_timeout, clock=clock, spent=spent
+    )
     limiter = FailoverLimiter(shared, local, config.on_redis_error, shown(config.redis_url))
     await limiter.start()
     return limiter

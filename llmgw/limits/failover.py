@@ -6,9 +6,10 @@ decisions; `deny`: requests are refused with a 503 `limiter_unavailable`. Either
 `/health` says `degraded` and why, one WARNING is logged when it starts and one when
 Redis answers again, and while it lasts Redis is probed (PING) every `PROBE_INTERVAL`
 in the background, so no request waits on a Redis known to be gone; the first answer
-brings the shared limits back. A reservation is given back where it was taken: one
-admitted locally is refunded locally; one admitted in Redis while Redis has gone since
-stays counted there.
+brings the shared limits back. A reservation is settled where it was taken: one
+admitted locally settles locally; one admitted in Redis settles in Redis, or, if Redis
+has gone since, stays counted there (its tokens until they refill, its in-flight permit
+until its lease runs out).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from typing import Literal
 
-from .base import Decision, LimiterStatus, LimiterUnavailable, RequestLimits, Reservation
+from .base import Decision, Demand, LimiterStatus, LimiterUnavailable, Limits, Reservation
 from .memory import MemoryLimiter
 from .redis import RedisLimiter
 
@@ -39,11 +38,19 @@ class _SharedHeld:
         self._held, self._limiter = held, limiter
         self.decision = held.decision
 
+    async def settle(self, used: int) -> None:
+        try:
+            await self._held.settle(used)
+        except LimiterUnavailable as exc:
+            # Nothing more to log than going away says. What was reserved stays counted
+            # in Redis (the safe side): the tokens refill, the permit's lease runs out.
+            self._limiter.went_away(exc)
+
     async def refund(self) -> Decision:
         try:
             self.decision = await self._held.refund()
         except LimiterUnavailable as exc:
-            self._limiter.went_away(exc)  # the request stays counted: the safe side
+            self._limiter.went_away(exc)  # stays counted, as when settling
         return self.decision
 
 
@@ -72,21 +79,19 @@ class FailoverLimiter:
         else:
             log.info("limits: shared in redis at %s", self._where)
 
-    @contextlib.asynccontextmanager
-    async def admit(self, key_id: int, limits: RequestLimits) -> AsyncIterator[Reservation]:
-        async with contextlib.AsyncExitStack() as stack:
-            held: Reservation | None = None
-            if self._error is None:
-                try:
-                    shared = await stack.enter_async_context(self._shared.admit(key_id, limits))
-                    held = _SharedHeld(shared, self)
-                except LimiterUnavailable as exc:
-                    self.went_away(exc)
-            if held is None:
-                held = await stack.enter_async_context(self._alone(key_id, limits))
-            yield held
+    async def admit(self, key_id: int, limits: Limits, demand: Demand) -> Reservation:
+        if self._error is None:
+            try:
+                return _SharedHeld(await self._shared.admit(key_id, limits, demand), self)
+            except LimiterUnavailable as exc:
+                self.went_away(exc)
+        if self._policy == "deny":
+            raise self._unavailable()
+        self._local_decisions += 1
+        # A local reservation settles locally, whatever Redis does meanwhile.
+        return await self._local.admit(key_id, limits, demand)
 
-    async def windows(self, key_id: int, limits: RequestLimits) -> Decision:
+    async def windows(self, key_id: int, limits: Limits) -> Decision:
         if self._error is None:
             try:
                 return await self._shared.windows(key_id, limits)
@@ -138,14 +143,6 @@ class FailoverLimiter:
         self._error = str(exc)
         if self._probe is None:
             self._probe = asyncio.create_task(self._until_back(), name="redis-probe")
-
-    def _alone(
-        self, key_id: int, limits: RequestLimits
-    ) -> AbstractAsyncContextManager[Reservation]:
-        if self._policy == "deny":
-            raise self._unavailable()
-        self._local_decisions += 1
-        return self._local.admit(key_id, limits)
 
     def _unavailable(self) -> LimiterUnavailable:
         return LimiterUnavailable(

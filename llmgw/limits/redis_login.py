@@ -7,7 +7,7 @@ Keys: `llmgw:{login}:address:ADDRESS` (a list of failure times, expiring after t
 window) and `llmgw:{login}:username:NAME` (the streak, forgotten after a day without
 failures). The hash tag `{login}` puts both in one Redis Cluster slot, as one script
 call needs. A Redis that cannot be reached raises `LimiterUnavailable`
-(`redis.reach`); `login.FailoverThrottle` then counts in this process.
+(`redis_client.reach`); `login.FailoverThrottle` then counts in this process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from importlib import resources
 import redis.asyncio
 
 from .login import USERNAME_CHARS, Lockout, ThrottlePolicy
-from .redis import connect, reach
+from .redis_client import connect, reach
 
 SCRIPT = (resources.files(__package__) / "login.lua").read_text(encoding="utf-8")
 # Seconds a username's streak is kept after its last failure (in memory, until the
