@@ -331,6 +331,18 @@ async def test_a_budget_lowers_the_grant_then_refuses_until_its_period_ends(
     assert ledger.reads == ["key:1"]  # the ledger read once, on the first use
 
 
+async def test_a_request_of_no_tokens_passes_an_overspent_budget(
+    backend: Limiter, ledger: Ledger
+) -> None:
+    ledger.spent["key:1"] = 130  # settled past the budget of 100
+    with pytest.raises(LimitExceeded, match="Token budget exhausted"):
+        await backend.admit(1, budgeted(100), Demand(prompt=1, completion=0))
+    held = await backend.admit(1, budgeted(100), NOTHING)  # the model list
+    assert held.decision.key_budget is not None
+    assert held.decision.key_budget.remaining == 0
+    await held.settle(0)
+
+
 async def test_a_budget_starts_each_period_from_the_ledger(
     backend: Limiter, ledger: Ledger, clock: FakeClock
 ) -> None:

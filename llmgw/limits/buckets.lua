@@ -168,8 +168,8 @@ if mode == 'take' then
     for s = 1, 2 do
         if budget[s] and refused == '' then
             local left = budget[s].limit - used[s]
-            if left + EPSILON >= granted then
-                -- it fits
+            if granted == 0 or left + EPSILON >= granted then
+                -- it fits (a request of no tokens, the model list, passes any budget)
             elseif lowerable and left + EPSILON >= least then
                 granted = math.floor(left + EPSILON) -- max_tokens lowered to what is left
             else

@@ -261,8 +261,8 @@ class MemoryLimiter:
         granted = demand.total
         for charge in charges:
             left = charge.budget.tokens - charge.spent.used
-            if left + EPSILON >= granted:
-                continue
+            if not granted or left + EPSILON >= granted:
+                continue  # (a request of no tokens, the model list, passes any budget)
             if demand.completion and left + EPSILON >= demand.least:
                 granted = math.floor(left + EPSILON)  # max_tokens lowered to what is left
                 continue
