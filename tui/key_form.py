@@ -321,6 +321,9 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
         chosen = period.value
         period.set_options(_period_options(tier))
         period.value = chosen
+        # Select redraws its label when its value changes, and this one may well not.
+        # (mypy cannot tell the descriptor of a generic class's reactive from its value.)
+        period.mutate_reactive(Select.value)  # type: ignore[misc]
 
     @on(FormRefused)
     def refused(self, event: FormRefused) -> None:

@@ -90,24 +90,29 @@ def tier_placeholder(tier: TierView, name: LimitName) -> str:
     return "no limit" if value == 0 else str(value)
 
 
-def _figure(value: int | None) -> str:
-    return "tier's" if value is None else "∞" if value == 0 else f"{value:,}"
+# How the keys tab names each limit the key sets itself.
+SHOWN_AS: dict[LimitName, str] = {
+    "requests_per_minute": "requests/min",
+    "requests_per_hour": "requests/hour",
+    "tokens_per_minute": "tokens/min",
+    "tokens_per_day": "tokens/day",
+    "max_in_flight": "in flight",
+}
 
 
 def describe_limits(key: KeyView) -> str:
-    """The key's own limits in a line: `tier's` where the tier decides, ∞ for none."""
-    if all(key[name] is None for name in LIMIT_NAMES) and key["budget_period"] is None:
-        return f"limits: all the tier's ({key['tier']})"
+    """The limits the key sets itself, in a line; the rest are its tier's."""
+    own = [
+        f"{shown} " + ("unlimited" if key[name] == 0 else f"{key[name]:,}")
+        for name, shown in SHOWN_AS.items()
+        if key[name] is not None
+    ]
     tokens, period = key["budget_tokens"], key["budget_period"]
     if tokens == 0:
-        budget = "∞"  # no budget: its period does not matter
-    elif tokens is None and period is None:
-        budget = "tier's"
-    else:
-        budget = f"{_figure(tokens)} tokens a " + (period or "tier's period")
-    return (
-        f"limits: requests {_figure(key['requests_per_minute'])}/min, "
-        f"{_figure(key['requests_per_hour'])}/hour · "
-        f"tokens {_figure(key['tokens_per_minute'])}/min, {_figure(key['tokens_per_day'])}/day"
-        f" · in flight {_figure(key['max_in_flight'])} · budget {budget}"
-    )
+        own.append("no budget")  # its period does not matter
+    elif tokens is not None:
+        own.append(f"budget {tokens:,} tokens " + (f"a {period}" if period else "(tier's period)"))
+    elif period is not None:
+        own.append(f"budget (tier's) a {period}")
+    tier = f"as tier {key['tier']}"
+    return f"limits: {' · '.join(own)}; the rest {tier}" if own else f"limits: {tier}"
