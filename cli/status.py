@@ -145,7 +145,7 @@ def _print_keys(stats: Stats) -> None:
             k["errors"],
             k["rate_limited"],
             k["streams"],
-            *_limits(k),
+            *limit_cells(k),
         ]
         for k in keys
     ]
@@ -162,7 +162,7 @@ def _count(rate: Rate | None, name: Literal["requests", "tokens", "errors", "rat
     return "-" if rate is None else cell(rate[name])
 
 
-def _limits(key: BusyKey) -> list[str]:
+def limit_cells(key: BusyKey) -> list[str]:
     """Requests in flight and what is left of each limit; nothing known of a deleted
     key's (or while the limits cannot be read)."""
     limits = key["limits"]
