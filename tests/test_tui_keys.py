@@ -300,6 +300,11 @@ def fill(app: Any, **texts: str) -> None:
         form(app).query_one(f"#{name}", Input).value = text
 
 
+def refusals(screen: KeyFormScreen) -> list[str]:
+    """What the form says is wrong (its notes in error)."""
+    return [str(note.render()) for note in screen.query(".note.-error").results(Static)]
+
+
 # Needs issue 15's server side: POST/PUT /keys taking the new limits and GET /keys/{id}
 # showing them.
 async def test_a_key_made_with_every_limit_has_them(gateway: Gateway) -> None:
@@ -320,8 +325,10 @@ async def test_a_key_made_with_every_limit_has_them(gateway: Gateway) -> None:
             budget_tokens="250_000",
         )
         form(app).query_one("#budget_period", Select).value = "week"
+        screen = form(app)
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen) or bool(refusals(screen)))
+        assert not refusals(screen)
         await pilot.press("escape")
         [created] = await listed(gateway)
         async with gateway.admin() as admin:
@@ -352,8 +359,10 @@ async def test_edit_sets_and_clears_the_limits(gateway: Gateway) -> None:
         await pilot.press("e")
         assert form(app).query_one("#tokens_per_minute", Input).value == "900"
         fill(app, tokens_per_minute="", max_in_flight="3", budget_tokens="0")
+        screen = form(app)
         await pilot.press("ctrl+s")
-        await until(pilot, lambda: not isinstance(app.screen, KeyFormScreen))
+        await until(pilot, lambda: app.screen is not screen or bool(refusals(screen)))
+        assert not refusals(screen)
         async with gateway.admin() as admin:
             after = await admin.get_key(created["id"])
         changed: tuple[LimitName, ...] = ("tokens_per_minute", "max_in_flight", "budget_tokens")
