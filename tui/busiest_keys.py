@@ -8,6 +8,8 @@ follows the key it was on.
 Beside the traffic, what is left of each limit: the request windows, tokens this minute
 (when the key has that limit), requests in flight and the token budget. A limit that is
 off shows a faint — ; a key whose limits are unknown (deleted, or Redis gone) a -.
+In flight is `current/limit`; a key without that limit shows its open streams, faint:
+the gateway reports in-flight counts only for a limit, and streams are what stays open.
 """
 
 from __future__ import annotations
