@@ -1,4 +1,5 @@
-"""`llmgw status`: is the gateway well, are its upstreams, and how busy is it."""
+"""`llmgw status`: is the gateway well, are its upstreams, and how busy is it: the
+busiest keys with what is left of each of their limits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import Literal
 import click
 
 from llmgw.admin_client import AdminClient
-from llmgw.api_types import Health, KeyBudget, Rate, Stats, UpstreamStatus
+from llmgw.api_types import (
+    BudgetView,
+    BusyKey,
+    Health,
+    LimitsView,
+    Rate,
+    Stats,
+    UpstreamStatus,
+    WindowBudget,
+)
 
 from .output import cell, emit_json, emit_table, json_option
 from .state import CliState, pass_state
@@ -16,6 +26,8 @@ from .state import CliState, pass_state
 # Long enough for the 60 s rates, short enough to keep the answer small.
 STATS_SECONDS = 60
 TOP_KEYS = 5
+# What a limit the key does not have shows (a limit that cannot be read shows "-").
+OFF = "unlimited"
 
 
 @click.command()
@@ -133,12 +145,13 @@ def _print_keys(stats: Stats) -> None:
             k["errors"],
             k["rate_limited"],
             k["streams"],
-            *_left(k["budget"]),
+            *limit_cells(k),
         ]
         for k in keys
     ]
     headers = ["ID", "PREFIX", "USER", "TIER", "REQ/S", "TOK/S", "REQS", "ERRORS", "429S"]
-    emit_table(rows, [*headers, "STREAMS", "LEFT/MIN", "LEFT/HOUR"])
+    left = ["IN FLIGHT", "LEFT/MIN", "LEFT/HOUR", "TOKENS LEFT/MIN", "BUDGET LEFT"]
+    emit_table(rows, [*headers, "STREAMS", *left])
 
 
 def _per_s(rate: Rate | None, name: Literal["requests_per_s", "tokens_per_s"]) -> str:
@@ -149,11 +162,37 @@ def _count(rate: Rate | None, name: Literal["requests", "tokens", "errors", "rat
     return "-" if rate is None else cell(rate[name])
 
 
-def _left(budget: KeyBudget | None) -> list[str]:
-    """What is left of the key's minute and hour; nothing known of a deleted key."""
-    if budget is None:
-        return ["-", "-"]
-    return [f"{w['remaining']}/{w['limit']}" for w in (budget["minute"], budget["hour"])]
+def limit_cells(key: BusyKey) -> list[str]:
+    """Requests in flight and what is left of each limit; nothing known of a deleted
+    key's (or while the limits cannot be read)."""
+    limits = key["limits"]
+    if limits is None:
+        return ["-"] * 5
+    in_flight = limits["in_flight"]
+    return [
+        OFF if in_flight is None else f"{in_flight['current']}/{in_flight['limit']}",
+        _left(limits["requests_per_minute"]),
+        _left(limits["requests_per_hour"]),
+        _left(limits["tokens_per_minute"]),
+        _budget(limits),
+    ]
+
+
+def _left(window: WindowBudget | None) -> str:
+    return OFF if window is None else f"{window['remaining']}/{window['limit']}"
+
+
+def _budget(limits: LimitsView) -> str:
+    """The budget nearer its end, the key's or (said so) its user's, and its period."""
+    budgets: list[tuple[BudgetView, str]] = [
+        (budget, whose)
+        for budget, whose in ((limits["key_budget"], ""), (limits["user_budget"], " (user)"))
+        if budget is not None
+    ]
+    if not budgets:
+        return OFF
+    budget, whose = min(budgets, key=lambda b: b[0]["remaining"])  # the key's on a tie
+    return f"{budget['remaining']}/{budget['limit']} a {budget['period']}{whose}"
 
 
 def _duration(seconds: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from cli.status import limit_cells
 from llmgw.admin_client import AdminApiError, AdminClient
 from llmgw.api_types import BusyKey, Stats
 from llmgw.config import load_settings
@@ -22,6 +24,7 @@ from llmgw.state import METRICS
 
 from .conftest import Gateway, GatewayFactory
 from .conftest import run_llmgw as llmgw
+from .test_tui_dashboard import canned_snapshot
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 PASSWORD = "correct horse battery staple"
@@ -88,14 +91,14 @@ async def test_requests_move_the_numbers_of_the_right_key(
     assert (row["user_id"], row["tier"]) == ("alice", "premium")
     assert row["key_prefix"] == alice["key"][:16]
     assert (row["requests"], row["tokens"], row["errors"]) == (3, tokens, 0)
-    assert row["budget"] is not None
-    minute, hour = row["budget"]["minute"], row["budget"]["hour"]
+    assert row["limits"] is not None
+    minute, hour = row["limits"]["requests_per_minute"], row["limits"]["requests_per_hour"]
     assert (minute["limit"], minute["remaining"]) == (100, 97)
     assert (hour["limit"], hour["remaining"]) == (1000, 997)
     bob_row = key_row(snap, bob["id"])
     assert (bob_row["user_id"], bob_row["requests"]) == ("bob", 1)
-    assert bob_row["budget"] is not None
-    assert bob_row["budget"]["minute"] == {
+    assert bob_row["limits"] is not None
+    assert bob_row["limits"]["requests_per_minute"] == {
         "limit": 10,
         "remaining": 9,
         "reset_s": pytest.approx(6, abs=1),  # one request back every 6 s
@@ -118,8 +121,8 @@ async def test_a_429_is_rate_limited_and_an_unknown_model_is_an_error(
     assert sum(snap["total"]["rate_limited"]) == 1
     row = key_row(snap, key["id"])
     assert (row["requests"], row["errors"], row["rate_limited"]) == (4, 1, 1)
-    assert row["budget"] is not None
-    assert row["budget"]["minute"]["remaining"] == 0
+    assert row["limits"] is not None
+    assert row["limits"]["requests_per_minute"]["remaining"] == 0
 
 
 async def test_a_deleted_key_still_shows_by_id(
@@ -132,7 +135,42 @@ async def test_a_deleted_key_still_shows_by_id(
     snap = await stats_until(gateway, lambda s: window_requests(s) == 1)
     row = key_row(snap, key["id"])
     assert row["requests"] == 1
-    assert (row["user_id"], row["tier"], row["key_prefix"], row["budget"]) == (None,) * 4
+    assert (row["user_id"], row["tier"], row["key_prefix"], row["limits"]) == (None,) * 4
+
+
+# Needs issue 15's server side: keys created with the new limits, and the limiter
+# reporting them.
+async def test_a_busy_keys_limits_show_what_is_left_of_each(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    key = await gateway.create_key(
+        "erin",
+        tokens_per_minute=5_000,
+        tokens_per_day=0,  # none for this key, whatever the tier says
+        max_in_flight=3,
+        budget_tokens=100_000,
+        budget_period="day",
+    )
+    tokens = 0
+    for _ in range(2):
+        status, answer = await chat(http, gateway, key["key"])
+        assert status == 200
+        tokens += answer["usage"]["total_tokens"]
+    snap = await stats_until(gateway, lambda s: window_requests(s) == 2)
+    limits = key_row(snap, key["id"])["limits"]
+    assert limits is not None
+    assert limits["tokens_per_day"] is None
+    assert limits["in_flight"] == {"limit": 3, "current": 0}  # both answered
+    per_minute = limits["tokens_per_minute"]
+    assert per_minute is not None
+    assert per_minute["limit"] == 5_000
+    assert 0 <= per_minute["remaining"] <= 5_000 - tokens
+    budget = limits["key_budget"]
+    assert budget is not None
+    assert (budget["limit"], budget["used"], budget["period"]) == (100_000, tokens, "day")
+    assert budget["remaining"] == 100_000 - tokens
+    assert budget["renews_at"].endswith("T00:00:00.000Z")  # the next day, UTC
+    assert limits["user_budget"] is None
 
 
 async def test_an_open_stream_shows_while_it_is_open(
@@ -277,10 +315,12 @@ async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSessio
     assert keys.startswith("keys       1 known, version ")
     assert keys.endswith(" s ago")
     assert any(line.startswith("requests   ") and "3 in all" in line for line in lines)
-    frank = next(line for line in lines if " frank " in line)
-    assert frank.split()[:4] == [str(key["id"]), key["key"][:16], "frank", "standard"]
+    frank = busy_key_row(lines, "frank")
+    assert [frank[c] for c in ("ID", "PREFIX", "USER", "TIER")] == [
+        str(key["id"]), key["key"][:16], "frank", "standard",
+    ]  # fmt: skip
     # The 404 was answered before admission: it cost nothing.
-    assert frank.split()[-2:] == ["28/30", "298/300"]
+    assert (frank["LEFT/MIN"], frank["LEFT/HOUR"]) == ("28/30", "298/300")
     assert "Traceback" not in out + err
 
     code, out, err = await llmgw("--socket", str(gateway.socket_path), "status", "--json")
@@ -294,6 +334,52 @@ async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSessio
     assert report["stats"]["seconds"] == 60
     assert report["stats"]["rates"]["60s"]["errors"] == 1
     assert [(k["user_id"], k["requests"]) for k in report["stats"]["keys"]] == [("frank", 3)]
+
+
+def busy_key_row(lines: list[str], user: str) -> dict[str, str]:
+    """The user's row of the busiest keys, header -> cell (cells are two spaces apart)."""
+    header = next(line for line in lines if line.startswith("ID "))
+    row = next(line for line in lines if f"  {user}  " in line)
+    return dict(zip(re.split(r" {2,}", header), re.split(r" {2,}", row), strict=True))
+
+
+# Needs issue 15's server side, as above.
+async def test_status_shows_what_is_left_of_every_limit(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    key = await gateway.create_key(
+        "grace",
+        tokens_per_minute=4_000,
+        max_in_flight=2,
+        budget_tokens=50_000,
+        budget_period="week",
+    )
+    status, answer = await chat(http, gateway, key["key"])
+    assert status == 200
+    tokens = answer["usage"]["total_tokens"]
+    await stats_until(gateway, lambda s: window_requests(s) == 1)
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "status")
+    assert code == 0, err
+    grace = busy_key_row(out.splitlines(), "grace")
+    assert grace["IN FLIGHT"] == "0/2"
+    assert grace["LEFT/MIN"] == "9/10"  # the free tier's
+    assert grace["TOKENS LEFT/MIN"].endswith("/4000")
+    assert grace["BUDGET LEFT"] == f"{50_000 - tokens}/50000 a week"
+
+
+def test_status_says_what_is_left_of_each_limit() -> None:
+    """From a typed snapshot: the columns IN FLIGHT to BUDGET LEFT of a busy key."""
+    keys = {k["key_id"]: k for k in canned_snapshot()["keys"]}
+    assert limit_cells(keys[12]) == [
+        "1/8", "31/100", "418/1000", "12400/20000", "3250000/5000000 a month",
+    ]  # fmt: skip
+    # No in-flight or token limit; the user's budget is the nearer its end.
+    assert limit_cells(keys[31]) == [
+        "unlimited", "21/30", "97/300", "unlimited", "840000/1000000 a week (user)",
+    ]  # fmt: skip
+    assert limit_cells(keys[44])[-1] == "0/100000 a day"
+    assert limit_cells(keys[27])[-1] == "unlimited"  # no budget at all
+    assert limit_cells(keys[9]) == ["-"] * 5  # deleted: nothing known
 
 
 async def test_status_of_an_unhealthy_gateway_says_so_and_exits_0(gateway: Gateway) -> None:

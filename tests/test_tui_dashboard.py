@@ -11,10 +11,10 @@ import aiohttp
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
-from llmgw.api_types import BusyKey, Rate, Stats, StatsTotals, WindowBudget
+from llmgw.api_types import BudgetView, BusyKey, LimitsView, Rate, Stats, StatsTotals, WindowBudget
 from tui.app import LlmgwTui
 from tui.banner import ConnectionBanner
-from tui.busiest_keys import BusiestKeys
+from tui.busiest_keys import WIDE, BusiestKeys, compact
 from tui.dashboard import DashboardPane
 from tui.metric import MetricPanel
 from tui.rate_sparkline import RateSparkline, seconds_per_bar
@@ -79,7 +79,12 @@ async def test_the_dashboard_follows_real_traffic(
         row_key = str(key["id"])
         await until(pilot, lambda: cells(keys, row_key).get("errors") == "1", "alice's 404")
         row = cells(keys, row_key)
-        assert (row["user"], row["key"], row["tier"]) == ("alice", key["key"][:16], "premium")
+        # The `sk-internal-` every key shares is left off.
+        assert (row["user"], row["key"], row["tier"]) == (
+            "alice",
+            "…" + key["key"][12:16],
+            "premium",
+        )
         assert float(row["rps"]) > 0
         assert float(row["tps"]) > 0
         # Four requests spent, some already back (premium: one every 0.6 s, 3.6 s)
@@ -88,6 +93,7 @@ async def test_the_dashboard_follows_real_traffic(
         assert minute[1] == 100
         assert 996 <= hour[0] < 1000
         assert hour[1] == 1000
+        assert row["flight"].split("/")[0] == "0"  # all four answered
         assert panel(app, "requests").value != "0/s"
         assert float(panel(app, "requests").value.removesuffix("/s")) > 0
         assert panel(app, "errors").value == "1 in 60 s"
@@ -116,9 +122,10 @@ async def test_a_429_shows_in_its_panel_and_in_the_keys_budget(
         keys = app.query_one(BusiestKeys)
         await until(pilot, lambda: cells(keys, str(key["id"])).get("limited") == "1", "bob's 429")
         row = cells(keys, str(key["id"]))
-        # 80 columns: the prefix every key shares is left off; a refused request is free
+        # 80 columns: what is left without the limit; a refused request is free
         assert (row["user"], row["key"]) == ("bob", "…" + key["key"][12:16])
-        assert (row["errors"], row["minute"], row["hour"]) == ("0", "0/1", "99/100")
+        assert (row["minute"], row["hour"]) == ("0", "99")
+        assert keys.get_cell(str(key["id"]), "minute").style == "bold red"  # spent
 
 
 async def test_without_a_gateway_the_dashboard_waits_and_says_so(tmp_path: Path) -> None:
@@ -155,6 +162,63 @@ async def test_the_keys_cursor_stays_on_its_key_from_tick_to_tick() -> None:
         await pilot.pause()
         assert keys.cursor_row == 0
         assert [str(row.value) for row in keys.rows] == ["7", "12", "31", "44", "3", "9", "27"]
+
+
+async def test_the_keys_limits_show_what_is_left_of_each() -> None:
+    app = LlmgwTui(SNAPSHOT_SOCKET, live=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.query_one(DashboardPane).show(canned_snapshot())
+        await pilot.pause()
+        keys = app.query_one(BusiestKeys)
+        limit_columns = ("flight", "minute", "hour", "tokens", "budget")
+
+        def limits(key_id: int) -> tuple[str, ...]:
+            row = cells(keys, str(key_id))
+            return tuple(row[c] for c in limit_columns)
+
+        assert limits(12) == ("1/8", "31/100", "418/1000", "12k/20k", "3.2M/5M month")
+        # No in-flight limit: its open streams, faint. The user's budget binds.
+        assert limits(31) == ("1", "21/30", "97/300", "—", "840k/1M week")
+        assert limits(7) == ("0/8", "83/100", "866/1000", "19k/20k", "1.5k/200k day")
+        assert limits(44) == ("2/2", "0/10", "29/100", "0/5k", "0/100k day")
+        assert limits(27) == ("0", "30/30", "295/300", "—", "—")
+        assert limits(9) == ("-",) * 5  # deleted: nothing known
+        spent = keys.get_row("44")
+        assert [c.style for c in spent[-5:]] == ["bold red", "bold red", "", "bold red", "bold red"]
+        assert cells(keys, "12")["tier"] == "premium"
+        assert cells(keys, "12")["key"] == "…V012"
+
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        # Narrow: what is left without the limit, the period short; no tier, no errors
+        # (the keys tab has the tier, the errors panel the errors; with them the table
+        # would be 81 cells wide).
+        assert limits(12) == ("1/8", "31", "418", "12k", "3.2M mo")
+        assert limits(31) == ("1", "21", "97", "—", "840k wk")
+        assert limits(7) == ("0/8", "83", "866", "19k", "1.5k d")
+        assert "tier" not in cells(keys, "12") and "errors" not in cells(keys, "12")
+        assert keys.virtual_size.width <= keys.scrollable_content_region.width
+
+
+async def test_the_busiest_keys_fit_the_width_either_way() -> None:
+    """Just above the wide layout's threshold and at 80 columns, no sideways scrolling."""
+    app = LlmgwTui(SNAPSHOT_SOCKET, live=False)
+    async with app.run_test(size=(WIDE, 40)) as pilot:
+        app.query_one(DashboardPane).show(canned_snapshot())
+        await pilot.pause()
+        keys = app.query_one(BusiestKeys)
+        assert "tier" in cells(keys, "12")
+        assert keys.virtual_size.width <= keys.scrollable_content_region.width
+        await pilot.resize_terminal(80, 12)  # few lines: a vertical scrollbar too
+        await pilot.pause()
+        assert "tier" not in cells(keys, "12")
+        assert keys.virtual_size.width <= keys.scrollable_content_region.width
+
+
+def test_compact_counts_never_show_more_than_there_is() -> None:
+    assert [compact(n) for n in (0, 950, 1_000, 1_999, 12_999, 999_999, 1_500_000)] == [
+        "0", "950", "1k", "1.9k", "12k", "999k", "1.5M",
+    ]  # fmt: skip
 
 
 async def test_the_four_charts_bars_stand_for_the_same_seconds() -> None:
@@ -241,17 +305,59 @@ def _left(left_limit: tuple[int, int], reset_s: float) -> WindowBudget:
     return {"limit": left_limit[1], "remaining": left_limit[0], "reset_s": reset_s}
 
 
+def _budget(left_limit: tuple[int, int] | None, period: Any) -> BudgetView | None:
+    if left_limit is None:
+        return None
+    left, limit = left_limit
+    renews = {"day": "2026-01-02", "week": "2026-01-05", "month": "2026-02-01"}[period]
+    return {
+        "limit": limit,
+        "used": limit - left,
+        "remaining": left,
+        "period": period,
+        "renews_at": f"{renews}T00:00:00.000Z",
+    }
+
+
 LONG_USER = "marie-claire.dubois@example.com"  # too long for the column, at any width
 BUSIEST: tuple[tuple[Any, ...], ...] = (
     # id, user, tier, req/s, tok/s, requests, errors, 429s, streams, left/minute, left/hour
     (12, "alice", "premium", 1.7, 271.4, 402, 2, 0, 1, (31, 100), (418, 1000)),
     (31, "ci-nightly", "standard", 0.9, 160.2, 188, 0, 0, 1, (21, 30), (97, 300)),
     (7, LONG_USER, "premium", 0.6, 95.5, 131, 1, 0, 0, (83, 100), (866, 1000)),
-    (44, "bob", "free", 0.3, 41.0, 71, 0, 19, 0, (0, 10), (29, 100)),
+    (44, "bob", "free", 0.3, 41.0, 71, 0, 19, 2, (0, 10), (29, 100)),
     (3, "dev-team", "premium", 0.2, 38.9, 64, 3, 0, 0, (98, 100), (935, 1000)),
     (9, None, None, 0.1, 12.0, 18, 0, 0, 0, None, None),  # deleted since, still counted
     (27, "eval-harness", "standard", 0.0, 0.0, 5, 0, 0, 0, (30, 30), (295, 300)),
 )
+# Each key's other limits: in flight (current, limit), tokens left this minute, its own
+# budget and its user's, each (left, limit) and a period; None where it has no such limit.
+OTHER_LIMITS: dict[int, tuple[Any, ...]] = {
+    12: ((1, 8), (12_400, 20_000), ((3_250_000, 5_000_000), "month"), (None, None)),
+    # ci-nightly's user budget is the one that binds
+    31: (None, None, (None, None), ((840_000, 1_000_000), "week")),
+    # the key's budget is far from spent, its user's nearly
+    7: ((0, 8), (19_100, 20_000), ((4_900_000, 5_000_000), "month"), ((1_500, 200_000), "day")),
+    # bob: at every limit at once
+    44: ((2, 2), (0, 5_000), ((0, 100_000), "day"), (None, None)),
+    3: ((0, 8), (20_000, 20_000), (None, None), (None, None)),
+    27: (None, None, (None, None), (None, None)),
+}
+
+
+def _limits(key_id: int, minute: tuple[int, int], hour: tuple[int, int]) -> LimitsView:
+    in_flight, tokens, (key_budget, key_period), (user_budget, user_period) = OTHER_LIMITS[key_id]
+    return {
+        "requests_per_minute": _left(minute, 0.6),
+        "requests_per_hour": _left(hour, 3.6),
+        "tokens_per_minute": None if tokens is None else _left(tokens, 0.4),
+        "tokens_per_day": None,
+        "in_flight": None
+        if in_flight is None
+        else {"current": in_flight[0], "limit": in_flight[1]},
+        "key_budget": _budget(key_budget, key_period),
+        "user_budget": _budget(user_budget, user_period),
+    }
 
 
 def _key(row: tuple[Any, ...]) -> BusyKey:
@@ -272,9 +378,7 @@ def _key(row: tuple[Any, ...]) -> BusyKey:
         "key_prefix": None if user is None else f"sk-internal-{'QxZaVbKc'[key_id % 8]}{key_id:03d}",
         "user_id": user,
         "tier": tier,
-        "budget": None
-        if minute is None
-        else {"minute": _left(minute, 0.6), "hour": _left(hour, 3.6)},
+        "limits": None if minute is None else _limits(key_id, minute, hour),
     }
 
 

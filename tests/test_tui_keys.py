@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import openai
 import pytest
@@ -28,15 +28,25 @@ from textual.widgets import (
 from textual.widgets.data_table import ColumnKey
 from textual.worker import WorkerFailed, WorkerState
 
-from llmgw.api_types import KeyView, TierView
+from llmgw.api_types import CreatedKey, KeyView, Tiers, TierView
 from tui.app import LlmgwTui
 from tui.confirm import ConfirmScreen
 from tui.key_form import KeyFormScreen, TiersLoaded
 from tui.keys import KeysLoaded, KeysPane, rotated
+from tui.limit_fields import LimitName, describe_limits
 from tui.new_key import NewKeyScreen
 
 from .conftest import Gateway
 
+LIMIT_FIELDS: tuple[LimitName | Literal["budget_period"], ...] = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "max_in_flight",
+    "budget_tokens",
+    "budget_period",
+)
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "hello from the keys tab"}
 ]
@@ -284,6 +294,81 @@ async def test_edit_moves_a_key_to_another_tier(gateway: Gateway) -> None:
         assert after["description"] == "old"  # unchanged fields are not sent
 
 
+def fill(app: Any, **texts: str) -> None:
+    """Type into the form's fields: name -> text."""
+    for name, text in texts.items():
+        form(app).query_one(f"#{name}", Input).value = text
+
+
+def refusals(screen: KeyFormScreen) -> list[str]:
+    """What the form says is wrong (its notes in error)."""
+    return [str(note.render()) for note in screen.query(".note.-error").results(Static)]
+
+
+# Needs issue 15's server side: POST/PUT /keys taking the new limits and GET /keys/{id}
+# showing them.
+async def test_a_key_made_with_every_limit_has_them(gateway: Gateway) -> None:
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=0)
+        await pilot.press("n")
+        tier = form(app).query_one("#tier", Select)
+        await until(pilot, lambda: tier.value == "free")
+        await pilot.press(*"carol")
+        fill(
+            app,
+            requests_per_minute="6",
+            requests_per_hour="",  # the tier's
+            tokens_per_minute="1,500",
+            tokens_per_day="0",  # no daily limit for this key, whatever the tier says
+            max_in_flight="2",
+            budget_tokens="250_000",
+        )
+        form(app).query_one("#budget_period", Select).value = "week"
+        screen = form(app)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen) or bool(refusals(screen)))
+        assert not refusals(screen)
+        await pilot.press("escape")
+        [created] = await listed(gateway)
+        async with gateway.admin() as admin:
+            key = await admin.get_key(created["id"])
+        assert {k: v for k, v in key.items() if k in LIMIT_FIELDS} == {
+            "requests_per_minute": 6,
+            "requests_per_hour": None,
+            "tokens_per_minute": 1500,
+            "tokens_per_day": 0,
+            "max_in_flight": 2,
+            "budget_tokens": 250_000,
+            "budget_period": "week",
+        }
+        await until(pilot, lambda: table(app).row_count == 1)
+        shown = str(app.query_one("#key-limits", Static).render())
+        assert shown == (
+            "limits: requests/min 6 · tokens/min 1,500 · tokens/day unlimited · in flight 2"
+            " · budget 250,000 tokens a week; the rest as tier free"
+        )
+
+
+# Needs issue 15's server side, as above.
+async def test_edit_sets_and_clears_the_limits(gateway: Gateway) -> None:
+    created = await gateway.create_key("dave", tokens_per_minute=900, budget_tokens=10_000)
+    app = LlmgwTui(gateway.socket_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_keys_tab(pilot, keys=1)
+        await pilot.press("e")
+        assert form(app).query_one("#tokens_per_minute", Input).value == "900"
+        fill(app, tokens_per_minute="", max_in_flight="3", budget_tokens="0")
+        screen = form(app)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is not screen or bool(refusals(screen)))
+        assert not refusals(screen)
+        async with gateway.admin() as admin:
+            after = await admin.get_key(created["id"])
+        changed: tuple[LimitName, ...] = ("tokens_per_minute", "max_in_flight", "budget_tokens")
+        assert [after[name] for name in changed] == [None, 3, 0]
+
+
 async def test_rotate_shows_a_new_secret_and_the_old_one_stops(gateway: Gateway) -> None:
     created = await gateway.create_key("alice")
     old = created["key"]
@@ -468,6 +553,11 @@ CANNED: list[KeyView] = [
         "allowed_models": None,
         "requests_per_minute": None,
         "requests_per_hour": None,
+        "tokens_per_minute": None,
+        "tokens_per_day": None,
+        "max_in_flight": None,
+        "budget_tokens": None,
+        "budget_period": None,
     }
     for id_, prefix, user, tier, description, active, expires, used in (
         (1, "sk-internal-Qx3v", "alice", "premium", "laptop", True, None,
@@ -480,6 +570,32 @@ CANNED: list[KeyView] = [
          True, None, "2026-03-02T14:35:40.900Z"),
     )
 ]  # fmt: skip
+# alice's key has limits of its own: a token rate and a monthly budget.
+CANNED[0] |= {"tokens_per_minute": 20_000, "budget_tokens": 1_000_000, "budget_period": "month"}
+# data-team's: no daily token limit at all, and many requests at once.
+CANNED[3] |= {"tokens_per_day": 0, "max_in_flight": 16}
+TierRow = tuple[str, int, int, int, int, int, int, Literal["day", "week", "month"], int]
+TIER_ROWS: tuple[TierRow, ...] = (
+    # name, requests/min, /hour, tokens/min, /day, in flight, budget, its period, priority
+    ("free", 10, 100, 2_000, 50_000, 2, 200_000, "month", 0),
+    ("standard", 30, 300, 10_000, 200_000, 4, 0, "week", 1),
+    ("premium", 100, 1000, 0, 0, 16, 0, "month", 2),
+)
+TIERS: list[TierView] = [
+    {
+        "name": name,
+        "requests_per_minute": rpm,
+        "requests_per_hour": rph,
+        "tokens_per_minute": tpm,
+        "tokens_per_day": tpd,
+        "max_in_flight": in_flight,
+        "budget_tokens": budget,
+        "budget_period": period,
+        "default_max_tokens": 1024,
+        "priority": priority,
+    }
+    for name, rpm, rph, tpm, tpd, in_flight, budget, period, priority in TIER_ROWS
+]
 # As long as a real key (sk-internal- and 32 bytes of URL-safe base64), but not one.
 FAKE_SECRET = "sk-internal-c25hcHNob3Qgb25seSwgbm90IGEgcmVhbCBrZXkhISE"
 
@@ -519,6 +635,206 @@ async def test_the_table_fits_the_width_it_has() -> None:
         assert grid.virtual_size.width <= grid.scrollable_content_region.width
 
 
+class RecordingGateway:
+    """Stands in for the key calls of the app's admin client: what the form sends is
+    recorded, and the gateway's answers are the canned keys."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, dict[str, Any]]] = []
+        self.updated: list[tuple[int, dict[str, Any]]] = []
+
+    def attach(self, app: LlmgwTui, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("tiers", "list_keys", "create_key", "update_key"):
+            monkeypatch.setattr(app.client, name, getattr(self, name))
+
+    async def tiers(self) -> Tiers:
+        return {"default": "standard", "data": TIERS}
+
+    async def list_keys(self) -> list[KeyView]:
+        return CANNED
+
+    async def create_key(self, user_id: str, **fields: Any) -> CreatedKey:
+        self.created.append((user_id, fields))
+        return cast(
+            CreatedKey, CANNED[0] | fields | {"id": 5, "user_id": user_id, "key": FAKE_SECRET}
+        )
+
+    async def update_key(self, key_id: int, changes: dict[str, Any]) -> KeyView:
+        self.updated.append((key_id, changes))
+        return cast(KeyView, CANNED[key_id - 1] | changes)
+
+
+async def open_form(pilot: Pilot[None], key_id: int | None) -> KeyFormScreen:
+    """The new-key form (`key_id` None) or the edit form of a canned key, its tiers in."""
+    await show_canned_keys(pilot)
+    if key_id is None:
+        await pilot.press("n")
+    else:
+        await select_key(pilot, key_id)
+        await pilot.press("e")
+    screen = form(pilot.app)
+    await until(pilot, lambda: isinstance(screen.query_one("#tier", Select).value, str))
+    return screen
+
+
+async def test_the_new_key_form_sends_every_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, gateway = LlmgwTui(SOCKET, live=False), RecordingGateway()
+    async with app.run_test(size=(120, 40)) as pilot:
+        gateway.attach(app, monkeypatch)
+        await open_form(pilot, None)
+        await pilot.press(*"erin")
+        fill(
+            app,
+            requests_per_minute="60",
+            tokens_per_minute="20,000",
+            tokens_per_day="0",
+            max_in_flight="4",
+            budget_tokens="5_000_000",
+        )
+        form(app).query_one("#budget_period", Select).value = "month"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, NewKeyScreen))
+    # An empty limit (requests per hour) is the tier's: not sent.
+    assert gateway.created == [
+        (
+            "erin",
+            {
+                "tier": "standard",
+                "description": "",
+                "expires_at": None,
+                "allowed_models": None,
+                "requests_per_minute": 60,
+                "tokens_per_minute": 20_000,
+                "tokens_per_day": 0,
+                "max_in_flight": 4,
+                "budget_tokens": 5_000_000,
+                "budget_period": "month",
+            },
+        )
+    ]
+
+
+async def test_the_edit_form_sends_the_limits_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, gateway = LlmgwTui(SOCKET, live=False), RecordingGateway()
+    async with app.run_test(size=(120, 40)) as pilot:
+        gateway.attach(app, monkeypatch)
+        screen = await open_form(pilot, 1)  # alice: 20,000 tokens a minute, 1M a month
+        texts = {n: screen.query_one(f"#{n}", Input).value for n in LIMIT_FIELDS[:-1]}
+        assert texts == {
+            "requests_per_minute": "",
+            "requests_per_hour": "",
+            "tokens_per_minute": "20000",
+            "tokens_per_day": "",
+            "max_in_flight": "",
+            "budget_tokens": "1000000",
+        }
+        assert screen.query_one("#budget_period", Select).value == "month"
+        fill(app, tokens_per_minute="", tokens_per_day="150000", max_in_flight="0")
+        screen.query_one("#budget_period", Select).value = "tier"
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, KeyFormScreen))
+    # Emptied is the tier's again (null); the budget's tokens stayed as they were.
+    assert gateway.updated == [
+        (
+            1,
+            {
+                "tokens_per_minute": None,
+                "tokens_per_day": 150_000,
+                "max_in_flight": 0,
+                "budget_period": None,
+            },
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "typed", "said"),
+    [
+        ("tokens_per_minute", "1.5", "Tokens per minute: '1.5' is not a whole number"),
+        ("tokens_per_day", "-20", "Tokens per day: '-20' is not a whole number"),
+        ("max_in_flight", "lots", "Requests in flight: 'lots' is not a whole number"),
+        ("budget_tokens", "5M", "Budget tokens: '5M' is not a whole number"),
+        ("requests_per_minute", "0", "Requests per minute: at least 1"),
+        ("requests_per_hour", "1e3", "Requests per hour: '1e3' is not a whole number"),
+    ],
+)
+async def test_a_limit_that_is_not_one_is_refused_in_the_form(
+    monkeypatch: pytest.MonkeyPatch, name: str, typed: str, said: str
+) -> None:
+    app, gateway = LlmgwTui(SOCKET, live=False), RecordingGateway()
+    async with app.run_test(size=(120, 40)) as pilot:
+        gateway.attach(app, monkeypatch)
+        for key_id in (None, 2):
+            screen = await open_form(pilot, key_id)
+            if key_id is None:
+                await pilot.press(*"frank")
+            fill(app, **{name: typed})
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            note = screen.query_one("#limits-note", Static)
+            assert note.has_class("-error")
+            assert str(note.render()).startswith(said)
+            assert focused(app) is screen.query_one(f"#{name}", Input)
+            assert app.screen is screen  # still open, with what was typed
+            assert screen.query_one(f"#{name}", Input).value == typed
+            assert not screen.query_one("#save", Button).disabled
+            await pilot.press("escape")
+    assert gateway.created == []  # nothing was sent
+    assert gateway.updated == []
+
+
+async def test_an_empty_limit_shows_the_tiers_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, gateway = LlmgwTui(SOCKET, live=False), RecordingGateway()
+    async with app.run_test(size=(120, 40)) as pilot:
+        gateway.attach(app, monkeypatch)
+        screen = await open_form(pilot, None)
+
+        def placeholders() -> list[str]:
+            return [screen.query_one(f"#{n}", Input).placeholder for n in LIMIT_FIELDS[:-1]]
+
+        def period_options() -> list[str]:
+            select = screen.query_one("#budget_period", Select)
+            return [str(prompt) for prompt, _ in select._options]
+
+        assert placeholders() == ["30", "300", "10000", "200000", "4", "no limit"]
+        assert period_options() == ["the tier's: a week", "a day", "a week", "a month"]
+        screen.query_one("#tier", Select).value = "premium"
+        await pilot.pause()
+        assert placeholders() == ["100", "1000", "no limit", "no limit", "16", "no limit"]
+        assert period_options()[0] == "the tier's: a month"
+        assert screen.query_one("#budget_period", Select).value == "tier"
+
+
+async def test_the_selected_keys_limits_show_under_the_table() -> None:
+    app = LlmgwTui(SOCKET, live=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await show_canned_keys(pilot)
+        line = app.query_one("#key-limits", Static)
+        assert str(line.render()) == (
+            "limits: tokens/min 20,000 · budget 1,000,000 tokens a month; the rest as tier premium"
+        )
+        await select_key(pilot, 2)
+        assert str(line.render()) == "limits: as tier free"
+        await select_key(pilot, 4)
+        assert str(line.render()) == (
+            "limits: tokens/day unlimited · in flight 16; the rest as tier premium"
+        )
+
+
+@pytest.mark.parametrize(
+    ("own", "said"),
+    [
+        ({"budget_tokens": 0, "budget_period": "week"}, "no budget"),
+        ({"budget_tokens": 5_000}, "budget 5,000 tokens (tier's period)"),
+        ({"budget_period": "day"}, "budget (tier's) a day"),
+        ({"requests_per_hour": 50, "max_in_flight": 0}, "requests/hour 50 · in flight unlimited"),
+    ],
+)
+def test_a_keys_own_limits_in_words(own: dict[str, Any], said: str) -> None:
+    key = cast(KeyView, CANNED[1] | own)  # bob's key, tier free
+    assert describe_limits(key) == f"limits: {said}; the rest as tier free"
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_the_keys_tab_looks_right(snap_compare: Any, size: tuple[int, int]) -> None:
     app = LlmgwTui(SOCKET, live=False)
@@ -538,10 +854,7 @@ async def edit_revoked_key(pilot: Pilot[None]) -> None:
     await pilot.press("down", "down", "e")  # carol's key, revoked
     with contextlib.suppress(WorkerFailed):  # the tiers: no gateway behind SOCKET
         await pilot.app.workers.wait_for_complete()
-    tiers: list[TierView] = [
-        {"name": "standard", "requests_per_minute": 30, "requests_per_hour": 300}
-    ]
-    form(pilot.app).post_message(TiersLoaded("standard", tiers))
+    form(pilot.app).post_message(TiersLoaded("standard", TIERS[1:2]))
     await pilot.pause()
     pilot.app.clear_notifications()
     await pilot.pause()

@@ -4,45 +4,121 @@ Rows are keyed by key id. While the same keys stay in the same order (the usual 
 from one second to the next), cells are updated in place, so the cursor and the scroll
 position do not move; when the ranking changes, the rows are rebuilt and the cursor
 follows the key it was on.
+
+Beside the traffic, what is left of each limit: the request windows, tokens this minute
+(when the key has that limit), requests in flight and the token budget. A limit that is
+off shows a faint — ; a key whose limits are unknown (deleted, or Redis gone) a -.
+In flight is `current/limit`; a key without that limit shows its open streams, faint:
+the gateway reports in-flight counts only for a limit, and streams are what stays open.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.events import Resize
 from textual.widgets import DataTable
 
-from llmgw.api_types import BusyKey, WindowBudget
-from llmgw.keys import KEY_PREFIX
+from llmgw.api_types import BudgetView, BusyKey, InFlightView, LimitsView, WindowBudget
 
+from .fit import short_prefix
 from .metric import rate_text
 
-# (column key, label, right-aligned)
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    wide: str  # the header in the wide layout
+    narrow: str | None  # ... and in the narrow one; None: not shown there
+    right: bool = True
+
+
+# Headers of two lines: what the limit columns show is what is LEFT of each.
 COLUMNS = (
-    ("user", "USER", False),
-    ("key", "KEY", False),
-    ("tier", "TIER", False),
-    ("rps", "REQ/S", True),
-    ("tps", "TOK/S", True),
-    ("errors", "ERR", True),
-    ("limited", "429", True),
-    ("minute", "LEFT/MIN", True),
-    ("hour", "LEFT/HOUR", True),
+    Column("user", "\nUSER", "\nUSER", right=False),
+    Column("key", "\nKEY", "\nKEY", right=False),
+    Column("tier", "\nTIER", None, right=False),
+    Column("rps", "\nREQ/S", "\nREQ/S"),
+    Column("tps", "\nTOK/S", "\nTOK/S"),
+    Column("errors", "\nERR", None),
+    Column("limited", "\n429", "\n429"),
+    Column("flight", "IN\nFLIGHT", "IN\nFLIGHT"),
+    Column("minute", "LEFT\nREQ/MIN", "LEFT\nREQ/M"),
+    Column("hour", "LEFT\nREQ/HOUR", "LEFT\nREQ/H"),
+    Column("tokens", "LEFT\nTOK/MIN", "LEFT\nTOK/M"),
+    Column("budget", "BUDGET\nLEFT", "BUDGET\nLEFT"),
 )
-# Below this width the table is made to fit 80 columns: the `sk-internal-` every key
-# prefix shares is left off, and long user ids are cut shorter.
-WIDE = 100
-USER_WIDTH = {False: 12, True: 24}
+# Below this width the table is made to fit 80 columns: the tier and the errors (the
+# keys tab and the errors panel have them) are left out, long user ids are cut
+# shorter, and the limit columns show what is left without the limit.
+WIDE = 116
+USER_WIDTH = {False: 10, True: 20}
+PERIOD_SHORT = {"day": "d", "week": "wk", "month": "mo"}
 
 
-def _left(window: WindowBudget | None) -> Text:
-    """`remaining/limit` of one budget window, in red once it is spent; a deleted key's
-    budget is unknown."""
+def _unknown() -> Text:
+    """A deleted key's limit, or one that cannot be read (Redis gone)."""
+    return Text("-", justify="right")
+
+
+def _off() -> Text:
+    """A limit the key does not have."""
+    return Text("—", style="dim", justify="right")
+
+
+def columns(wide: bool) -> list[tuple[str, str, bool]]:
+    """(key, header, right-aligned) of each column the layout shows."""
+    shown = []
+    for c in COLUMNS:
+        header = c.wide if wide else c.narrow
+        if header is not None:
+            shown.append((c.key, header, c.right))
+    return shown
+
+
+def compact(n: int) -> str:
+    """A count of tokens in at most four characters, rounded down (what is left is
+    never shown as more than it is): 950, 1.2k, 12k, 999k, 1.5M."""
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            tenths = n * 10 // size
+            return f"{tenths // 10}{unit}" if tenths >= 100 else f"{tenths / 10:g}{unit}"
+    return str(n)
+
+
+def _left(remaining: int, limit: int, wide: bool, figure: Callable[[int], str] = str) -> Text:
+    """What is left (and in the wide layout of how much), in red once it is spent."""
+    text = f"{figure(remaining)}/{figure(limit)}" if wide else figure(remaining)
+    return Text(text, style="bold red" if remaining <= 0 else "", justify="right")
+
+
+def window_cell(window: WindowBudget | None, wide: bool, tokens: bool = False) -> Text:
     if window is None:
-        return Text("-", justify="right")
-    remaining, limit = window["remaining"], window["limit"]
-    style = "bold red" if remaining <= 0 else ""
-    return Text(f"{remaining}/{limit}", style=style, justify="right")
+        return _off()
+    return _left(window["remaining"], window["limit"], wide, compact if tokens else str)
+
+
+def in_flight_cell(in_flight: InFlightView | None, streams: int) -> Text:
+    """`current/limit`; with no limit, the key's open streams, faint: the gateway counts
+    a key's requests in flight only for a limit, and its streams are the long ones."""
+    if in_flight is None:
+        return Text(str(streams), style="dim", justify="right")
+    current, limit = in_flight["current"], in_flight["limit"]
+    style = "bold red" if current >= limit else ""
+    return Text(f"{current}/{limit}", style=style, justify="right")
+
+
+def budget_cell(limits: LimitsView, wide: bool) -> Text:
+    """The budget nearer its end, the key's or its user's, and its period."""
+    budgets = [b for b in (limits["key_budget"], limits["user_budget"]) if b is not None]
+    if not budgets:
+        return _off()
+    budget: BudgetView = min(budgets, key=lambda b: b["remaining"])  # the key's on a tie
+    period = budget["period"] if wide else PERIOD_SHORT[budget["period"]]
+    left = _left(budget["remaining"], budget["limit"], wide, compact)
+    return left.append(f" {period}")
 
 
 def _count(value: int, style: str) -> Text:
@@ -65,7 +141,9 @@ class BusiestKeys(DataTable[Text]):
     """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, id=id, classes=classes)
+        super().__init__(
+            cursor_type="row", zebra_stripes=True, header_height=2, id=id, classes=classes
+        )
         self._keys: list[BusyKey] = []
         self._wide: bool | None = None
 
@@ -77,7 +155,7 @@ class BusiestKeys(DataTable[Text]):
         order = [str(k["key_id"]) for k in keys]
         if wide == self._wide and order == [r.value for r in self.rows]:
             for row_key, k in zip(order, keys, strict=True):
-                for (column, _, _), cell in zip(COLUMNS, self._cells(k), strict=True):
+                for (column, _, _), cell in zip(columns(wide), self._cells(k), strict=True):
                     old = self.get_cell(row_key, column)
                     # (Text's == looks at the characters and spans, not the style)
                     if old != cell or old.style != cell.style:
@@ -97,7 +175,7 @@ class BusiestKeys(DataTable[Text]):
         # Columns only ever widen as rows come; a change of layout starts them afresh.
         self.clear(columns=wide != self._wide)
         if wide != self._wide:
-            for key, label, right in COLUMNS:
+            for key, label, right in columns(wide):
                 self.add_column(Text(label, justify="right" if right else "left"), key=key)
         self._wide = wide
         for k in self._keys:
@@ -110,20 +188,28 @@ class BusiestKeys(DataTable[Text]):
 
     def _cells(self, k: BusyKey) -> list[Text]:
         wide = bool(self._wide)
-        prefix = k["key_prefix"] or f"#{k['key_id']}"
-        if not wide and prefix.startswith(KEY_PREFIX):
-            prefix = "…" + prefix[len(KEY_PREFIX) :]
-        user, budget = k["user_id"], k["budget"]
-        return [
-            Text("(deleted)", style="dim italic")
+        # The `sk-internal-` every key shares is left off: the rest tells keys apart.
+        prefix = short_prefix(k["key_prefix"]) if k["key_prefix"] else f"#{k['key_id']}"
+        user, limits = k["user_id"], k["limits"]
+        cells = {
+            "user": Text("(deleted)", style="dim italic")
             if user is None
             else Text(_short(user, USER_WIDTH[wide])),
-            Text(prefix, style="dim"),
-            Text(k["tier"] or "-"),
-            Text(rate_text(k["requests_per_s"]), justify="right"),
-            Text(rate_text(k["tokens_per_s"]), justify="right"),
-            _count(k["errors"], "bold red"),
-            _count(k["rate_limited"], "bold yellow"),
-            _left(None if budget is None else budget["minute"]),
-            _left(None if budget is None else budget["hour"]),
-        ]
+            "key": Text(prefix, style="dim"),
+            "tier": Text(k["tier"] or "-"),
+            "rps": Text(rate_text(k["requests_per_s"]), justify="right"),
+            "tps": Text(rate_text(k["tokens_per_s"]), justify="right"),
+            "errors": _count(k["errors"], "bold red"),
+            "limited": _count(k["rate_limited"], "bold yellow"),
+        }
+        if limits is None:
+            cells |= {c: _unknown() for c in ("flight", "minute", "hour", "tokens", "budget")}
+        else:
+            cells |= {
+                "flight": in_flight_cell(limits["in_flight"], k["streams"]),
+                "minute": window_cell(limits["requests_per_minute"], wide),
+                "hour": window_cell(limits["requests_per_hour"], wide),
+                "tokens": window_cell(limits["tokens_per_minute"], wide, tokens=True),
+                "budget": budget_cell(limits, wide),
+            }
+        return [cells[key] for key, _, _ in columns(wide)]

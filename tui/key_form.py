@@ -1,8 +1,9 @@
 """The form that creates a key, or edits one: a modal that closes only on success.
 
-The gateway is the one judge of the fields (the CLI and the web page use the same
-rules), so the form checks nothing itself: a 400 names the field in `param`, and the
-message appears under that field while the form stays open with what was typed.
+The limits are whole numbers the form checks as they are typed in (`limit_fields`):
+a mistake is named under them before anything is sent. The rest the gateway judges
+(the CLI and the web page use the same rules): a 400 names the field in `param`, and
+the message appears under that field while the form stays open with what was typed.
 """
 
 from __future__ import annotations
@@ -24,16 +25,43 @@ from llmgw.admin_client import AdminApiError
 from llmgw.api_types import KeyView, TierView
 
 from .gateway import client, relay_failure
+from .limit_fields import (
+    LIMIT_NAMES,
+    LIMITS,
+    PERIODS,
+    InvalidLimit,
+    LimitName,
+    limit_texts,
+    parse_limit,
+    tier_placeholder,
+)
 
-# Where a refusal of each field is shown: both limits share one line under their row.
-NOTE_OF = {"requests_per_minute": "limits", "requests_per_hour": "limits"}
+# The limits' rows: a label, then each field with what follows it.
+LIMIT_ROWS: tuple[tuple[str, tuple[tuple[LimitName, str], ...]], ...] = (
+    ("Requests", (("requests_per_minute", "/minute"), ("requests_per_hour", "/hour"))),
+    ("Tokens", (("tokens_per_minute", "/minute"), ("tokens_per_day", "/day"))),
+    ("In flight", (("max_in_flight", "at once"),)),
+    ("Budget", (("budget_tokens", "tokens"),)),
+)
+# The period Select's value for "none of the key's own" (a Select value cannot be None).
+TIERS_PERIOD = "tier"
+# Where a refusal of each field is shown: all limits share one line under their rows.
+NOTE_OF = dict.fromkeys((*LIMIT_NAMES, "budget_period"), "limits")
 HINTS = {
     "expires_at": "2027-01-31, or 30d, 12h, 2w from now; empty = never",
     "allowed_models": "comma-separated; empty = all models",
-    "limits": "whole numbers; empty = the tier's",
+    "limits": "empty = the tier's (faint); 0 = no limit (not requests)",
 }
-LIMITS = ("requests_per_minute", "requests_per_hour")
-FIELDS = ("user_id", "is_active", "tier", "description", "expires_at", "allowed_models", *LIMITS)
+FIELDS = (
+    "user_id",
+    "is_active",
+    "tier",
+    "description",
+    "expires_at",
+    "allowed_models",
+    *LIMIT_NAMES,
+    "budget_period",
+)
 # What the status switch says beside it, off and on.
 STATES = ("revoked: every request with it is refused", "active")
 
@@ -99,8 +127,14 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
     KeyFormScreen .row > Input, KeyFormScreen .row > Select {
         width: 1fr;
     }
+    KeyFormScreen .row.-limits {
+        margin-top: 0;  /* the limits read as one block */
+    }
     KeyFormScreen .row > .limit {
         width: 12;
+    }
+    KeyFormScreen .row > #budget_period {
+        width: 22;
     }
     KeyFormScreen .row > .per {
         width: auto;
@@ -159,6 +193,7 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
         """`key` None: create a key; else edit this one (the API's public view)."""
         super().__init__()
         self._key = key
+        self._tiers: dict[str, TierView] = {}
         self._before: dict[str, Any] = {}
         self._saving = False
 
@@ -190,11 +225,15 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
                 ("allowed_models", "Models"),
             ):
                 yield from self._row(name, label, Input(texts[name]))
-            with Horizontal(classes="row"):
-                yield Label("Requests")
-                for name, per in zip(LIMITS, ("/minute", "/hour"), strict=True):
-                    yield Input(texts[name], id=name, classes="limit", compact=True)
-                    yield Label(per, classes="per")
+            limits = limit_texts(key)
+            for first, (label, fields) in enumerate(LIMIT_ROWS):
+                with Horizontal(classes="row" if first == 0 else "row -limits"):
+                    yield Label(label)
+                    for name, after in fields:
+                        yield Input(limits[name], id=name, classes="limit", compact=True)
+                        yield Label(after, classes="per")
+                    if label == "Budget":
+                        yield self._period_select(key)
             yield self._note("limits")
             yield self._note("form")
             with Horizontal(id="buttons"):
@@ -210,6 +249,16 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
             yield Label(label)
             yield widget
         yield self._note(name)
+
+    def _period_select(self, key: KeyView | None) -> Select[str]:
+        period = None if key is None else key["budget_period"]
+        return Select(
+            _period_options(None),
+            allow_blank=False,
+            value=period or TIERS_PERIOD,
+            compact=True,
+            id="budget_period",
+        )
 
     def _note(self, name: str) -> Static:
         hint = HINTS.get(name, "")
@@ -253,19 +302,40 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
 
     @on(TiersLoaded)
     def tiers_loaded(self, event: TiersLoaded) -> None:
+        self._tiers = {t["name"]: t for t in event.tiers}
         select: Select[str] = self.query_one("#tier", Select)
         select.set_options(_tier_option(t) for t in event.tiers)
         wanted = event.default if self._key is None else self._key["tier"]
-        if any(t["name"] == wanted for t in event.tiers):
+        if wanted in self._tiers:
             select.value = wanted
+
+    @on(Select.Changed, "#tier")
+    def tier_changed(self, event: Select.Changed) -> None:
+        """An empty limit is the tier's: show the chosen tier's value faintly in it."""
+        tier = self._tiers.get(event.value) if isinstance(event.value, str) else None
+        for name in LIMIT_NAMES:
+            self.query_one(f"#{name}", Input).placeholder = (
+                "" if tier is None else tier_placeholder(tier, name)
+            )
+        period: Select[str] = self.query_one("#budget_period", Select)
+        chosen = period.value
+        period.set_options(_period_options(tier))
+        period.value = chosen
+        # Select redraws its label when its value changes, and this one may well not.
+        # (mypy cannot tell the descriptor of a generic class's reactive from its value.)
+        period.mutate_reactive(Select.value)  # type: ignore[misc]
 
     @on(FormRefused)
     def refused(self, event: FormRefused) -> None:
         self._saving = False
         self.query_one("#save", Button).disabled = False
-        param = event.param if event.param in FIELDS else None
+        self._show_refusal(event.param, event.message)
+
+    def _show_refusal(self, param: str | None, message: str) -> None:
+        """`message` under the field `param` (or the form), the focus on that field."""
+        param = param if param in FIELDS else None
         note = self.query_one(f"#{NOTE_OF.get(param or '', param or 'form')}-note", Static)
-        note.update(event.message)
+        note.update(message)
         note.set_classes("note -error")
         if param is not None:
             self.query_one(f"#{param}").focus()
@@ -300,16 +370,23 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
     def action_save(self) -> None:
         if self._saving:  # a second create while the first is in flight would make two keys
             return
-        fields = self._fields()
-        if self._key is not None:
-            fields = {k: v for k, v in fields.items() if v != self._before.get(k)}
-            if not fields:
-                self.dismiss(None)
-                return
         for note in self.query(".note").results(Static):
             hint = HINTS.get((note.id or "").removesuffix("-note"), "")
             note.update(hint)
             note.set_classes("note" if hint else "note -empty")
+        try:
+            fields = self._fields()
+        except InvalidLimit as exc:
+            self._show_refusal(exc.name, exc.message)  # nothing is sent
+            return
+        if self._key is None:
+            # An empty limit of a new key is its tier's, as an absent one is.
+            fields = {k: v for k, v in fields.items() if v is not None or k not in NOTE_OF}
+        else:
+            fields = {k: v for k, v in fields.items() if v != self._before.get(k)}
+            if not fields:
+                self.dismiss(None)
+                return
         self._saving = True
         self.query_one("#save", Button).disabled = True
         self.save(fields)
@@ -318,7 +395,8 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
         self.dismiss(None)
 
     def _fields(self) -> dict[str, Any]:
-        """The form in the admin API's terms (what an edit compares with the key)."""
+        """The form in the admin API's terms (what an edit compares with the key);
+        InvalidLimit if a limit is not one."""
 
         def text(name: str) -> str:
             return self.query_one(f"#{name}", Input).value.strip()
@@ -337,26 +415,23 @@ class KeyFormScreen(ModalScreen[SavedKey | None]):
             "expires_at": text("expires_at") or None,
             "allowed_models": models or None,
         }
-        for name in LIMITS:
-            value = text(name)
-            # Not a number goes as typed, so the gateway's refusal names the field.
-            fields[name] = int(value) if value.isdigit() else (value or None)
+        for limit in LIMITS:
+            fields[limit.name] = parse_limit(limit, text(limit.name))
+        period = self.query_one("#budget_period", Select).value
+        fields["budget_period"] = period if period in PERIODS else None
         return fields
 
 
 def _texts(key: KeyView | None) -> dict[str, str]:
     """What the text fields of the form show at first: the key's values, or nothing."""
     if key is None:
-        return dict.fromkeys(("description", "expires_at", "allowed_models", *LIMITS), "")
+        return dict.fromkeys(("description", "expires_at", "allowed_models"), "")
     expires, models = key["expires_at"], key["allowed_models"]
-    per_minute, per_hour = key["requests_per_minute"], key["requests_per_hour"]
     return {
         "description": key["description"],
         # An expiry given as a date is midnight: show the date, as it was given.
         "expires_at": "" if expires is None else expires.removesuffix("T00:00:00.000Z"),
         "allowed_models": "" if models is None else ", ".join(models),
-        "requests_per_minute": "" if per_minute is None else str(per_minute),
-        "requests_per_hour": "" if per_hour is None else str(per_hour),
     }
 
 
@@ -364,3 +439,9 @@ def _tier_option(tier: TierView) -> tuple[str, str]:
     """A tier as the form offers it: its name and limits; its name is the value."""
     limits = f"{tier['requests_per_minute']}/min, {tier['requests_per_hour']}/h"
     return f"{tier['name']}  ({limits})", tier["name"]
+
+
+def _period_options(tier: TierView | None) -> list[tuple[str, str]]:
+    """The budget's periods; the first, the tier's, says which that is once known."""
+    tiers = "the tier's period" if tier is None else f"the tier's: a {tier['budget_period']}"
+    return [(tiers, TIERS_PERIOD), *((f"a {p}", p) for p in PERIODS)]

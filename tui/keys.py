@@ -25,6 +25,7 @@ from .confirm import ConfirmScreen
 from .gateway import client, relay_failure
 from .key_form import KeyFormScreen, SavedKey
 from .key_table import KeyTable, describe
+from .limit_fields import describe_limits
 from .new_key import NewKeyScreen
 
 REFRESH_TICKS = 10  # "last used" moves with traffic; a refetch every 10 s keeps up
@@ -72,6 +73,10 @@ class KeysPane(Vertical):
         padding: 0 1;
         color: $text-muted;
     }
+    KeysPane > #key-limits {
+        height: auto;
+        padding: 0 1;
+    }
     """
     BINDINGS = [
         # Short, and refresh (the table refreshes itself) only in the help: so that the
@@ -101,6 +106,8 @@ class KeysPane(Vertical):
             compact=True,
         )
         yield KeyTable(id="keys-table")
+        # The selected key's limits: too many to be columns beside the rest.
+        yield Static(id="key-limits", markup=False)
         yield Static(id="keys-status", markup=False)
 
     def on_show(self) -> None:
@@ -193,6 +200,10 @@ class KeysPane(Vertical):
             # A cell cursor marks its row faintly: say which key the actions act on.
             status = f"{table.shown} of {len(table.keys)} keys · selected: {describe(key)}"
         self.query_one("#keys-status", Static).update(status)
+        limits = self.query_one("#key-limits", Static)
+        limits.display = key is not None
+        if key is not None:
+            limits.update(describe_limits(key))
 
     # --- actions ----------------------------------------------------------------------
 
