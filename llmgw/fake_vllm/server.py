@@ -135,7 +135,12 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     plan = plan_generation(request, body, kind, beh)
     request[_REQUEST_ID] = plan.request_id
     stream = plan.stream or beh.stream_regardless
-    return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
+    beh.generating += 1
+    beh.most_generating = max(beh.most_generating, beh.generating)
+    try:
+        return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
+    finally:
+        beh.generating -= 1
 
 
 async def embeddings(request: web.Request) -> web.Response:
