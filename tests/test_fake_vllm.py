@@ -517,8 +517,10 @@ async def test_priority_scheduling_accepts_and_records_any_priority(
     assert caught.value.body["param"] == "body.priority"  # type: ignore[index]
 
 
-async def test_most_generating_at_once(fake: FakeVLLM, client: openai.AsyncOpenAI) -> None:
-    fake.behaviour.first_token_delay = 30  # held until the client leaves
+async def test_hold_keeps_requests_until_released(
+    fake: FakeVLLM, client: openai.AsyncOpenAI
+) -> None:
+    fake.behaviour.hold = asyncio.Event()
     held = [
         asyncio.create_task(
             client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
@@ -526,11 +528,11 @@ async def test_most_generating_at_once(fake: FakeVLLM, client: openai.AsyncOpenA
         for _ in range(4)
     ]
     await fake.behaviour.wait_until(lambda: fake.behaviour.generating == 4)
-    for task in held:
-        task.cancel()
-    await asyncio.gather(*held, return_exceptions=True)
-    await fake.behaviour.wait_until(lambda: fake.behaviour.generating == 0)
-    fake.behaviour.first_token_delay = 0
+    assert not any(task.done() for task in held)
+    fake.behaviour.hold.set()
+    replies = await asyncio.gather(*held)
+    assert [r.choices[0].message.content for r in replies] == [completion_text(1)] * 4
+    assert (fake.behaviour.generating, fake.behaviour.most_generating) == (0, 4)
     await client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
     assert fake.behaviour.most_generating == 4
 

@@ -61,6 +61,9 @@ class FakeVLLMBehaviour:
     ignore_max_tokens: int | None = None
     # vLLM's --scheduling-policy: with "fcfs" (its default) a non-zero `priority` is refused.
     scheduling_policy: SchedulingPolicy = "fcfs"
+    # While set to an Event not yet set, chat and completion requests wait for it before
+    # anything else (counted in `generating`): a test holds requests open, then lets go.
+    hold: asyncio.Event | None = None
     system_fingerprint: str | None = f"vllm-{FAKE_VLLM_VERSION}-fake0000"
     enable_request_id_headers: bool = False  # vLLM's --enable-request-id-headers
     requests: list[RecordedRequest] = field(default_factory=list)
