@@ -85,10 +85,10 @@ async def chat(
 
 def granted(fake: FakeVLLM) -> list[int]:
     """What each chat request the fake saw was reserved: its estimate and max_tokens."""
-    return [
-        estimate_prompt_tokens(r.json) + r.json["max_tokens"]
-        for r in fake.behaviour.requests_to("/v1/chat/completions")
+    bodies: list[dict[str, Any]] = [
+        r.json for r in fake.behaviour.requests_to("/v1/chat/completions")
     ]
+    return [estimate_prompt_tokens(body) + body["max_tokens"] for body in bodies]
 
 
 async def in_flight(gateway: Gateway, key_id: int) -> int:
