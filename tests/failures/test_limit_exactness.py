@@ -86,7 +86,7 @@ async def chat(
 def granted(fake: FakeVLLM) -> list[int]:
     """What each chat request the fake saw was reserved: its estimate and max_tokens."""
     bodies: list[dict[str, Any]] = [
-        r.json for r in fake.behaviour.requests_to("/v1/chat/completions")
+        r.json for r in fake.behaviour.requests_to("/v1/chat/completions") if r.json
     ]
     return [estimate_prompt_tokens(body) + body["max_tokens"] for body in bodies]
 
