@@ -204,7 +204,9 @@ async def read_first_token(session: aiohttp.ClientSession, gateway: Gateway, key
         assert resp.status == 200
         received = b""
         while b'"content":" tok0"' not in received:
-            received += await resp.content.readany()
+            chunk = await resp.content.readany()
+            assert chunk, received  # the stream must not end before its first token
+            received += chunk
         resp.close()  # gone mid-stream
 
 
@@ -308,7 +310,9 @@ async def test_shutdown_mid_stream_gives_the_permits_back(
             received = b""
             async with asyncio.timeout(5):
                 while b"tok0" not in received:
-                    received += await stream.content.readany()
+                    chunk = await stream.content.readany()
+                    assert chunk, received
+                    received += chunk
         assert (await limiter.windows(key_id, limits)).in_flight == (3, 3)
         # The stalled streams outlast the shutdown's grace (2 s): they are cancelled.
         await gateway.runner.cleanup()
