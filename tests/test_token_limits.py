@@ -17,6 +17,7 @@ import openai
 import orjson
 import pytest
 from multidict import CIMultiDict
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmgw.config import TierSettings, UpstreamSettings, load_settings
 from llmgw.fake_vllm import FakeVLLM, count_prompt_tokens
@@ -30,7 +31,8 @@ from .failures.conftest import assert_settled
 
 # One word of 28 characters: estimated 7 prompt tokens, as the fake vLLM counts it
 # (1 word + 4 for the message + 2 for the generation prompt).
-EXACT = {"model": "fake-model", "messages": [{"role": "user", "content": "a" * 28}]}
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "a" * 28}]
+EXACT: dict[str, Any] = {"model": "fake-model", "messages": MESSAGES}
 PROMPT = 7
 CHAT = "/chat/completions"
 
@@ -59,7 +61,10 @@ async def tokens_left(gateway: Gateway, key_id: int) -> tuple[int | None, int | 
     assert key is not None
     decision = await gateway.app[LIMITER].windows(key_id, limits_for(key, gateway.settings))
     minute, day = decision.tokens_minute, decision.tokens_day
-    return (minute and minute.remaining), (day and day.remaining)
+    return (
+        minute.remaining if minute is not None else None,
+        day.remaining if day is not None else None,
+    )
 
 
 TOKEN_HEADERS = (
@@ -275,9 +280,7 @@ async def test_a_client_gone_mid_stream_is_charged_what_was_generated(
 async def refusal(gateway: Gateway, key: str, **fields: Any) -> openai.RateLimitError:
     async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as sdk:
         with pytest.raises(openai.RateLimitError) as caught:
-            await sdk.chat.completions.create(
-                model="fake-model", messages=EXACT["messages"], **fields
-            )
+            await sdk.chat.completions.create(model="fake-model", messages=MESSAGES, **fields)
     return caught.value
 
 
@@ -309,9 +312,7 @@ async def test_each_refusal_is_an_openai_rate_limit_error_and_counted(
     async with openai.AsyncOpenAI(
         base_url=gateway.base_url, api_key=keys["free"], max_retries=0
     ) as sdk:
-        await sdk.chat.completions.create(
-            model="fake-model", messages=EXACT["messages"], max_tokens=1
-        )
+        await sdk.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
     seen = {"requests": await refusal(gateway, keys["free"], max_tokens=1)}
     seen["tokens"] = await refusal(gateway, keys["tokens"], max_tokens=50)
     fake.behaviour.hold = asyncio.Event()
