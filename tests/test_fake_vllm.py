@@ -465,6 +465,78 @@ async def test_counters_and_recorded_requests(fake: FakeVLLM, client: openai.Asy
     assert (fake.behaviour.started, fake.behaviour.finished, fake.behaviour.aborted) == (1, 1, 0)
 
 
+async def test_ignore_max_tokens_generates_regardless(
+    fake: FakeVLLM, client: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
+    fake.behaviour.ignore_max_tokens = 7
+    reply = await client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, max_tokens=2
+    )
+    assert reply.choices[0].message.content == completion_text(7)
+    assert reply.usage is not None and reply.usage.completion_tokens == 7
+    body = {"model": "fake-model", "messages": MESSAGES, "max_tokens": 2, "stream": True}
+    events = await sse_events(http, fake.url + CHAT_PATH, body)
+    assert sum('"content":" tok' in e for e in events) == 7
+
+
+async def test_priority_refused_without_priority_scheduling(
+    fake: FakeVLLM, client: openai.AsyncOpenAI
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, max_tokens=1, extra_body={"priority": 5}
+        )
+    assert caught.value.body == {
+        "message": "Got priority 5 but Priority scheduling is not enabled.",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    # Priority 0 is vLLM's default, accepted by every policy.
+    await client.chat.completions.create(
+        model="fake-model", messages=MESSAGES, max_tokens=1, extra_body={"priority": 0}
+    )
+    await client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
+    assert fake.behaviour.priorities == [0, 0]
+
+
+async def test_priority_scheduling_accepts_and_records_any_priority(
+    fake: FakeVLLM, client: openai.AsyncOpenAI
+) -> None:
+    fake.behaviour.scheduling_policy = "priority"
+    for priority in (-3, 0, 9):
+        await client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, max_tokens=1, extra_body={"priority": priority}
+        )
+    await client.completions.create(model="fake-model", prompt="x", max_tokens=1)
+    assert fake.behaviour.priorities == [-3, 0, 9, 0]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="fake-model", messages=MESSAGES, max_tokens=1, extra_body={"priority": "high"}
+        )
+    assert caught.value.body["param"] == "body.priority"  # type: ignore[index]
+
+
+async def test_hold_keeps_requests_until_released(
+    fake: FakeVLLM, client: openai.AsyncOpenAI
+) -> None:
+    fake.behaviour.hold = asyncio.Event()
+    held = [
+        asyncio.create_task(
+            client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
+        )
+        for _ in range(4)
+    ]
+    await fake.behaviour.wait_until(lambda: fake.behaviour.generating == 4)
+    assert not any(task.done() for task in held)
+    fake.behaviour.hold.set()
+    replies = await asyncio.gather(*held)
+    assert [r.choices[0].message.content for r in replies] == [completion_text(1)] * 4
+    assert (fake.behaviour.generating, fake.behaviour.most_generating) == (0, 4)
+    await client.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=1)
+    assert fake.behaviour.most_generating == 4
+
+
 async def test_given_behaviour_drives_the_server() -> None:
     behaviour = FakeVLLMBehaviour(models=["m"], default_max_tokens=2)
     server = FakeVLLM(behaviour)

@@ -15,6 +15,8 @@ from aiohttp import web
 FAKE_VLLM_VERSION = "0.32.0"
 
 FailMode = Literal["reset", "stall", "error", "http_error"]
+# vLLM's --scheduling-policy: only "priority" schedules by a request's `priority`.
+SchedulingPolicy = Literal["fcfs", "priority"]
 
 
 @dataclass
@@ -53,8 +55,15 @@ class FakeVLLMBehaviour:
     reported_usage: dict[str, Any] | None = None
     # the bytes of the error event `fail = "error"` sends mid-stream (default: vLLM's),
     error_event: bytes | None = None
-    # and a stream sent even for a request that did not ask for one.
+    # a stream sent even for a request that did not ask for one,
     stream_regardless: bool = False
+    # and this many tokens generated per choice whatever max_tokens says (None: obey it).
+    ignore_max_tokens: int | None = None
+    # vLLM's --scheduling-policy: with "fcfs" (its default) a non-zero `priority` is refused.
+    scheduling_policy: SchedulingPolicy = "fcfs"
+    # While set to an Event not yet set, chat and completion requests wait for it before
+    # anything else (counted in `generating`): a test holds requests open, then lets go.
+    hold: asyncio.Event | None = None
     system_fingerprint: str | None = f"vllm-{FAKE_VLLM_VERSION}-fake0000"
     enable_request_id_headers: bool = False  # vLLM's --enable-request-id-headers
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -64,6 +73,11 @@ class FakeVLLMBehaviour:
     resets: int = 0
     open_streams: int = 0
     aborted_request_ids: list[str] = field(default_factory=list)
+    # The `priority` of each generation request admitted (vLLM's default 0 when absent).
+    priorities: list[int] = field(default_factory=list)
+    # Generation requests being served now, and the most ever served at once.
+    generating: int = 0
+    most_generating: int = 0
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .behaviour import FakeVLLMBehaviour
-from .errors import check_fields, check_lengths, check_model
+from .errors import check_fields, check_lengths, check_model, check_priority
 from .tokens import Kind, length_and_finish, prompt_token_counts
 
 
@@ -37,6 +37,7 @@ def plan_generation(
     check_fields(body, kind)
     check_model(body, beh)
     check_lengths(body, kind, beh)
+    beh.priorities.append(check_priority(body, beh))
     # vLLM: X-Request-Id header, else the body's request_id, else a random uuid.
     base = request.headers.get("X-Request-Id") or body.get("request_id") or uuid.uuid4().hex
     prompts = prompt_token_counts(body)
@@ -44,6 +45,8 @@ def plan_generation(
         length_and_finish(body, kind, beh.default_max_tokens, beh.max_model_len - p)
         for p in prompts
     ]
+    if beh.ignore_max_tokens is not None:  # an upstream that does not stop where asked
+        plans = [(beh.ignore_max_tokens, "length") for _ in prompts]
     options = body.get("stream_options") or {}
     usage = bool(options.get("include_usage"))  # StreamOptions.include_usage defaults to False
     prefix = "chatcmpl" if kind == "chat" else "cmpl"

@@ -130,12 +130,19 @@ async def _respond(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> 
 
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     beh = request.app[BEHAVIOUR_KEY]
-    await _injected_failure(beh)
-    body = parse_json(request, await request.read())
-    plan = plan_generation(request, body, kind, beh)
-    request[_REQUEST_ID] = plan.request_id
-    stream = plan.stream or beh.stream_regardless
-    return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
+    beh.generating += 1
+    beh.most_generating = max(beh.most_generating, beh.generating)
+    try:
+        if beh.hold is not None:
+            await beh.hold.wait()
+        await _injected_failure(beh)
+        body = parse_json(request, await request.read())
+        plan = plan_generation(request, body, kind, beh)
+        request[_REQUEST_ID] = plan.request_id
+        stream = plan.stream or beh.stream_regardless
+        return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
+    finally:
+        beh.generating -= 1
 
 
 async def embeddings(request: web.Request) -> web.Response:

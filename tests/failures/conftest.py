@@ -1,8 +1,10 @@
 """The failure-case suite: the real gateway broken on purpose, on loopback, bounded.
 
 Every case ends with `assert_settled`: the gateway healthy, nothing in flight (its
-own gauge and every upstream's), no usage record waiting or dropped, and exactly the
-ledger rows the case's requests must have left.
+own gauge, every upstream's, and every key's in-flight permits), no usage record
+waiting or dropped, exactly the ledger rows the case's requests must have left, and,
+with a clock that never moved, no token still reserved: each token bucket and budget
+holds exactly what the ledger charged.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import aiohttp
 import pytest
 
 from llmgw.config import ServerSettings
-from llmgw.state import LEDGER, METRICS, UPSTREAMS
+from llmgw.limits import limits_for
+from llmgw.state import CLOCK, KEYS, LEDGER, LIMITER, METRICS, UPSTREAMS
 
-from ..conftest import Gateway, GatewayFactory
+from ..conftest import FakeClock, Gateway, GatewayFactory
+
+# Where conftest's FakeClock starts its monotonic time: a clock still there never moved.
+_FROZEN_AT = FakeClock().monotonic()
 
 
 async def assert_settled(gateway: Gateway, *, rows: int | None = None) -> list[dict[str, Any]]:
@@ -35,7 +41,39 @@ async def assert_settled(gateway: Gateway, *, rows: int | None = None) -> list[d
     assert (ledger.pending, ledger.dropped) == (0, 0)
     if rows is not None:
         assert len(ledger_rows) == rows, [r["status_code"] for r in ledger_rows]
+    await assert_limits_released(gateway, ledger_rows)
     return ledger_rows
+
+
+async def assert_limits_released(gateway: Gateway, ledger_rows: list[dict[str, Any]]) -> None:
+    """Every key of the rows holds no request in flight; when the gateway's clock is a
+    FakeClock that never moved (nothing refilled, no period ended), each token bucket
+    has exactly its limit less the tokens its rows charged (nothing left reserved),
+    and each key budget has used exactly those tokens."""
+    clock = gateway.app[CLOCK]
+    frozen = isinstance(clock, FakeClock) and clock.monotonic() == _FROZEN_AT
+    charged: dict[int, int] = {}
+    for row in ledger_rows:
+        key_id = row["api_key_id"]
+        if key_id is not None:
+            tokens = row["prompt_tokens"] + row["completion_tokens"]
+            charged[key_id] = charged.get(key_id, 0) + tokens
+    for key_id, used in charged.items():
+        key = gateway.app[KEYS].get(key_id)
+        if key is None:
+            continue  # deleted since: its limits went with it
+        limits = limits_for(key, gateway.settings)
+        decision = await gateway.app[LIMITER].windows(key_id, limits)
+        if limits.max_in_flight:
+            assert decision.in_flight == (0, limits.max_in_flight), f"key {key_id} holds permits"
+        if not frozen:
+            continue
+        for window in (decision.tokens_minute, decision.tokens_day):
+            if window is not None:
+                left = max(0, window.limit - used)
+                assert window.remaining == left, f"key {key_id}: {window} after {used} charged"
+        if decision.key_budget is not None:
+            assert decision.key_budget.used == used, f"key {key_id}: {decision.key_budget}"
 
 
 def open_sockets() -> int:
