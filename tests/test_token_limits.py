@@ -344,7 +344,6 @@ async def test_the_tiers_priority_goes_only_to_an_upstream_that_schedules_by_it(
     gateway_factory: GatewayFactory, fake: FakeVLLM, tmp_path: Path
 ) -> None:
     scheduling = FakeVLLM()
-    scheduling.behaviour.scheduling_policy = "priority"
     await scheduling.start()
     try:
         tiers = {"free": TierSettings(100, 1000, priority=-5)}

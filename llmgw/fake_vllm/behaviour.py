@@ -15,8 +15,6 @@ from aiohttp import web
 FAKE_VLLM_VERSION = "0.32.0"
 
 FailMode = Literal["reset", "stall", "error", "http_error"]
-# vLLM's --scheduling-policy: only "priority" schedules by a request's `priority`.
-SchedulingPolicy = Literal["fcfs", "priority"]
 
 
 @dataclass
@@ -59,8 +57,6 @@ class FakeVLLMBehaviour:
     stream_regardless: bool = False
     # and this many tokens generated per choice whatever max_tokens says (None: obey it).
     ignore_max_tokens: int | None = None
-    # vLLM's --scheduling-policy: with "fcfs" (its default) a non-zero `priority` is refused.
-    scheduling_policy: SchedulingPolicy = "fcfs"
     # While set to an Event not yet set, chat and completion requests wait for it before
     # anything else (counted in `generating`): a test holds requests open, then lets go.
     hold: asyncio.Event | None = None

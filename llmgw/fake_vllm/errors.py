@@ -129,29 +129,22 @@ def check_fields(body: dict[str, Any], kind: Kind) -> None:
             raise one_error("int_type", ("body", key), "Input should be a valid integer", value)
 
 
-def check_priority(body: Mapping[str, Any], beh: FakeVLLMBehaviour) -> int:
-    """The request's `priority` (vLLM's field, default 0; lower runs first), as the
-    engine takes it when the request is added.
+def check_priority(body: Mapping[str, Any]) -> int:
+    """The request's `priority` (vLLM's field, default 0; lower runs first).
 
-    vLLM's engine refuses a priority it does not schedule by: `add_request` in
-    `vllm/engine/async_llm_engine.py` (and `llm_engine.py`) raises
-    `ValueError(f"Got priority {priority} but Priority scheduling is not enabled.")`
-    when `priority != 0` and `scheduler_config.policy != "priority"`, which the serving
-    code's `except ValueError as e: return self.create_error_response(str(e))` turns
-    into a 400 BadRequestError (the message as vLLM users report it, e.g. "Error code:
-    400 - ... Got priority 10 but Priority scheduling is not enabled."). Newer V1
-    engines (`vllm/v1/engine/input_processor.py`) pass it on without that check and
-    an FCFS queue ignores it; the fake keeps the refusal, so a priority sent where it
-    must not be is loud rather than silently dropped.
+    vLLM 0.32's V1 engine takes any integer whatever its --scheduling-policy
+    (`vllm/v1/engine/input_processor.py` passes it on; an FCFS queue ignores it): the
+    protocol's "will raise an error if the served model does not use priority
+    scheduling" was the old engine's `add_request` check ("Got priority N but Priority
+    scheduling is not enabled."), which is gone. A real vLLM 0.32 run with
+    `--scheduling-policy fcfs` answers 200 to a priority of 7 (integration/ shows it).
+    Only a value that is no integer is refused, by pydantic.
     """
     priority = body.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise one_error(
             "int_type", ("body", "priority"), "Input should be a valid integer", priority
         )
-    if priority != 0 and beh.scheduling_policy != "priority":
-        message = f"Got priority {priority} but Priority scheduling is not enabled."
-        raise ApiError(400, error_body(message))
     return priority
 
 

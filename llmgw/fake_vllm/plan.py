@@ -37,7 +37,7 @@ def plan_generation(
     check_fields(body, kind)
     check_model(body, beh)
     check_lengths(body, kind, beh)
-    beh.priorities.append(check_priority(body, beh))
+    beh.priorities.append(check_priority(body))
     # vLLM: X-Request-Id header, else the body's request_id, else a random uuid.
     base = request.headers.get("X-Request-Id") or body.get("request_id") or uuid.uuid4().hex
     prompts = prompt_token_counts(body)
