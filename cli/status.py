@@ -8,7 +8,7 @@ from typing import Literal
 import click
 
 from llmgw.admin_client import AdminClient
-from llmgw.api_types import Health, KeyBudget, Rate, Stats, UpstreamStatus
+from llmgw.api_types import Health, LimitsView, Rate, Stats, UpstreamStatus
 
 from .output import cell, emit_json, emit_table, json_option
 from .state import CliState, pass_state
@@ -133,7 +133,7 @@ def _print_keys(stats: Stats) -> None:
             k["errors"],
             k["rate_limited"],
             k["streams"],
-            *_left(k["budget"]),
+            *_left(k["limits"]),
         ]
         for k in keys
     ]
@@ -149,11 +149,13 @@ def _count(rate: Rate | None, name: Literal["requests", "tokens", "errors", "rat
     return "-" if rate is None else cell(rate[name])
 
 
-def _left(budget: KeyBudget | None) -> list[str]:
+def _left(limits: LimitsView | None) -> list[str]:
     """What is left of the key's minute and hour; nothing known of a deleted key."""
-    if budget is None:
+    # A stopgap from the store-admin branch (api_types replaced `budget` by `limits`).
+    if limits is None:
         return ["-", "-"]
-    return [f"{w['remaining']}/{w['limit']}" for w in (budget["minute"], budget["hour"])]
+    windows = (limits["requests_per_minute"], limits["requests_per_hour"])
+    return [f"{w['remaining']}/{w['limit']}" for w in windows]
 
 
 def _duration(seconds: float) -> str:
