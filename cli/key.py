@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from llmgw.admin_client import AdminClient
-from llmgw.api_types import KeyView
+from llmgw.api_types import BUDGET_PERIODS, KeyView
 
+from .limits import LIMIT_FIELDS, limit_lines
 from .output import cell, emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
 
@@ -22,6 +24,61 @@ def limit_or_tier(ctx: click.Context, param: click.Parameter, value: str | None)
     if not value.isdigit() or int(value) < 1:
         raise click.BadParameter(f"{value!r} is not a whole number of at least 1, nor 'tier'")
     return int(value)
+
+
+def override_or_tier(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A key's token, in-flight or budget limit: a whole number (0: unlimited for this
+    key), or `tier` for the tier's own."""
+    if value is None or value == "tier":
+        return None
+    if not value.isdigit():
+        raise click.BadParameter(f"{value!r} is not a whole number of 0 or more, nor 'tier'")
+    return int(value)
+
+
+# The key's own token, in-flight and budget limits: (flag, API field, help).
+OVERRIDES = (
+    ("--tokens-per-minute", "tokens_per_minute", "Tokens (prompt + completion) per minute"),
+    ("--tokens-per-day", "tokens_per_day", "Tokens per day"),
+    ("--max-in-flight", "max_in_flight", "Requests served at once"),
+    ("--budget-tokens", "budget_tokens", "Tokens per budget period"),
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def add_overrides(command: F) -> F:
+    """`key add`'s options for the key's own token, in-flight and budget limits."""
+    command = click.option(
+        "--budget-period",
+        type=click.Choice(BUDGET_PERIODS),
+        help="The calendar period (UTC) of the budget, instead of the tier's.",
+    )(command)
+    for flag, name, text in reversed(OVERRIDES):
+        command = click.option(
+            flag,
+            name,
+            type=click.IntRange(min=0),
+            help=f"{text}, instead of the tier's (0: unlimited).",
+        )(command)
+    return command
+
+
+def update_overrides(command: F) -> F:
+    """`key update`'s: the same, each also taking `tier` to drop the key's own."""
+    command = click.option(
+        "--budget-period",
+        type=click.Choice([*BUDGET_PERIODS, "tier"]),
+        help="The budget's calendar period (UTC), or 'tier'.",
+    )(command)
+    for flag, name, text in reversed(OVERRIDES):
+        command = click.option(
+            flag,
+            name,
+            callback=override_or_tier,
+            metavar="N|tier",
+            help=f"{text} (0: unlimited), or 'tier'.",
+        )(command)
+    return command
 
 
 @click.group()
@@ -39,6 +96,7 @@ def key() -> None:
     "--rpm", type=click.IntRange(min=1), help="Requests per minute, instead of the tier's."
 )
 @click.option("--rph", type=click.IntRange(min=1), help="Requests per hour, instead of the tier's.")
+@add_overrides
 @json_option
 @pass_state
 def add(
@@ -50,6 +108,11 @@ def add(
     models: tuple[str, ...],
     rpm: int | None,
     rph: int | None,
+    tokens_per_minute: int | None,
+    tokens_per_day: int | None,
+    max_in_flight: int | None,
+    budget_tokens: int | None,
+    budget_period: str | None,
     as_json: bool,
 ) -> None:
     """Create a key and print it (shown this once only)."""
@@ -62,6 +125,11 @@ def add(
             allowed_models=list(models) or None,
             requests_per_minute=rpm,
             requests_per_hour=rph,
+            tokens_per_minute=tokens_per_minute,
+            tokens_per_day=tokens_per_day,
+            max_in_flight=max_in_flight,
+            budget_tokens=budget_tokens,
+            budget_period=budget_period,
         )
     )
     if as_json:
@@ -93,13 +161,20 @@ def list_(
 @json_option
 @pass_state
 def show(state: CliState, key_id: int, as_json: bool) -> None:
-    """Show one key's settings and when it was last used."""
+    """Show one key's settings, its limits and what is left of each now."""
     shown = state.call(lambda c: c.get_key(key_id))
     if as_json:
         emit_json(shown)
         return
     for name, value in shown.items():
+        if name == "limits":
+            continue
+        if name in LIMIT_FIELDS and value is None:
+            value = "tier"  # no override: the tier's limit applies
         click.echo(f"{name:<20} {cell(value)}")
+    click.echo("")
+    for line in limit_lines(shown["limits"]):
+        click.echo(line)
 
 
 @key.command("update")
@@ -115,6 +190,7 @@ def show(state: CliState, key_id: int, as_json: bool) -> None:
 @click.option(
     "--rph", callback=limit_or_tier, metavar="N|tier", help="Requests per hour, or 'tier'."
 )
+@update_overrides
 @click.option("--enable/--disable", "active", default=None, help="Re-activate or suspend the key.")
 @json_option
 @pass_state
@@ -128,6 +204,11 @@ def update(
     all_models: bool,
     rpm: int | None,
     rph: int | None,
+    tokens_per_minute: int | None,
+    tokens_per_day: int | None,
+    max_in_flight: int | None,
+    budget_tokens: int | None,
+    budget_period: str | None,
     active: bool | None,
     as_json: bool,
 ) -> None:
@@ -148,6 +229,17 @@ def update(
         changes["requests_per_minute"] = rpm
     if ctx.get_parameter_source("rph") is click.core.ParameterSource.COMMANDLINE:
         changes["requests_per_hour"] = rph
+    # The same for the token, in-flight and budget limits ('tier': None, the tier's).
+    limits: dict[str, int | str | None] = {
+        "tokens_per_minute": tokens_per_minute,
+        "tokens_per_day": tokens_per_day,
+        "max_in_flight": max_in_flight,
+        "budget_tokens": budget_tokens,
+        "budget_period": None if budget_period == "tier" else budget_period,
+    }
+    for field, setting in limits.items():
+        if ctx.get_parameter_source(field) is click.core.ParameterSource.COMMANDLINE:
+            changes[field] = setting
     if active is not None:
         changes["is_active"] = active
     if not changes:

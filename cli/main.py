@@ -13,6 +13,7 @@ from .serve import serve
 from .state import CliState
 from .status import status
 from .usage import usage
+from .user import user
 
 EXIT_CODES_HELP = "Exit status: 0 ok, 1 error, 2 usage error, 3 gateway not reachable."
 
@@ -53,7 +54,7 @@ def cli(
     ctx.obj = CliState(socket=socket, config=config, url=url, token=token)
 
 
-for command in (key, usage, status, audit, admin, config, db, serve):
+for command in (key, user, usage, status, audit, admin, config, db, serve):
     cli.add_command(command)
 
 

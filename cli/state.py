@@ -29,6 +29,11 @@ OPTION_FOR_FIELD = {
     "allowed_models": "--model",
     "requests_per_minute": "--rpm",
     "requests_per_hour": "--rph",
+    "tokens_per_minute": "--tokens-per-minute",
+    "tokens_per_day": "--tokens-per-day",
+    "max_in_flight": "--max-in-flight",
+    "budget_tokens": "--budget-tokens",
+    "budget_period": "--budget-period",
     "is_active": "--enable/--disable",
     "username": "USERNAME",
     "password": "The password",
@@ -45,6 +50,11 @@ CLI_WORDS = {
     "expires_at": ("or null", "or never"),
     "requests_per_minute": ("or null", "or tier"),
     "requests_per_hour": ("or null", "or tier"),
+    "tokens_per_minute": ("or null", "or tier"),
+    "tokens_per_day": ("or null", "or tier"),
+    "max_in_flight": ("or null", "or tier"),
+    "budget_tokens": ("or null", "or tier"),
+    "budget_period": ("or null", "or tier"),
     "allowed_models": ("a list of model names, or null for all", "a model name"),
 }
 

@@ -9,6 +9,7 @@ the same types, so the two sides are checked against one definition.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +24,7 @@ from .api_types import (
     CreatedKey,
     DeletedKey,
     Health,
+    KeyDetail,
     KeyView,
     LoginToken,
     PruneResult,
@@ -30,6 +32,7 @@ from .api_types import (
     Stats,
     Tiers,
     UsageReport,
+    UserBudget,
 )
 
 
@@ -147,8 +150,9 @@ class AdminClient:
         }
         return cast(list[KeyView], await self._list("/keys", params))
 
-    async def get_key(self, key_id: int) -> KeyView:
-        return cast(KeyView, await self._json("GET", f"/keys/{key_id}"))
+    async def get_key(self, key_id: int) -> KeyDetail:
+        """The key, and each of its limits with what is left of it now."""
+        return cast(KeyDetail, await self._json("GET", f"/keys/{key_id}"))
 
     async def update_key(self, key_id: int, changes: Mapping[str, Any]) -> KeyView:
         return cast(KeyView, await self._json("PUT", f"/keys/{key_id}", json=dict(changes)))
@@ -164,6 +168,25 @@ class AdminClient:
 
     async def tiers(self) -> Tiers:
         return cast(Tiers, await self._json("GET", "/tiers"))
+
+    # --- user budgets -----------------------------------------------------------------
+
+    async def user_budgets(self) -> list[UserBudget]:
+        return cast(list[UserBudget], await self._list("/budgets"))
+
+    async def user_budget(self, user_id: str) -> UserBudget:
+        """The user's budget; `AdminApiError` 404 if the user has none."""
+        return cast(UserBudget, await self._json("GET", _budget_path(user_id)))
+
+    async def set_user_budget(
+        self, user_id: str, budget_tokens: int, budget_period: str = "month"
+    ) -> UserBudget:
+        body = {"budget_tokens": budget_tokens, "budget_period": budget_period}
+        return cast(UserBudget, await self._json("PUT", _budget_path(user_id), json=body))
+
+    async def clear_user_budget(self, user_id: str) -> UserBudget:
+        """Remove the user's budget; the budget removed (`AdminApiError` 404 if none)."""
+        return cast(UserBudget, await self._json("DELETE", _budget_path(user_id)))
 
     # --- admin users, audit, database -------------------------------------------------
 
@@ -265,6 +288,11 @@ class AdminClient:
         return GatewayUnreachable(
             f"the gateway at {self.where} did not answer properly: {exc or 'timeout'}"
         )
+
+
+def _budget_path(user_id: str) -> str:
+    # A user id is any text: quoted, so that a '/' or '?' in it stays part of it.
+    return f"/users/{urllib.parse.quote(user_id, safe='')}/budget"
 
 
 def _api_error(status: int, data: bytes) -> AdminApiError:

@@ -4,7 +4,11 @@ instead of `dict[str, Any]` and `.get(...) or {}` guards."""
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict, get_args
+
+# A budget's calendar period (UTC).
+BudgetPeriod = Literal["day", "week", "month"]
+BUDGET_PERIODS: tuple[BudgetPeriod, ...] = get_args(BudgetPeriod)
 
 # --- keys ---------------------------------------------------------------------------
 
@@ -29,7 +33,7 @@ class KeyView(TypedDict):
     tokens_per_day: int | None
     max_in_flight: int | None
     budget_tokens: int | None
-    budget_period: Literal["day", "week", "month"] | None
+    budget_period: BudgetPeriod | None
 
 
 class KeyDetail(KeyView):
@@ -43,7 +47,7 @@ class UserBudget(TypedDict):
 
     user_id: str
     budget_tokens: int
-    budget_period: Literal["day", "week", "month"]
+    budget_period: BudgetPeriod
 
 
 class CreatedKey(KeyView):
@@ -64,7 +68,7 @@ class TierView(TypedDict):
     tokens_per_day: int
     max_in_flight: int
     budget_tokens: int
-    budget_period: Literal["day", "week", "month"]
+    budget_period: BudgetPeriod
     default_max_tokens: int
     priority: int
 
@@ -281,7 +285,7 @@ class BudgetView(TypedDict):
     limit: int
     used: int
     remaining: int  # 0 once spent (used may exceed limit: a request settles what it used)
-    period: Literal["day", "week", "month"]
+    period: BudgetPeriod
     renews_at: str  # ISO UTC: the start of the next period
 
 

@@ -144,7 +144,7 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
-    limiter = await open_limiter(app[SETTINGS], app[CLOCK])  # TODO(merge): app[STORE].tokens_since
+    limiter = await open_limiter(app[SETTINGS], app[CLOCK], app[STORE].tokens_since)
     app[LIMITER] = limiter
     yield
     await limiter.close()

@@ -185,7 +185,10 @@ class UpstreamSettings:
         "", "Sent upstream as a bearer token when vLLM runs with --api-key.", secret=True
     )
     priority_scheduling: bool = setting(
-        False, "vLLM runs with --scheduling-policy priority: requests carry their tier's priority."
+        False,
+        "vLLM runs with --scheduling-policy priority: requests carry their tier's priority "
+        "(sent only there: a server that does not schedule by it ignores it, or, before "
+        "vLLM's V1 engine, refuses it).",
     )
 
 
@@ -194,16 +197,41 @@ class TierSettings:
     requests_per_minute: int = field(metadata=doc("Requests a key of this tier may make a minute."))
     requests_per_hour: int = field(metadata=doc("Requests a key of this tier may make an hour."))
     tokens_per_minute: int = setting(
-        0, "Tokens (prompt + completion) a key may use a minute; 0: unlimited."
+        0,
+        "Tokens (prompt + completion, as vLLM counts them) a key of this tier may use a "
+        "minute, e.g. 20000; 0: unlimited. A request is admitted on its estimate (prompt + "
+        "max_tokens) and charged what it used.",
     )
-    tokens_per_day: int = setting(0, "Tokens a key may use a day (a sliding day); 0: unlimited.")
-    max_in_flight: int = setting(0, "Requests of one key served at once; 0: unlimited.")
-    budget_tokens: int = setting(0, "Tokens a key may use per budget period; 0: no budget.")
-    budget_period: str = setting("month", "The budget's calendar period (UTC): day, week or month.")
+    tokens_per_day: int = setting(
+        0, "Tokens a key of this tier may use in 24 hours, e.g. 2000000; 0: unlimited."
+    )
+    max_in_flight: int = setting(
+        0,
+        "Requests of one key served at once, e.g. 4 (a stream counts until its last byte); "
+        "one more is refused with 429. 0: unlimited.",
+    )
+    budget_tokens: int = setting(
+        0,
+        "Tokens a key of this tier may use in a budget_period, e.g. 50000000 a month; once "
+        "spent, its requests are refused with 429 until the next period. 0: no budget.",
+    )
+    budget_period: Literal["day", "week", "month"] = setting(
+        "month",
+        "The calendar period of budget_tokens, in UTC: day, week (from Monday) or month.",
+    )
     default_max_tokens: int = setting(
-        4096, "max_tokens given to a request without one, when its key counts tokens."
+        4096,
+        "The max_tokens given to a chat request that names none (nor "
+        "max_completion_tokens), so that every request has an estimate to reserve and none "
+        "holds a GPU for a whole context it never asked for; e.g. 4096. Not set where it "
+        "may not fit the model's context with the prompt (vLLM would refuse it): there the "
+        "rest of the context is reserved. A text completion without max_tokens keeps 16.",
     )
-    priority: int = setting(0, "vLLM's priority for this tier's requests (lower runs first).")
+    priority: int = setting(
+        0,
+        "Sent to vLLM as the request's priority, for upstreams with priority_scheduling; "
+        "vLLM runs LOWER values first, e.g. 0 for premium, 10 for free.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +278,9 @@ class LoggingSettings:
 
 DEFAULT_TIERS: Mapping[str, TierSettings] = types.MappingProxyType(
     {
-        "free": TierSettings(10, 100),
-        "standard": TierSettings(30, 300),
-        "premium": TierSettings(100, 1000),
+        "free": TierSettings(10, 100, priority=10),
+        "standard": TierSettings(30, 300, priority=5),
+        "premium": TierSettings(100, 1000, priority=0),
     }
 )
 
@@ -284,8 +312,10 @@ class Settings:
     tiers: Mapping[str, TierSettings] = field(
         default_factory=lambda: DEFAULT_TIERS,
         metadata=doc(
-            "Rate-limit tiers: requests per minute and per hour, per key. These three are the "
-            "defaults; a partial table changes only what it names, and new tiers may be added."
+            "Rate-limit tiers: per key, requests per minute and per hour, and optionally "
+            "tokens per minute and per day, requests at once, a token budget, and a priority "
+            "at vLLM. These three are the defaults; a partial table changes only what it "
+            "names, and new tiers may be added (they need the two request limits)."
         ),
     )
     limits: LimitsSettings = field(
@@ -424,7 +454,13 @@ def _apply_llmgw_env(sections: dict[str, Any], environ: Mapping[str, str]) -> No
             continue
         if rest.startswith("tiers_"):
             tier_and_key = rest.removeprefix("tiers_")
-            key = next((k for k in _field_names(TierSettings) if tier_and_key.endswith(k)), None)
+            # The longest field name the variable ends with: none is another's suffix
+            # today (tokens_per_minute vs requests_per_minute), and none may become one.
+            key = max(
+                (k for k in _field_names(TierSettings) if tier_and_key.endswith(f"_{k}")),
+                key=len,
+                default=None,
+            )
             tier = tier_and_key.removesuffix(f"_{key}") if key else ""
             if not key or not tier:
                 raise ConfigError(f"{name}: unknown setting (expected LLMGW_TIERS_<NAME>_<KEY>)")
@@ -518,11 +554,24 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
             for item in items
             if item != ""
         )
+    if kind is bool:
+        return _to_bool(value, where)
     if kind in (int, float):
         return _to_number(value, kind, where)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
 def _to_number(value: Any, kind: type[int] | type[float], where: str) -> int | float:
@@ -574,8 +623,7 @@ def _validate(settings: Settings) -> None:
         if not upstream.url.startswith(("http://", "https://")):
             raise ConfigError(f"[[upstreams]] #{i} url: must start with http:// or https://")
     for name, tier in settings.tiers.items():
-        if tier.requests_per_minute < 1 or tier.requests_per_hour < 1:
-            raise ConfigError(f"[tiers.{name}]: request limits must be at least 1")
+        _validate_tier(name, tier)
     if settings.admin.token_ttl <= 0:
         raise ConfigError("[admin] token_ttl: must be greater than 0")
     for entry in settings.admin.trusted_proxies:
@@ -589,6 +637,16 @@ def _validate(settings: Settings) -> None:
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "
             f"(tiers: {', '.join(settings.tiers)})"
         )
+
+
+def _validate_tier(name: str, tier: TierSettings) -> None:
+    if tier.requests_per_minute < 1 or tier.requests_per_hour < 1:
+        raise ConfigError(f"[tiers.{name}]: request limits must be at least 1")
+    for key in ("tokens_per_minute", "tokens_per_day", "max_in_flight", "budget_tokens"):
+        if getattr(tier, key) < 0:
+            raise ConfigError(f"[tiers.{name}] {key}: must not be negative (0: unlimited)")
+    if tier.default_max_tokens < 1:
+        raise ConfigError(f"[tiers.{name}] default_max_tokens: must be at least 1")
 
 
 def check_replicas(settings: Settings) -> None:

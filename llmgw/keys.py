@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .api_types import KeyView
+from .api_types import BudgetPeriod, KeyView
 from .errors import GatewayError
 from .times import iso_utc, parse_iso
 
@@ -89,15 +89,19 @@ class ApiKey:
     expires_at: float | None = None
     last_used_at: float | None = None
     allowed_models: tuple[str, ...] | None = None
-    requests_per_minute: int | None = None  # overrides the tier's
+    # The key's own limits, over its tier's; None: the tier's, 0 (token, in-flight and
+    # budget limits): unlimited for this key whatever its tier says.
+    requests_per_minute: int | None = None
     requests_per_hour: int | None = None
-    tokens_per_minute: int | None = None  # 0: unlimited for this key
+    tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
     max_in_flight: int | None = None
     budget_tokens: int | None = None
-    budget_period: str | None = None
-    user_budget_tokens: int | None = None  # the key's user's budget (all their keys)
-    user_budget_period: str | None = None
+    budget_period: BudgetPeriod | None = None
+    # The budget of the key's user, shared by all the user's keys (the `user_budgets`
+    # row, read with the key); None: the user has none.
+    user_budget_tokens: int | None = None
+    user_budget_period: BudgetPeriod | None = None
 
     def may_use(self, model: str | None) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -122,7 +126,7 @@ class ApiKey:
             tokens_per_day=self.tokens_per_day,
             max_in_flight=self.max_in_flight,
             budget_tokens=self.budget_tokens,
-            budget_period=self.budget_period,  # type: ignore[typeddict-item]
+            budget_period=self.budget_period,
         )
 
 

@@ -113,10 +113,14 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.server.port == 8000
     assert settings.server.host == "0.0.0.0"
     assert dict(settings.tiers) == {
-        "free": TierSettings(10, 100),
-        "standard": TierSettings(30, 300),
-        "premium": TierSettings(100, 1000),
+        "free": TierSettings(10, 100, priority=10),
+        "standard": TierSettings(30, 300, priority=5),
+        "premium": TierSettings(100, 1000, priority=0),
     }
+    free = settings.tiers["free"]
+    assert (free.tokens_per_minute, free.tokens_per_day, free.max_in_flight) == (0, 0, 0)
+    assert (free.budget_tokens, free.budget_period, free.default_max_tokens) == (0, "month", 4096)
+    assert settings.upstreams[0].priority_scheduling is False
     assert settings.admin.default_tier == "free"
     assert settings.admin.allowed_uids == ()
     assert len(settings.upstreams) == 1
@@ -151,8 +155,8 @@ def test_full_file_sets_every_section(tmp_path: Path) -> None:
         UpstreamSettings("https://gpu2:8100"),
     )
     assert dict(settings.tiers) == {
-        "free": TierSettings(5, 50),
-        "standard": TierSettings(30, 300),  # defaults stay unless overridden
+        "free": TierSettings(5, 50, priority=10),
+        "standard": TierSettings(30, 300, priority=5),  # defaults stay unless overridden
         "premium": TierSettings(100, 1000),
         "gold": TierSettings(500, 5000),
     }
@@ -162,6 +166,10 @@ def test_full_file_sets_every_section(tmp_path: Path) -> None:
 def test_partial_tier_override_keeps_the_other_default(tmp_path: Path) -> None:
     path = write(tmp_path, "[tiers.premium]\nrequests_per_minute = 150\n")
     assert load_settings(path, {}).tiers["premium"] == TierSettings(150, 1000)
+    path = write(tmp_path, "[tiers.free]\ntokens_per_day = 1000\n")
+    assert load_settings(path, {}).tiers["free"] == TierSettings(
+        10, 100, tokens_per_day=1000, priority=10
+    )
 
 
 def test_secrets_never_appear_in_repr(tmp_path: Path) -> None:
@@ -198,7 +206,36 @@ def test_llmgw_variables_override_settings() -> None:
     assert settings.logging.format == "json"
     assert [u.url for u in settings.upstreams] == ["http://gpu1:8100", "http://gpu2:8100"]
     assert settings.tiers["gold"] == TierSettings(7, 70)
-    assert settings.tiers["free"] == TierSettings(10, 100)
+    assert settings.tiers["free"] == TierSettings(10, 100, priority=10)
+
+
+def test_token_limits_budgets_and_priority_from_the_file_and_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "[tiers.gold]\nrequests_per_minute = 5\nrequests_per_hour = 50\n"
+        'tokens_per_minute = 1000\nbudget_tokens = 900000\nbudget_period = "week"\n'
+        '[[upstreams]]\nurl = "http://gpu1:8100"\npriority_scheduling = true\n',
+    )
+    environ = {
+        # tokens_per_minute must not be read as (a tier "free_tokens" and) requests_per_minute
+        "LLMGW_TIERS_FREE_TOKENS_PER_MINUTE": "2000",
+        "LLMGW_TIERS_FREE_REQUESTS_PER_MINUTE": "20",
+        "LLMGW_TIERS_FREE_BUDGET_PERIOD": "day",
+        "LLMGW_TIERS_FREE_DEFAULT_MAX_TOKENS": "512",
+        "LLMGW_TIERS_PREMIUM_PRIORITY": "-1",
+        "LLMGW_TIERS_GOLD_MAX_IN_FLIGHT": "3",
+    }
+    settings = load_settings(path, environ)
+    free = settings.tiers["free"]
+    assert (free.requests_per_minute, free.tokens_per_minute) == (20, 2000)
+    assert (free.budget_period, free.default_max_tokens, free.priority) == ("day", 512, 10)
+    assert settings.tiers["premium"].priority == -1
+    assert settings.tiers["gold"] == TierSettings(
+        5, 50, tokens_per_minute=1000, max_in_flight=3, budget_tokens=900000, budget_period="week"
+    )
+    assert settings.upstreams[0].priority_scheduling is True
 
 
 def test_shared_limits_are_set_by_llmgw_variables_and_the_url_is_never_echoed() -> None:
@@ -240,7 +277,7 @@ def test_seed_variable_names_are_accepted() -> None:
     assert settings.database_path == Path("./x.db")
     assert settings.server.port == 8088
     assert settings.tiers["premium"] == TierSettings(200, 1000)
-    assert settings.tiers["free"] == TierSettings(10, 120)
+    assert settings.tiers["free"] == TierSettings(10, 120, priority=10)
     assert settings.admin.secret_key == "s3cret"
 
 
@@ -380,6 +417,39 @@ def test_config_file_is_found_explicitly_or_through_llmgw_config(tmp_path: Path)
         ),
         pytest.param(
             "", {"LLMGW_LIMITS_ON_REDIS_ERROR": "open"}, ["on_redis_error"], id="bad-policy"
+        ),
+        pytest.param(
+            "[tiers.free]\ntokens_per_minute = -1\n",
+            {},
+            ["[tiers.free] tokens_per_minute", "negative"],
+            id="negative-token-limit",
+        ),
+        pytest.param(
+            "", {"LLMGW_TIERS_PREMIUM_MAX_IN_FLIGHT": "-2"}, ["max_in_flight"], id="negative-env"
+        ),
+        pytest.param(
+            "[tiers.free]\nbudget_tokens = -5\n", {}, ["budget_tokens"], id="negative-budget"
+        ),
+        pytest.param(
+            '[tiers.free]\nbudget_period = "year"\n',
+            {},
+            ["budget_period", "day, week, month", "year"],
+            id="bad-budget-period",
+        ),
+        pytest.param(
+            "", {"LLMGW_TIERS_FREE_BUDGET_PERIOD": "hour"}, ["budget_period"], id="env-bad-period"
+        ),
+        pytest.param(
+            "[tiers.free]\ndefault_max_tokens = 0\n",
+            {},
+            ["default_max_tokens", "at least 1"],
+            id="zero-default-max-tokens",
+        ),
+        pytest.param(
+            '[[upstreams]]\nurl = "http://gpu1:8100"\npriority_scheduling = "maybe"\n',
+            {},
+            ["priority_scheduling", "true or false"],
+            id="bad-priority-scheduling",
         ),
         pytest.param("server = 8080\n", {}, ["server"], id="section-not-a-table"),
         pytest.param(

@@ -150,11 +150,26 @@ def test_check_prints_the_settings_with_secrets_masked(tmp_path: Path) -> None:
     data = json.loads(as_json.stdout)
     assert data["admin"]["secret_key"] == "***"
     assert data["upstreams"] == [
-        {"url": "http://gpu1:8100", "models": ["llama-3-8b"], "api_key": "***"}
+        {
+            "url": "http://gpu1:8100",
+            "models": ["llama-3-8b"],
+            "api_key": "***",
+            "priority_scheduling": False,
+        }
     ]
     assert data["server"]["port"] == 9001
-    assert data["tiers"]["gold"] == {"requests_per_minute": 500, "requests_per_hour": 5000}
-    assert data["tiers"]["free"] == {"requests_per_minute": 10, "requests_per_hour": 100}
+    defaults = {
+        "tokens_per_minute": 0,
+        "tokens_per_day": 0,
+        "max_in_flight": 0,
+        "budget_tokens": 0,
+        "budget_period": "month",
+        "default_max_tokens": 4096,
+    }
+    gold = {"requests_per_minute": 500, "requests_per_hour": 5000, "priority": 0}
+    assert data["tiers"]["gold"] == gold | defaults
+    free = {"requests_per_minute": 10, "requests_per_hour": 100, "priority": 10}
+    assert data["tiers"]["free"] == free | defaults
     assert 'secret_key = "***"' in text.stdout
     assert tomllib.loads(text.stdout) == data, "the text and the JSON say different things"
 

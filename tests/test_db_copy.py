@@ -11,6 +11,7 @@ import pytest
 
 from llmgw.config import DatabaseSettings
 from llmgw.fake_vllm import FakeVLLM
+from llmgw.state import KEYS
 from llmgw.store.copy import copy_sqlite_to_postgres
 
 from .conftest import Gateway, GatewayFactory, make_settings, post_chat, run_llmgw, start_gateway
@@ -20,6 +21,7 @@ from .postgres import Cluster
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 TABLES = (
     "api_keys",
+    "user_budgets",
     "admin_users",
     "audit_log",
     "request_logs",
@@ -43,10 +45,11 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
 ) -> None:
     sqlite_gw = await start_gateway(make_settings(fake.url))
     try:
-        alice = await sqlite_gw.create_key("alice", tier="premium")
+        alice = await sqlite_gw.create_key("alice", tier="premium", max_in_flight=3)
         bob = await sqlite_gw.create_key("bob")
         async with sqlite_gw.admin() as admin:
             await admin.add_admin("root", "a long enough password")
+            await admin.set_user_budget("alice", 1_000_000, "week")
             await admin.revoke_key(bob["id"])
         for _ in range(3):
             assert await post_chat(http, sqlite_gw, alice["key"], CHAT) == 200
@@ -59,6 +62,7 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
                 await admin.audit(),
                 await admin.usage(by="key"),
                 await admin.usage(by="model"),
+                await admin.user_budgets(),
             )
         sqlite_rows = {t: await sqlite_gw.rows(f"SELECT count(*) AS n FROM {t}") for t in TABLES}
 
@@ -90,8 +94,12 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
             await admin.audit(),
             await admin.usage(by="key"),
             await admin.usage(by="model"),
+            await admin.user_budgets(),
         )
     assert after == before
+    live = pg_gw.app[KEYS].get(alice["id"])
+    assert live is not None
+    assert (live.max_in_flight, live.user_budget_tokens) == (3, 1_000_000)
     assert await post_chat(http, pg_gw, alice["key"], CHAT) == 200  # the old secret works
     assert await post_chat(http, pg_gw, bob["key"], CHAT) == 401  # still revoked
     carol = await pg_gw.create_key("carol")

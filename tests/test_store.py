@@ -34,8 +34,13 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
     assert await database.columns("api_keys") == [
         "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
         "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models",
-        "requests_per_minute", "requests_per_hour",
+        "requests_per_minute", "requests_per_hour", "tokens_per_minute", "tokens_per_day",
+        "max_in_flight", "budget_tokens", "budget_period",
     ]  # fmt: skip
+    assert await database.columns("user_budgets") == [
+        "user_id", "budget_tokens", "budget_period", "updated_at",
+    ]  # fmt: skip
+    assert await database.primary_key("user_budgets") == ["user_id"]
     assert await database.columns("request_logs") == [
         "id", "request_id", "user_id", "api_key_id", "endpoint", "method", "status_code",
         "duration_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "usage_source",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
-from llmgw.api_types import KeyView, TierView
+from llmgw.api_types import BUDGET_PERIODS, KeyView, TierView
 
 LimitName = Literal[
     "requests_per_minute",
@@ -22,8 +22,7 @@ LimitName = Literal[
     "max_in_flight",
     "budget_tokens",
 ]
-Period = Literal["day", "week", "month"]
-PERIODS: tuple[Period, ...] = get_args(Period)
+PERIODS = BUDGET_PERIODS
 WHOLE = re.compile(r"[0-9]+")
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..health import health
-from . import audit, db, keys, requests, stats, tiers, usage, users
+from . import audit, budgets, db, keys, requests, stats, tiers, usage, users
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
-    for module in (keys, tiers, users, audit, db, usage, stats, requests):
+    for module in (keys, budgets, tiers, users, audit, db, usage, stats, requests):
         app.add_routes(module.routes)
     stats.end_streams_on_shutdown(app)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from ..api_types import BUDGET_PERIODS, BudgetPeriod
 from ..errors import GatewayError
 from ..store import Actor, Store, StoreUnavailable, Transaction
 
@@ -48,6 +49,14 @@ def field(body: dict[str, Any], name: str, check: Callable[[Any], T], what: str)
     except (TypeError, ValueError) as exc:
         detail = f" ({exc})" if str(exc) else ""
         raise GatewayError(400, f"'{name}' must be {what}{detail}.", param=name) from None
+
+
+def budget_period(value: Any) -> BudgetPeriod:
+    """A budget's calendar period (for `field`)."""
+    for period in BUDGET_PERIODS:
+        if value == period:
+            return period
+    raise TypeError
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

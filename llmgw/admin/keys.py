@@ -12,15 +12,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api_types import CreatedKey, DeletedKey
+from ..api_types import BUDGET_PERIODS, BudgetPeriod, CreatedKey, DeletedKey, KeyDetail, LimitsView
 from ..errors import GatewayError
 from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
+from ..limits import LimiterUnavailable, limits_for
 from ..state import CLOCK, KEYS, LIMITER, SETTINGS, STORE
 from ..store import Store, Transaction
-from .common import actor, change, field, json_response, read_json
+from .common import actor, budget_period, change, field, json_response, read_json
 
 routes = web.RouteTableDef()
 
+# A key's own token, in-flight and budget limits: 0 is unlimited for this key, null
+# its tier's.
+_OVERRIDES = ("tokens_per_minute", "tokens_per_day", "max_in_flight", "budget_tokens")
 _CHANGEABLE = frozenset(
     {
         "tier",
@@ -29,6 +33,8 @@ _CHANGEABLE = frozenset(
         "allowed_models",
         "requests_per_minute",
         "requests_per_hour",
+        *_OVERRIDES,
+        "budget_period",
     }
 )
 _CREATE_FIELDS = _CHANGEABLE | {"user_id"}
@@ -51,7 +57,8 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.get("/keys/{key_id}")
 async def get_key(request: web.Request) -> web.Response:
-    return json_response((await _existing(request.config_dict[STORE], request)).public())
+    key = await _existing(request.config_dict[STORE], request)
+    return json_response(KeyDetail(**key.public(), limits=await _limits(request, key)))
 
 
 @routes.post("/keys")
@@ -129,6 +136,17 @@ async def _change(request: web.Request, action: str, changes: dict[str, Any]) ->
     return after
 
 
+async def _limits(request: web.Request, key: ApiKey) -> LimitsView | None:
+    """Each limit of the key now, and what is left of it; None when the limiter cannot
+    say (Redis gone, and the policy is to refuse)."""
+    limiter, settings = request.config_dict[LIMITER], request.config_dict[SETTINGS]
+    try:
+        decision = await limiter.windows(key.id, limits_for(key, settings))
+    except LimiterUnavailable:
+        return None
+    return decision.view()
+
+
 def _follow(request: web.Request, tx: Transaction, key: ApiKey) -> None:
     keys = request.config_dict[KEYS]
     tx.on_commit(lambda: keys.put(key))
@@ -169,6 +187,15 @@ def _key_fields(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     for name in ("requests_per_minute", "requests_per_hour"):
         if name in body:
             out[name] = field(body, name, _limit, "a whole number of at least 1, or null")
+    for name in _OVERRIDES:
+        if name in body:
+            out[name] = field(
+                body, name, _override, "a whole number, 0 or more (0: unlimited), or null"
+            )
+    if "budget_period" in body:
+        out["budget_period"] = field(
+            body, "budget_period", _period_or_none, f"one of {', '.join(BUDGET_PERIODS)}, or null"
+        )
     return out
 
 
@@ -209,3 +236,15 @@ def _limit(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TypeError
     return value
+
+
+def _override(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError
+    return value
+
+
+def _period_or_none(value: Any) -> BudgetPeriod | None:
+    return None if value is None else budget_period(value)

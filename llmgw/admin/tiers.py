@@ -1,4 +1,4 @@
-"""`GET /tiers`: the configured rate-limit tiers, for forms that create keys."""
+"""`GET /tiers`: the configured tiers and all their limits, for forms that create keys."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ async def list_tiers(request: web.Request) -> web.Response:
                 name=name,
                 requests_per_minute=tier.requests_per_minute,
                 requests_per_hour=tier.requests_per_hour,
+                tokens_per_minute=tier.tokens_per_minute,
+                tokens_per_day=tier.tokens_per_day,
+                max_in_flight=tier.max_in_flight,
+                budget_tokens=tier.budget_tokens,
+                budget_period=tier.budget_period,
+                default_max_tokens=tier.default_max_tokens,
+                priority=tier.priority,
             )
             for name, tier in settings.tiers.items()
         ],

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ..api_types import BudgetPeriod as Period
 from ..api_types import BudgetView, InFlightView, LimitsView, WindowBudget
 from ..times import iso_utc
-from .periods import Period
 
 if TYPE_CHECKING:
     from ..config import Settings, TierSettings
@@ -90,12 +90,12 @@ def limits_for(key: ApiKey, settings: Settings) -> Limits:
         tokens_per_day=_own(key.tokens_per_day, tier.tokens_per_day),
         max_in_flight=_own(key.max_in_flight, tier.max_in_flight),
         key_budget=(
-            Budget(budget_tokens, _period(key.budget_period or tier.budget_period))
+            Budget(budget_tokens, key.budget_period or tier.budget_period)
             if budget_tokens
             else None
         ),
         user_budget=(
-            Budget(key.user_budget_tokens, _period(key.user_budget_period or "month"))
+            Budget(key.user_budget_tokens, key.user_budget_period or "month")
             if key.user_budget_tokens
             else None
         ),
@@ -106,10 +106,6 @@ def limits_for(key: ApiKey, settings: Settings) -> Limits:
 def _own(override: int | None, tier: int) -> int:
     # 0 is a key's own "unlimited", not "the tier's".
     return tier if override is None else override
-
-
-def _period(name: str) -> Period:
-    return name if name in ("day", "week") else "month"  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

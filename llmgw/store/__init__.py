@@ -19,6 +19,7 @@ from .base import (
     StoreUnavailable,
     Transaction,
     Unsupported,
+    UserBudgetChange,
 )
 from .postgres import PostgresStore
 from .sqlite import SqliteStore
@@ -37,6 +38,7 @@ __all__ = [
     "StoreUnavailable",
     "Transaction",
     "Unsupported",
+    "UserBudgetChange",
     "open_store",
 ]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..api_types import AdminView, AuditEntry, RequestRow, UsageReport
+from ..api_types import AdminView, AuditEntry, BudgetPeriod, RequestRow, UsageReport, UserBudget
 from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..rollups import Grouping
@@ -85,6 +85,16 @@ class KeyChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class UserBudgetChange:
+    """A user's budget set or cleared: as it was, as it is, and the user's keys now
+    (each carries the budget; the in-memory key table takes them on commit)."""
+
+    before: UserBudget | None
+    after: UserBudget | None
+    keys: tuple[ApiKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StoreHealth:
     """What `/health` says of the database, without asking it: the watcher's last
     look and the ledger's last write (seconds ago; None: not yet)."""
@@ -116,6 +126,11 @@ class Transaction(Protocol):
         allowed_models: tuple[str, ...] | None = None,
         requests_per_minute: int | None = None,
         requests_per_hour: int | None = None,
+        tokens_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+        max_in_flight: int | None = None,
+        budget_tokens: int | None = None,
+        budget_period: BudgetPeriod | None = None,
     ) -> ApiKey:
         """Raises `AlreadyExists` for a key hash taken."""
 
@@ -130,6 +145,16 @@ class Transaction(Protocol):
 
         On a transaction, so that what is read is applied (`on_commit`) in order with
         this process's own changes: never an older row over a newer one."""
+
+    async def set_user_budget(
+        self, user_id: str, budget_tokens: int, budget_period: BudgetPeriod
+    ) -> UserBudgetChange:
+        """Give the user (all the user's keys together) a budget, or change it; every
+        key of the user enters the key change log, so that all replicas follow."""
+
+    async def clear_user_budget(self, user_id: str) -> UserBudgetChange:
+        """Remove the user's budget (`after` None; `before` None too if there was none,
+        and then nothing changed)."""
 
     async def get_admin(self, username: str) -> AdminUser | None: ...
 
@@ -188,6 +213,11 @@ class Store(Protocol):
         included, and `on_listening()` once listening has begun (what committed before
         may have been missed). Returns at once where no other process changes keys."""
 
+    async def user_budget(self, user_id: str) -> UserBudget | None: ...
+
+    async def user_budgets(self) -> list[UserBudget]:
+        """Every user budget, by user id."""
+
     async def list_admins(self) -> list[AdminUser]: ...
 
     async def get_admin(self, username: str) -> AdminUser | None: ...
@@ -212,6 +242,16 @@ class Store(Protocol):
 
     async def usage_summary(self, *, days: int, by: Grouping, now: float) -> UsageReport:
         """The body of `GET /usage` (`rollups.summarize`) for the last `days`."""
+
+    async def tokens_since(
+        self, since: float, *, key_id: int | None = None, user_id: str | None = None
+    ) -> int:
+        """Prompt + completion tokens of the ledger rows of one key or one user (give
+        exactly one) whose timestamp is at or after `since` (epoch seconds): what a
+        budget has spent since its period began, read when the limiter first needs
+        it. Exact to the millisecond the ledger stores: the hours after `since`'s from
+        the rollups (folded with the rows, in their transaction), the rest of
+        `since`'s hour from the rows."""
 
     # --- the ledger -----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from .sqlite_migrations import MIGRATIONS as SQLITE_MIGRATIONS
 # Keys and users before what points at them; the rollups last.
 TABLES = (
     "api_keys",
+    "user_budgets",
     "admin_users",
     "audit_log",
     "request_logs",

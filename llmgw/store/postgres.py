@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 
 from .. import rollups
-from ..api_types import AuditEntry, RequestRow, UsageReport
+from ..api_types import AuditEntry, RequestRow, UsageReport, UserBudget
 from ..keys import ApiKey
 from ..ledger import UsageRecord
 from ..times import iso_utc
@@ -48,13 +48,16 @@ from .postgres_tx import KEY_CHANNEL, PostgresTransaction
 from .rows import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
-    KEY_COLUMNS,
     REQUEST_COLUMNS,
+    SELECT_KEYS,
     USAGE_GROUP_BY,
+    USER_BUDGET_COLUMNS,
     admin_from_row,
     audit_entry,
     key_from_row,
     request_row,
+    tokens_since_where,
+    user_budget,
 )
 
 # A look at the database that takes longer than this is a failed look.
@@ -131,15 +134,26 @@ class PostgresStore:
         for column, value in (("user_id", user_id), ("tier", tier), ("is_active", active)):
             if value is not None:
                 params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
+                where.append(f"api_keys.{column} = ${len(params)}")
+        query = SELECT_KEYS
         if where:
             query += " WHERE " + " AND ".join(where)
-        return [key_from_row(row) for row in await self._fetch(query + " ORDER BY id", *params)]
+        rows = await self._fetch(query + " ORDER BY api_keys.id", *params)
+        return [key_from_row(row) for row in rows]
 
     async def get_key(self, key_id: int) -> ApiKey | None:
-        row = await self._one(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        row = await self._one(f"{SELECT_KEYS} WHERE api_keys.id = $1", key_id)
         return key_from_row(row) if row else None
+
+    async def user_budget(self, user_id: str) -> UserBudget | None:
+        row = await self._one(
+            f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets WHERE user_id = $1", user_id
+        )
+        return user_budget(row) if row else None
+
+    async def user_budgets(self) -> list[UserBudget]:
+        rows = await self._fetch(f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets ORDER BY user_id")
+        return [user_budget(row) for row in rows]
 
     async def key_version(self) -> int:
         row = await self._one("SELECT coalesce(max(version), 0) FROM key_changes")
@@ -254,6 +268,24 @@ class PostgresStore:
             rows = await self._fetch("SELECT id, key_prefix FROM api_keys")
             prefixes = {key_id: prefix for key_id, prefix in rows}
         return rollups.summarize(groups, histograms, prefixes, days=days, by=by, since=since)
+
+    async def tokens_since(
+        self, since: float, *, key_id: int | None = None, user_id: str | None = None
+    ) -> int:
+        column, value, at, hour, next_hour = tokens_since_where(since, key_id, user_id)
+        # sum() of bigints is numeric: cast back to read an int.
+        row = await self._one(
+            "SELECT ((SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
+            f" FROM usage_hourly WHERE {column} = $1 AND hour > $2)"
+            " + (SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
+            f" FROM request_logs WHERE {column} = $1 AND timestamp >= $3 AND timestamp < $4)"
+            ")::bigint",
+            value,
+            hour,
+            at,
+            next_hour,
+        )
+        return int(row[0]) if row else 0
 
     async def prune_request_logs(self, before: float, chunk: int = 10_000) -> int:
         """A chunk per transaction, so no lock is held for long."""

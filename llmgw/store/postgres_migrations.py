@@ -141,6 +141,31 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "SQLite's migration 7: per-key token, in-flight and budget limits; user budgets;"
+        " rollups by key and user",
+        # NULL: the key's tier's limit. A user's budget is read with the user's keys (a
+        # LEFT JOIN), so that it reaches every replica through the key change log. The
+        # two rollup indexes let a budget's spent tokens since a period's start be read
+        # from the hours' cells of one key or user, not from a month of ledger rows.
+        """
+        ALTER TABLE api_keys
+            ADD COLUMN tokens_per_minute BIGINT CHECK (tokens_per_minute >= 0),
+            ADD COLUMN tokens_per_day BIGINT CHECK (tokens_per_day >= 0),
+            ADD COLUMN max_in_flight BIGINT CHECK (max_in_flight >= 0),
+            ADD COLUMN budget_tokens BIGINT CHECK (budget_tokens >= 0),
+            ADD COLUMN budget_period TEXT CHECK (budget_period IN ('day', 'week', 'month'));
+        CREATE TABLE user_budgets (
+            user_id TEXT PRIMARY KEY,
+            budget_tokens BIGINT NOT NULL CHECK (budget_tokens >= 0),
+            budget_period TEXT NOT NULL CHECK (budget_period IN ('day', 'week', 'month')),
+            updated_at TEXT COLLATE "C" NOT NULL
+        );
+        CREATE INDEX idx_usage_hourly_key_hour ON usage_hourly (api_key_id, hour);
+        CREATE INDEX idx_usage_hourly_user_hour ON usage_hourly (user_id, hour);
+        """,
+    ),
 )
 
 

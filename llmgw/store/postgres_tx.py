@@ -18,20 +18,26 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..api_types import BudgetPeriod, UserBudget
 from ..keys import ApiKey
 from ..times import iso_utc
-from .base import Actor, AdminUser, AlreadyExists, KeyChanges
+from .base import Actor, AdminUser, AlreadyExists, KeyChanges, UserBudgetChange
 from .postgres_pool import Connection
 from .rows import (
     ADMIN_COLUMNS,
     KEY_CHANGES_SINCE,
     KEY_COLUMNS,
+    KEY_LIMITS,
+    SELECT_KEYS,
+    USER_BUDGET_COLUMNS,
     admin_from_row,
     admin_update,
     key_changes,
     key_from_row,
     key_update,
     stored,
+    user_budget,
+    with_user_budget,
 )
 
 # The channel every key change is NOTIFYed on, with its version as the payload.
@@ -52,7 +58,8 @@ class PostgresTransaction:
     # --- keys -----------------------------------------------------------------------
 
     async def get_key(self, key_id: int) -> ApiKey | None:
-        return await self._key(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+        row = await self._db.fetchrow(f"{SELECT_KEYS} WHERE api_keys.id = $1", key_id)
+        return key_from_row(row) if row else None
 
     async def insert_key(
         self,
@@ -66,6 +73,11 @@ class PostgresTransaction:
         allowed_models: tuple[str, ...] | None = None,
         requests_per_minute: int | None = None,
         requests_per_hour: int | None = None,
+        tokens_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+        max_in_flight: int | None = None,
+        budget_tokens: int | None = None,
+        budget_period: BudgetPeriod | None = None,
     ) -> ApiKey:
         now = iso_utc(self._clock())
         await self._lock_keys()
@@ -73,9 +85,9 @@ class PostgresTransaction:
             key = await self._key(
                 "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
                 " is_active, created_at, updated_at, expires_at, allowed_models,"
-                " requests_per_minute, requests_per_hour)"
-                " VALUES ($1, $2, $3, $4, $5, TRUE, $6, $6, $7, $8, $9, $10)"
-                f" RETURNING {KEY_COLUMNS}",
+                f" {', '.join(KEY_LIMITS)})"
+                " VALUES ($1, $2, $3, $4, $5, TRUE, $6, $6, $7, $8, $9, $10, $11, $12, $13,"
+                f" $14, $15) RETURNING {KEY_COLUMNS}",
                 key_hash,
                 key_prefix,
                 user_id,
@@ -86,6 +98,11 @@ class PostgresTransaction:
                 stored("allowed_models", allowed_models),
                 requests_per_minute,
                 requests_per_hour,
+                tokens_per_minute,
+                tokens_per_day,
+                max_in_flight,
+                budget_tokens,
+                budget_period,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExists("a key with that hash exists already") from None
@@ -134,6 +151,59 @@ class PostgresTransaction:
                 KEY_CHANNEL,
             )
         return key
+
+    # --- user budgets ---------------------------------------------------------------
+
+    async def set_user_budget(
+        self, user_id: str, budget_tokens: int, budget_period: BudgetPeriod
+    ) -> UserBudgetChange:
+        await self._lock_keys()
+        before = await self._user_budget(user_id)
+        row = await self._db.fetchrow(
+            "INSERT INTO user_budgets (user_id, budget_tokens, budget_period, updated_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO UPDATE SET"
+            " budget_tokens = excluded.budget_tokens, budget_period = excluded.budget_period,"
+            f" updated_at = excluded.updated_at RETURNING {USER_BUDGET_COLUMNS}",
+            user_id,
+            budget_tokens,
+            budget_period,
+            iso_utc(self._clock()),
+        )
+        assert row is not None  # RETURNING always yields the row
+        return UserBudgetChange(before, user_budget(row), await self._user_keys_changed(user_id))
+
+    async def clear_user_budget(self, user_id: str) -> UserBudgetChange:
+        await self._lock_keys()
+        row = await self._db.fetchrow(
+            f"DELETE FROM user_budgets WHERE user_id = $1 RETURNING {USER_BUDGET_COLUMNS}",
+            user_id,
+        )
+        if row is None:
+            return UserBudgetChange(None, None, ())
+        return UserBudgetChange(user_budget(row), None, await self._user_keys_changed(user_id))
+
+    async def _user_budget(self, user_id: str) -> UserBudget | None:
+        # Under KEY_CHANGE_LOCK, which every change of a user budget takes first.
+        row = await self._db.fetchrow(
+            f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets WHERE user_id = $1", user_id
+        )
+        return user_budget(row) if row else None
+
+    async def _user_keys_changed(self, user_id: str) -> tuple[ApiKey, ...]:
+        """Every key of the user entered in the key change log (they carry its budget),
+        and one NOTIFY with the newest version: a replica reads all versions up to it."""
+        await self._db.execute(
+            "WITH noted AS (INSERT INTO key_changes (key_id, changed_at)"
+            " SELECT id, $2 FROM api_keys WHERE user_id = $1 ORDER BY id RETURNING version)"
+            " SELECT pg_notify($3, max(version)::text) FROM noted HAVING count(*) > 0",
+            user_id,
+            iso_utc(self._clock()),
+            KEY_CHANNEL,
+        )
+        rows = await self._db.fetch(
+            f"{SELECT_KEYS} WHERE api_keys.user_id = $1 ORDER BY api_keys.id", user_id
+        )
+        return tuple(key_from_row(row) for row in rows)
 
     # --- admin users ----------------------------------------------------------------
 
@@ -208,8 +278,15 @@ class PostgresTransaction:
         )
 
     async def _key(self, query: str, *params: Any) -> ApiKey | None:
+        """The key a change RETURNs (`KEY_COLUMNS`), with its user's budget."""
         row = await self._db.fetchrow(query, *params)
-        return key_from_row(row) if row else None
+        if row is None:
+            return None
+        budget = await self._db.fetchrow(
+            "SELECT budget_tokens, budget_period FROM user_budgets WHERE user_id = $1",
+            row["user_id"],
+        )
+        return with_user_budget(row, budget)
 
     async def _admin(self, query: str, *params: Any) -> AdminUser | None:
         row = await self._db.fetchrow(query, *params)

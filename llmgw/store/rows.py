@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..api_types import AuditEntry, RequestRow
+from ..api_types import AuditEntry, RequestRow, UserBudget
 from ..keys import ApiKey
 from ..rollups import Grouping
 from ..times import iso_utc, parse_iso
@@ -25,6 +25,11 @@ _KEY_STORED: Mapping[str, Callable[[Any], Any]] = {
     "allowed_models": lambda v: None if v is None else orjson.dumps(v).decode(),
     "requests_per_minute": lambda v: v,
     "requests_per_hour": lambda v: v,
+    "tokens_per_minute": lambda v: v,
+    "tokens_per_day": lambda v: v,
+    "max_in_flight": lambda v: v,
+    "budget_tokens": lambda v: v,
+    "budget_period": lambda v: v,
     "key_hash": str,
     "key_prefix": str,
 }
@@ -63,11 +68,32 @@ def admin_update(
     return columns
 
 
-KEY_COLUMNS = (
-    "id, key_hash, key_prefix, user_id, tier, description, is_active, created_at,"
-    " updated_at, expires_at, last_used_at, allowed_models, requests_per_minute,"
-    " requests_per_hour"
+# The limit overrides of a key, in the order of their columns (NULL: the tier's).
+KEY_LIMITS = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "max_in_flight",
+    "budget_tokens",
+    "budget_period",
 )
+_KEY_OWN = (
+    "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
+    "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models", *KEY_LIMITS,
+)  # fmt: skip
+# api_keys' own columns: what a change of a key RETURNs (`key_from_row` wants the
+# user's budget after them: `with_user_budget`).
+KEY_COLUMNS = ", ".join(_KEY_OWN)
+# A key's row with its user's budget (NULLs: none), for every read of keys: the budget
+# travels with the keys, to the request path and (through the key change log) to every
+# replica. `{where}` is empty or a WHERE clause on `api_keys.`'s columns.
+SELECT_KEYS = (
+    f"SELECT {', '.join(f'api_keys.{c}' for c in _KEY_OWN)},"
+    " user_budgets.budget_tokens, user_budgets.budget_period FROM api_keys"
+    " LEFT JOIN user_budgets ON user_budgets.user_id = api_keys.user_id"
+)
+USER_BUDGET_COLUMNS = "user_id, budget_tokens, budget_period"
 ADMIN_COLUMNS = (
     "id, username, hashed_password, email, is_active, created_at, last_login, password_changed_at,"
     " tokens_valid_after"
@@ -87,10 +113,28 @@ USAGE_GROUP_BY: Mapping[Grouping, str] = {
 # Each key changed after a version ({after}: the placeholder), once, with its newest
 # change and its row now (NULLs once deleted: ids are never reused).
 KEY_CHANGES_SINCE = (
-    f"SELECT changed.version, changed.key_id, {KEY_COLUMNS} FROM"
+    f"SELECT changed.version, changed.key_id, {', '.join(f'api_keys.{c}' for c in _KEY_OWN)},"
+    " user_budgets.budget_tokens, user_budgets.budget_period FROM"
     " (SELECT key_id, max(version) AS version FROM key_changes WHERE version > {after}"
     " GROUP BY key_id) AS changed LEFT JOIN api_keys ON api_keys.id = changed.key_id"
+    " LEFT JOIN user_budgets ON user_budgets.user_id = api_keys.user_id"
 )
+
+
+def tokens_since_where(
+    since: float, key_id: int | None, user_id: str | None
+) -> tuple[str, int | str, str, str, str]:
+    """What `Store.tokens_since` sums: the column and value of the key or user, and
+    `since` as the ledger's text, its hour (rollup cells after it are whole) and the
+    start of the next hour (the rows before it and at or after `since` are the rest)."""
+    if (key_id is None) == (user_id is None):
+        raise ValueError("tokens_since: give key_id or user_id, not both")
+    column, value = ("api_key_id", key_id) if key_id is not None else ("user_id", user_id)
+    assert value is not None
+    at = iso_utc(since)  # rounded as the ledger rounds its rows' timestamps
+    hour = at[:13]
+    next_hour = iso_utc(parse_iso(f"{hour}:00:00+00:00") + 3600)
+    return column, value, at, hour, next_hour
 
 
 def key_changes(since: int, rows: Iterable[Iterable[Any]]) -> KeyChanges:
@@ -104,6 +148,7 @@ def key_changes(since: int, rows: Iterable[Iterable[Any]]) -> KeyChanges:
 
 
 def key_from_row(row: Iterable[Any]) -> ApiKey:
+    """A row of `SELECT_KEYS` (api_keys' columns, then the user's budget) as a key."""
     (
         key_id,
         key_hash,
@@ -117,8 +162,9 @@ def key_from_row(row: Iterable[Any]) -> ApiKey:
         expires_at,
         last_used_at,
         allowed_models,
-        requests_per_minute,
-        requests_per_hour,
+        *limits,
+        user_budget_tokens,
+        user_budget_period,
     ) = row
     return ApiKey(
         id=key_id,
@@ -133,9 +179,21 @@ def key_from_row(row: Iterable[Any]) -> ApiKey:
         expires_at=parse_iso(expires_at) if expires_at else None,
         last_used_at=parse_iso(last_used_at) if last_used_at else None,
         allowed_models=tuple(orjson.loads(allowed_models)) if allowed_models else None,
-        requests_per_minute=requests_per_minute,
-        requests_per_hour=requests_per_hour,
+        **dict(zip(KEY_LIMITS, limits, strict=True)),
+        user_budget_tokens=user_budget_tokens,
+        user_budget_period=user_budget_period,
     )
+
+
+def with_user_budget(row: Iterable[Any], budget: Iterable[Any] | None) -> ApiKey:
+    """A key from api_keys' own columns (`KEY_COLUMNS`, as a change RETURNs them) and
+    its user's (budget_tokens, budget_period), or None for no budget."""
+    return key_from_row((*row, *(budget or (None, None))))
+
+
+def user_budget(row: Iterable[Any]) -> UserBudget:
+    user_id, tokens, period = row
+    return UserBudget(user_id=user_id, budget_tokens=tokens, budget_period=period)
 
 
 def admin_from_row(row: Iterable[Any]) -> AdminUser:

@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 
 from .. import rollups
-from ..api_types import AuditEntry, RequestRow, UsageReport
+from ..api_types import AuditEntry, RequestRow, UsageReport, UserBudget
 from ..keys import ApiKey
 from ..ledger import RecordError, UsageRecord
 from ..times import iso_utc
@@ -34,13 +34,16 @@ from .base import AdminUser, StoreHealth
 from .rows import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
-    KEY_COLUMNS,
     REQUEST_COLUMNS,
+    SELECT_KEYS,
     USAGE_GROUP_BY,
+    USER_BUDGET_COLUMNS,
     admin_from_row,
     audit_entry,
     key_from_row,
     request_row,
+    tokens_since_where,
+    user_budget,
 )
 from .sqlite_file import Database
 from .sqlite_rows import (
@@ -105,17 +108,29 @@ class SqliteStore:
         where, params = [], []
         for column, value in (("user_id", user_id), ("tier", tier), ("is_active", active)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"api_keys.{column} = ?")
                 params.append(int(value) if isinstance(value, bool) else value)
-        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
+        query = SELECT_KEYS
         if where:
             query += " WHERE " + " AND ".join(where)
-        async with self._reader.execute(query + " ORDER BY id", params) as cursor:
+        async with self._reader.execute(query + " ORDER BY api_keys.id", params) as cursor:
             return [key_from_row(row) async for row in cursor]
 
     async def get_key(self, key_id: int) -> ApiKey | None:
-        row = await self._one(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        row = await self._one(f"{SELECT_KEYS} WHERE api_keys.id = ?", (key_id,))
         return key_from_row(row) if row else None
+
+    async def user_budget(self, user_id: str) -> UserBudget | None:
+        row = await self._one(
+            f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets WHERE user_id = ?", (user_id,)
+        )
+        return user_budget(row) if row else None
+
+    async def user_budgets(self) -> list[UserBudget]:
+        async with self._reader.execute(
+            f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets ORDER BY user_id"
+        ) as cursor:
+            return [user_budget(row) async for row in cursor]
 
     async def key_version(self) -> int:
         row = await self._one("SELECT coalesce(max(version), 0) FROM key_changes")
@@ -223,6 +238,19 @@ class SqliteStore:
             async with self._reader.execute("SELECT id, key_prefix FROM api_keys") as cursor:
                 prefixes = {key_id: prefix async for key_id, prefix in cursor}
         return rollups.summarize(groups, histograms, prefixes, days=days, by=by, since=since)
+
+    async def tokens_since(
+        self, since: float, *, key_id: int | None = None, user_id: str | None = None
+    ) -> int:
+        column, value, at, hour, next_hour = tokens_since_where(since, key_id, user_id)
+        row = await self._one(
+            "SELECT (SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
+            f" FROM usage_hourly WHERE {column} = ?1 AND hour > ?2)"
+            " + (SELECT coalesce(sum(prompt_tokens + completion_tokens), 0)"
+            f" FROM request_logs WHERE {column} = ?1 AND timestamp >= ?3 AND timestamp < ?4)",
+            (value, hour, at, next_hour),
+        )
+        return int(row[0])
 
     async def prune_request_logs(self, before: float, chunk: int = 10_000) -> int:
         """A chunk per transaction, so the ledger writer is never held up for long."""

@@ -10,19 +10,25 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from ..api_types import BudgetPeriod, UserBudget
 from ..keys import ApiKey
 from ..times import iso_utc
-from .base import Actor, AdminUser, AlreadyExists, KeyChanges
+from .base import Actor, AdminUser, AlreadyExists, KeyChanges, UserBudgetChange
 from .rows import (
     ADMIN_COLUMNS,
     KEY_CHANGES_SINCE,
     KEY_COLUMNS,
+    KEY_LIMITS,
+    SELECT_KEYS,
+    USER_BUDGET_COLUMNS,
     admin_from_row,
     admin_update,
     key_changes,
     key_from_row,
     key_update,
     stored,
+    user_budget,
+    with_user_budget,
 )
 
 
@@ -38,7 +44,9 @@ class SqliteTransaction:
     # --- keys -----------------------------------------------------------------------
 
     async def get_key(self, key_id: int) -> ApiKey | None:
-        return await self._key(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        async with self._db.execute(f"{SELECT_KEYS} WHERE api_keys.id = ?", (key_id,)) as cursor:
+            row = await cursor.fetchone()
+        return key_from_row(row) if row else None
 
     async def insert_key(
         self,
@@ -52,14 +60,19 @@ class SqliteTransaction:
         allowed_models: tuple[str, ...] | None = None,
         requests_per_minute: int | None = None,
         requests_per_hour: int | None = None,
+        tokens_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+        max_in_flight: int | None = None,
+        budget_tokens: int | None = None,
+        budget_period: BudgetPeriod | None = None,
     ) -> ApiKey:
         now = iso_utc(self._clock())
         try:
             key = await self._key(
                 "INSERT INTO api_keys (key_hash, key_prefix, user_id, tier, description,"
-                " is_active, created_at, updated_at, expires_at, allowed_models,"
-                " requests_per_minute, requests_per_hour)"
-                " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)"
+                f" is_active, created_at, updated_at, expires_at, allowed_models,"
+                f" {', '.join(KEY_LIMITS)})"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 f" RETURNING {KEY_COLUMNS}",
                 (
                     key_hash,
@@ -73,6 +86,11 @@ class SqliteTransaction:
                     stored("allowed_models", allowed_models),
                     requests_per_minute,
                     requests_per_hour,
+                    tokens_per_minute,
+                    tokens_per_day,
+                    max_in_flight,
+                    budget_tokens,
+                    budget_period,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -108,6 +126,49 @@ class SqliteTransaction:
                 (key.id, iso_utc(self._clock())),
             )
         return key
+
+    # --- user budgets ---------------------------------------------------------------
+
+    async def set_user_budget(
+        self, user_id: str, budget_tokens: int, budget_period: BudgetPeriod
+    ) -> UserBudgetChange:
+        before = await self._user_budget(user_id)
+        await self._db.execute(
+            "INSERT INTO user_budgets (user_id, budget_tokens, budget_period, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+            " budget_tokens = excluded.budget_tokens, budget_period = excluded.budget_period,"
+            " updated_at = excluded.updated_at",
+            (user_id, budget_tokens, budget_period, iso_utc(self._clock())),
+        )
+        return UserBudgetChange(
+            before, await self._user_budget(user_id), await self._user_keys_changed(user_id)
+        )
+
+    async def clear_user_budget(self, user_id: str) -> UserBudgetChange:
+        before = await self._user_budget(user_id)
+        if before is None:
+            return UserBudgetChange(None, None, ())
+        await self._db.execute("DELETE FROM user_budgets WHERE user_id = ?", (user_id,))
+        return UserBudgetChange(before, None, await self._user_keys_changed(user_id))
+
+    async def _user_budget(self, user_id: str) -> UserBudget | None:
+        async with self._db.execute(
+            f"SELECT {USER_BUDGET_COLUMNS} FROM user_budgets WHERE user_id = ?", (user_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return user_budget(row) if row else None
+
+    async def _user_keys_changed(self, user_id: str) -> tuple[ApiKey, ...]:
+        """Every key of the user entered in the key change log: they carry its budget."""
+        await self._db.execute(
+            "INSERT INTO key_changes (key_id, changed_at)"
+            " SELECT id, ? FROM api_keys WHERE user_id = ? ORDER BY id",
+            (iso_utc(self._clock()), user_id),
+        )
+        async with self._db.execute(
+            f"{SELECT_KEYS} WHERE api_keys.user_id = ? ORDER BY api_keys.id", (user_id,)
+        ) as cursor:
+            return tuple(key_from_row(row) for row in await cursor.fetchall())
 
     # --- admin users ----------------------------------------------------------------
 
@@ -179,9 +240,17 @@ class SqliteTransaction:
         )
 
     async def _key(self, query: str, params: tuple[Any, ...]) -> ApiKey | None:
+        """The key a change RETURNs (`KEY_COLUMNS`), with its user's budget."""
         async with self._db.execute(query, params) as cursor:
             row = await cursor.fetchone()
-        return key_from_row(row) if row else None
+        if row is None:
+            return None
+        async with self._db.execute(
+            "SELECT budget_tokens, budget_period FROM user_budgets WHERE user_id = ?",
+            (row[3],),  # its user_id
+        ) as cursor:
+            budget = await cursor.fetchone()
+        return with_user_budget(row, budget)
 
     async def _admin(self, query: str, params: tuple[Any, ...]) -> AdminUser | None:
         async with self._db.execute(query, params) as cursor:
