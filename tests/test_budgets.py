@@ -138,7 +138,6 @@ async def test_a_tier_change_mid_period_keeps_what_was_spent(
     assert charged(rows) == 3 * COST
 
 
-@pytest.mark.xfail(reason="needs store.tokens_since (merge)", strict=True)
 async def test_a_restart_mid_period_keeps_what_was_spent(
     gateway_factory: GatewayFactory, clock: FakeClock
 ) -> None:
