@@ -5,6 +5,7 @@ set up. Without that environment the suite fails: it never skips."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,32 @@ from tests.conftest import free_port, http, isolated  # noqa: F401  (fixtures, r
 
 MODEL_NAME = "tiny-llama"
 READY_TIMEOUT = 300.0
+# vLLM's own logging (VLLM_LOGGING_CONFIG_PATH replaces its default configuration), with
+# one logger more at DEBUG: with --enable-log-requests, vLLM's RequestLogger then writes
+# every request's body as vLLM parsed it ("Request ID JSON body: {...}", the fields the
+# client set: `log_request_body` in vllm/entrypoints/serve/utils/request_logger.py, called
+# from `_check_model` in vllm/entrypoints/serve/engine/serving.py). That line is the only
+# place vLLM 0.32.0 shows a request's `priority`: neither the INFO line (its
+# SamplingParams) nor /metrics carries it. Everything else stays at INFO.
+_BODY_LOGGER = "vllm.entrypoints.serve.utils.request_logger"
+_BODY_LINE = " JSON body: "
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s %(asctime)s %(name)s: %(message)s"}},
+    "handlers": {
+        "out": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "level": "DEBUG",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "loggers": {
+        "vllm": {"handlers": ["out"], "level": "INFO", "propagate": False},
+        _BODY_LOGGER: {"level": "DEBUG"},
+    },
+}
 
 
 class VllmServer:
@@ -33,7 +61,10 @@ class VllmServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        logging_config = self.log.with_name("logging.json")
+        logging_config.write_text(json.dumps(LOGGING))
         env = os.environ | {
+            "VLLM_LOGGING_CONFIG_PATH": str(logging_config),
             "HF_HUB_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
@@ -45,6 +76,10 @@ class VllmServer:
             "--model", self.model, "--served-model-name", MODEL_NAME,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+            # Requests are scheduled by their `priority` (lower first; 0 when a request
+            # has none, so requests without one are served as with fcfs): the gateway
+            # sends its tier's to an upstream with priority_scheduling = true.
+            "--scheduling-policy", "priority",
             # vLLM logs "Aborted request(s) …" only with this: the disconnect test reads it.
             "--enable-log-requests",
             # The gateway checks /health every 0.5 s: without this, those lines are all a
@@ -90,6 +125,15 @@ class VllmServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def request_bodies(self) -> list[dict[str, Any]]:
+        """Every request's body as vLLM parsed it (only the fields the client set), in
+        the order vLLM received them."""
+        return [
+            json.loads(line.split(_BODY_LINE, 1)[1])
+            for line in self.log_text().splitlines()
+            if _BODY_LOGGER in line and _BODY_LINE in line
+        ]
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])

@@ -55,6 +55,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs, for iterating")
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument(
+        "--limits", choices=("requests", "every"), default="requests",
+        help="llmgw's tier: requests per minute and hour only (default), or every limit of "
+        "issue 15 on (tokens per minute and day, in flight, key and user budgets), none reached",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", action="store_true", help="also profile llmgw with py-spy (results/)"
     )
     parser.add_argument(
@@ -112,7 +117,7 @@ def start_servers(bench: steps.Bench, args: argparse.Namespace, litellm: Path | 
         if kind in bench.targets:
             bench.targets[kind]["bare"] = servers.bare_proxy(procs, bench.upstreams[kinds[kind]])
     say("starting llmgw")
-    gateway = servers.llmgw(procs, gateway_upstreams)
+    gateway = servers.llmgw(procs, gateway_upstreams, limits=args.limits)
     for kind in bench.targets:
         bench.targets[kind]["llmgw"] = gateway
     peers = {m: s for m, s in gateway_upstreams.items() if m in (STATIC_MODEL, INSTANT_MODEL)}
@@ -145,7 +150,7 @@ def main() -> int:
     litellm, litellm_version = install.litellm() if wants_litellm else (None, None)
     py_spy = install.py_spy() if args.profile else None
 
-    report = Report(versions=versions(litellm_version))
+    report = Report(versions=versions(litellm_version) | {"llmgw limits": args.limits})
     policy = Policy(
         args.max_disturbance, max(1, args.attempts), retry_budget=args.retry_budget, log=say
     )

@@ -1,8 +1,11 @@
 """The limiter backends side by side: memory, and Redis on a redis-server of its own.
 
-Each backend is driven through the interface the gateway uses (`async with
-limiter.admit(...)`) over `--keys` keys with limits never reached: first one admission
-at a time, timing each (its round trip: median and p99), then `--tasks` admissions
+Each backend is driven through the interface the gateway uses (`await limiter.admit(key,
+limits, demand)`, then `await reservation.settle(used)`) over `--keys` keys with limits
+never reached, twice: `requests` (requests per minute and hour only) and `every` (every
+limit of issue 15 on: tokens per minute and day, requests in flight, a key and a user
+budget; `limiter_bench`'s two sets). For each: first one admission at a time, timing
+admit and settle together (the round trips: median and p99), then `--tasks` admissions
 in flight at once, as a busy gateway has them (decisions a second); and the bench's CPU
 time per decision in both, which is what the gateway would spend. Each measurement
 stops after `--calls` admissions or `--seconds`, whichever comes first. The bench runs
@@ -29,21 +32,27 @@ from typing import Any
 
 import orjson
 
-from llmgw.limits import Limiter, MemoryLimiter, RequestLimits
+from llmgw.limits import Limiter, Limits, MemoryLimiter
 from llmgw.limits.redis import RedisLimiter
 
+from .limiter_bench import DEMAND, LIMITS, USED
 from .procs import GATEWAY_CORE, LOAD_CORE, Processes, free_port
 
-UNREACHED = RequestLimits(per_minute=10**9, per_hour=10**9)
+
+async def decide(limiter: Limiter, key: int, limits: Limits) -> None:
+    await (await limiter.admit(key, limits, DEMAND)).settle(USED)
 
 
-async def one_at_a_time(limiter: Limiter, keys: int, calls: int, seconds: float) -> dict[str, Any]:
+async def one_at_a_time(
+    limiter: Limiter, limits: list[Limits], calls: int, seconds: float
+) -> dict[str, Any]:
     took: list[float] = []
+    keys = len(limits)
     began, cpu = time.perf_counter(), time.process_time()
     deadline = began + seconds
     while len(took) < calls and (start := time.perf_counter()) < deadline:
-        async with limiter.admit(len(took) % keys, UNREACHED):
-            pass
+        key = len(took) % keys
+        await decide(limiter, key, limits[key])
         took.append(time.perf_counter() - start)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     quantiles = statistics.quantiles(took, n=100)
@@ -57,17 +66,16 @@ async def one_at_a_time(limiter: Limiter, keys: int, calls: int, seconds: float)
 
 
 async def many_at_once(
-    limiter: Limiter, keys: int, calls: int, seconds: float, tasks: int
+    limiter: Limiter, limits: list[Limits], calls: int, seconds: float, tasks: int
 ) -> dict[str, Any]:
-    done = 0
+    done, keys = 0, len(limits)
     deadline = time.perf_counter() + seconds
 
     async def worker(first: int) -> None:
         nonlocal done
         key = first
         while done < calls and time.perf_counter() < deadline:
-            async with limiter.admit(key % keys, UNREACHED):
-                pass
+            await decide(limiter, key % keys, limits[key % keys])
             done += 1
             key += tasks
 
@@ -78,13 +86,17 @@ async def many_at_once(
 
 
 async def measure(limiter: Limiter, args: argparse.Namespace) -> dict[str, Any]:
-    await one_at_a_time(limiter, args.keys, 1000, 1.0)  # warm: connections, script loaded
-    return {
-        "one_at_a_time": await one_at_a_time(limiter, args.keys, args.calls, args.seconds),
-        "many_at_once": await many_at_once(
-            limiter, args.keys, args.calls, args.seconds, args.tasks
-        ),
-    }
+    result: dict[str, Any] = {}
+    for name, limits_of in LIMITS.items():
+        limits = [limits_of(key) for key in range(args.keys)]
+        await one_at_a_time(limiter, limits, 1000, 1.0)  # warm: connections, script loaded
+        result[name] = {
+            "one_at_a_time": await one_at_a_time(limiter, limits, args.calls, args.seconds),
+            "many_at_once": await many_at_once(
+                limiter, limits, args.calls, args.seconds, args.tasks
+            ),
+        }
+    return result
 
 
 def start_redis(processes: Processes, workdir: Path) -> str:

@@ -157,8 +157,22 @@ def bare_proxy(procs: Processes, upstream: Server) -> Server:
     return Server(f"bare→{upstream.name}", proc, url)
 
 
-def llmgw(procs: Processes, upstreams: dict[str, Server], name: str = "llmgw") -> Server:
-    """llmgw with its whole path: a key of a tier with huge limits, the ledger on."""
+# Issue 15's limits, every one on and none reached: tokens per minute and day, requests
+# in flight (the bench has at most 1,000 at once), a key budget and (`llmgw user budget`)
+# a user budget.
+EVERY_LIMIT = [
+    "tokens_per_minute = 1000000000000", "tokens_per_day = 1000000000000",
+    "max_in_flight = 100000", "budget_tokens = 1000000000000000", 'budget_period = "month"',
+]  # fmt: skip
+USER_BUDGET = ["--tokens", "1000000000000000", "--period", "month"]
+
+
+def llmgw(
+    procs: Processes, upstreams: dict[str, Server], name: str = "llmgw", limits: str = "requests"
+) -> Server:
+    """llmgw with its whole path: a key of a tier with huge limits, the ledger on.
+    `limits`: `requests` (requests per minute and hour only) or `every` (`EVERY_LIMIT`
+    and a user budget too)."""
     work = procs.workdir / name
     work.mkdir(exist_ok=True)
     port = free_port()
@@ -169,6 +183,8 @@ def llmgw(procs: Processes, upstreams: dict[str, Server], name: str = "llmgw") -
         "[database]", f'path = "{work / "llmgw.db"}"',
         "[tiers.bench]", "requests_per_minute = 1000000000", "requests_per_hour = 1000000000",
     ]  # fmt: skip
+    if limits == "every":
+        lines += EVERY_LIMIT
     for model, server in upstreams.items():
         lines += ["[[upstreams]]", f'url = "{server.url}"', f'models = ["{model}"]']
     config = work / "llmgw.toml"
@@ -184,6 +200,9 @@ def llmgw(procs: Processes, upstreams: dict[str, Server], name: str = "llmgw") -
         "--user", "bench", "--tier", "bench", "--json",
     ]  # fmt: skip
     created = subprocess.run(add, capture_output=True, text=True, check=True, timeout=30)
+    if limits == "every":
+        budget = [str(VENV_BIN / "llmgw"), "--socket", str(socket), "user", "budget", "bench"]
+        subprocess.run(budget + USER_BUDGET, capture_output=True, check=True, timeout=30)
     return Server(name, proc, url, json.loads(created.stdout)["key"])
 
 

@@ -369,9 +369,10 @@ def ledger(bench: Bench) -> None:
 def limiter(bench: Bench) -> None:
     bench.log("limiter decisions/s")
     res, got = _pinned_step(bench, "limiter", bench.budget.limiter)
-    bench.report.info(
-        "limiter", f"RateLimiter.acquire over {fmt(res['keys'])} keys",
-        f"{fmt(res['acquire']['per_s'])} decisions/s"
-        f" ({fmt(res['with_headers']['per_s'])}/s with headers())",
-        got.note(),
-    )  # fmt: skip
+    for name, what in (("requests", "requests per minute and hour"), ("every", "every limit")):
+        bench.report.info(
+            "limiter", f"MemoryLimiter admit + settle, {what}, over {fmt(res['keys'])} keys",
+            f"{fmt(res[name]['per_s'])} decisions/s"
+            f" ({fmt(res[name + '_headers']['per_s'])}/s with headers())",
+            got.note(),
+        )  # fmt: skip

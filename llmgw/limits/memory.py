@@ -39,7 +39,7 @@ from .base import (
     seconds_until,
     window_state,
 )
-from .periods import Span, span_of
+from .periods import Period, Span, span_of
 
 
 @dataclass(slots=True)
@@ -188,6 +188,9 @@ class MemoryLimiter:
         # Each budget's count, by `key:ID` or `user:NAME`: its current period only.
         self._spent: dict[str, _Spent] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # The current span of each kind of period: working it out takes datetime
+        # arithmetic, the largest part of an admission with two budgets.
+        self._spans: dict[str, Span] = {}
 
     async def admit(self, key_id: int, limits: Limits, demand: Demand) -> _Held:
         charges = (
@@ -328,12 +331,19 @@ class MemoryLimiter:
         ):
             if budget is None:
                 continue
-            span = span_of(budget.period, wall)
+            span = self._span(budget.period, wall)
             spent = self._spent.get(name)
             if spent is None or spent.period != span.name:
                 spent = await self._load(name, span, key_id, limits.user_id)
             charges.append(_Charge(scope, budget, span, spent))
         return tuple(charges)
+
+    def _span(self, period: Period, wall: float) -> Span:
+        """`span_of(period, wall)`, worked out again only once `wall` leaves the span."""
+        span = self._spans.get(period)
+        if span is None or not span.start <= wall < span.end:
+            span = self._spans[period] = span_of(period, wall)
+        return span
 
     async def _load(self, name: str, span: Span, key_id: int, user_id: str) -> _Spent:
         """The budget's count for `span`, from the ledger; one read however many
