@@ -7,8 +7,10 @@ The body goes upstream as the bytes received, but for these fields the gateway s
 - `max_tokens`, when the request has none (its tier's `default_max_tokens`, so every
   request can be reserved, and none holds a GPU for a whole context's worth of tokens
   it never asked for), or lowered to what is left of a budget, so vLLM stops by itself;
-- `priority`, the tier's, for an upstream that schedules by it (and only there: vLLM
-  refuses a priority it does not schedule by).
+- `priority`, the tier's, for an upstream that schedules by it, over any the client
+  sent (a client does not choose its own place in the queue). Elsewhere it is not
+  added: vLLM 0.32 ignores it there, but older engines refuse a priority they do not
+  schedule by.
 Fields the request does not have are spliced onto the end of the received bytes, so
 everything it did send goes upstream unchanged; otherwise the body is encoded again.
 """

@@ -17,6 +17,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 
+from ..api_types import BudgetPeriod as Period
 from ..clock import Clock, SystemClock
 from .base import (
     CONCURRENCY_RETRY,
@@ -39,7 +40,7 @@ from .base import (
     seconds_until,
     window_state,
 )
-from .periods import Period, Span, span_of
+from .periods import Span, span_of
 
 
 @dataclass(slots=True)
