@@ -29,7 +29,7 @@ from .config import Settings, check_replicas
 from .key_sync import KeySync
 from .keys import KeyTable
 from .ledger import Ledger
-from .limits import open_limiter
+from .limits import SpentTokens, open_limiter
 from .limits.login import open_throttle
 from .live import LiveStats
 from .logs import FLUSH_INTERVAL, flush_logs
@@ -59,6 +59,8 @@ log = logging.getLogger("llmgw")
 UPSTREAM_KEEPALIVE = 4.0
 # How often the store looks at its database for /health (a stat and a one-row read).
 DATABASE_WATCH_INTERVAL = 1.0
+# Seconds a budget read waits for the ledger to write what this process has queued.
+SPENT_WAIT = 2.0
 
 ADMIN_LISTENER = web.AppKey("admin_listener", AdminListener)
 
@@ -144,10 +146,23 @@ async def _log_flusher(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
-    limiter = await open_limiter(app[SETTINGS], app[CLOCK], app[STORE].tokens_since)
+    limiter = await open_limiter(app[SETTINGS], app[CLOCK], _spent_tokens(app))
     app[LIMITER] = limiter
     yield
     await limiter.close()
+
+
+def _spent_tokens(app: web.Application) -> SpentTokens:
+    """Where a budget's period starts from: the ledger, once the requests this process
+    has finished (still queued for the database) are in it. A budget is read once a
+    period, so waiting a flush for that is cheap; if the database is away, its own
+    error (503 database_unavailable) says so."""
+
+    async def spent(since: float, *, key_id: int | None = None, user_id: str | None = None) -> int:
+        await app[LEDGER].caught_up(SPENT_WAIT)
+        return await app[STORE].tokens_since(since, key_id=key_id, user_id=user_id)
+
+    return spent
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -82,6 +82,12 @@ class Ledger:
         self._closing = asyncio.Event()
         self._close_attempts = 5
         self._writing = 0
+        # Records queued, and records done with (written, set aside or dropped at
+        # shutdown), since start: records are written in the order they were queued, so
+        # every record queued before the `_queued`-th is done once `_done` reaches it.
+        self._queued = 0
+        self._done = 0
+        self._progress = asyncio.Event()
         self._last_drop_log = 0.0
         self.written = 0
         self.dropped = 0
@@ -120,8 +126,27 @@ class Ledger:
                 )
             return
         self._pending.append(record)
+        self._queued += 1
         if not self._wakeup.is_set():
             self._wakeup.set()
+
+    async def caught_up(self, seconds: float) -> bool:
+        """Wait until every record queued so far is committed (or set aside): then the
+        database holds every request this process has finished. False if that did not
+        happen within `seconds` (the database is away)."""
+        mark = self._queued
+        try:
+            async with asyncio.timeout(seconds):
+                while self._done < mark:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _finished(self, records: int) -> None:
+        self._done += records
+        self._progress.set()
 
     async def run(self) -> None:
         """The writer task: runs until `close()` has flushed everything."""
@@ -157,6 +182,7 @@ class Ledger:
                 if self._closing.is_set() and failures >= self._close_attempts:
                     self.dropped += len(self._pending)
                     log.error("shutting down with %d usage records unwritten", len(self._pending))
+                    self._finished(len(self._pending))
                     self._pending.clear()
                     return
                 await self._pause(self._retry_interval)
@@ -181,6 +207,7 @@ class Ledger:
                 else:
                     self._writing -= 1
                     self._reject(part[0], exc)
+                    self._finished(1)
                 continue
             except Exception:
                 unwritten = part + [record for rest in reversed(parts) for record in rest]
@@ -189,6 +216,7 @@ class Ledger:
                 raise
             self._writing -= len(part)
             self.written += len(part)
+            self._finished(len(part))
 
     def _reject(self, record: UsageRecord, exc: RecordError) -> None:
         self.rejected += 1

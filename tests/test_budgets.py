@@ -151,6 +151,34 @@ async def test_a_restart_mid_period_keeps_what_was_spent(
     assert [(await send(second, key))[0] for _ in range(3)] == [200, 200, 429]
 
 
+async def test_a_users_budget_set_by_an_admin_binds_all_the_users_keys(
+    gateway_factory: GatewayFactory, clock: FakeClock
+) -> None:
+    gateway: Gateway = await gateway_factory(clock=clock, tiers=budget_tiers(0))
+    first = (await gateway.create_key("alice", tier="free"))["key"]
+    second = (await gateway.create_key("alice", tier="free"))["key"]
+    other = (await gateway.create_key("bob", tier="free"))["key"]
+    assert (await send(gateway, first))[0] == 200  # spent before the budget was set
+    async with gateway.admin() as admin:
+        await admin.set_user_budget("alice", 3 * COST, "week")
+    # The ledger's request counts: two more between both keys, then none.
+    assert (await send(gateway, second))[0] == 200
+    assert (await send(gateway, first))[0] == 200
+    status, headers, error = await send(gateway, second)
+    assert status == 429
+    assert isinstance(error, dict)
+    assert (error["error"]["type"], error["error"]["code"]) == ("budget", "budget_exceeded")
+    assert "user 'alice'" in error["error"]["message"]
+    week = span_of("week", clock.wall())
+    assert int(headers["Retry-After"]) == math.ceil(week.end - clock.wall())
+    assert (await send(gateway, other))[0] == 200  # another user's keys are not touched
+    async with gateway.admin() as admin:
+        await admin.clear_user_budget("alice")
+    assert (await send(gateway, second))[0] == 200
+    rows = await assert_settled(gateway, rows=6)
+    assert charged(rows) == 5 * COST
+
+
 # --- user budgets, at the limiter (the store's user_budgets table lands at merge) -------
 
 
