@@ -32,8 +32,9 @@ from .keys import KEY_PREFIX, ApiKey
 from .limits import Demand, Limits, tier_of
 from .routes import Route
 from .state import CONTEXT, SETTINGS, UPSTREAMS
-from .usage import estimate_prompt_tokens
+from .usage import MAX_REPORTED_TOKENS, estimate_prompt_tokens
 
+MAX_CHOICES = 1000
 # A text completion without max_tokens generates 16 tokens (OpenAI's documented default,
 # and vLLM's): that, not the tier's default_max_tokens, is what it is given.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
@@ -129,11 +130,13 @@ def _demand(
     if route.kind == "models":
         return Demand(0, 0), None
     n = payload.get("n")
-    choices = n if type(n) is int and n >= 1 else 1
+    # Past what any model generates, a count only says the request will be refused (by
+    # a limit, or by vLLM): kept within bounds both limiters count exactly in.
+    choices = min(n, MAX_CHOICES) if type(n) is int and n >= 1 else 1
     prompt = estimate_prompt_tokens(payload)
     cap = payload.get(cap_field)
     if type(cap) is int and cap >= 1:
-        max_tokens = bound = cap
+        max_tokens = bound = min(cap, MAX_REPORTED_TOKENS)
     elif cap is not None:
         # Not a count: vLLM's to refuse, in its own words. The default is reserved.
         max_tokens = bound = tier_of(key, request.app[SETTINGS]).default_max_tokens

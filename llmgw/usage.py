@@ -76,14 +76,20 @@ def usage_from_body(body: bytes) -> Usage | InvalidUsage | None:
 
 
 def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
-    """A rough prompt size from the request: message texts, prompt or embedding input."""
-    chars = 0
-    for message in payload.get("messages") or ():
-        if isinstance(message, dict):
-            chars += _text_length(message.get("content"))
-    chars += _text_length(payload.get("prompt"))
-    chars += _text_length(payload.get("input"))
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    """A rough prompt size from the request: message texts, prompt or embedding input
+    (a prompt given as token ids counts them). Any JSON at all: a malformed request is
+    vLLM's to refuse, not the estimate's to fail on."""
+    chars = tokens = 0
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                chars += _text_length(message.get("content"))
+    for field in ("prompt", "input"):
+        value = payload.get(field)
+        chars += _text_length(value)
+        tokens += _token_ids(value)
+    return tokens + math.ceil(chars / CHARS_PER_TOKEN)
 
 
 def _text_length(value: Any) -> int:
@@ -94,3 +100,12 @@ def _text_length(value: Any) -> int:
             _text_length(item.get("text") if isinstance(item, dict) else item) for item in value
         )
     return 0
+
+
+def _token_ids(value: Any) -> int:
+    """Token ids given instead of text: a list of integers, or a list of such lists."""
+    if not isinstance(value, list):
+        return 0
+    return sum(
+        1 if type(item) is int else len(item) if isinstance(item, list) else 0 for item in value
+    )

@@ -370,3 +370,21 @@ async def test_the_tiers_priority_goes_only_to_an_upstream_that_schedules_by_it(
 
 def test_the_exact_body_is_estimated_as_vllm_counts_it() -> None:
     assert estimate_prompt_tokens(EXACT) == count_prompt_tokens(EXACT) == PROMPT
+
+
+@pytest.mark.parametrize(
+    ("payload", "tokens"),
+    [
+        ({"messages": [{"role": "user", "content": "a" * 8}]}, 2),
+        ({"messages": [{"content": [{"type": "text", "text": "a" * 9}]}]}, 3),
+        ({"prompt": [1, 2, 3]}, 3),  # token ids count themselves
+        ({"prompt": [[1, 2], [3, 4, 5]]}, 5),
+        ({"input": ["abcd", "efgh"]}, 2),
+        # Whatever the JSON, an estimate: vLLM refuses what is malformed, in its words.
+        ({"messages": True}, 0),
+        ({"messages": [1, None, "x"]}, 0),
+        ({"prompt": {"a": 1}, "input": 7}, 0),
+    ],
+)
+def test_the_prompt_estimate_takes_any_json(payload: dict[str, Any], tokens: int) -> None:
+    assert estimate_prompt_tokens(payload) == tokens
