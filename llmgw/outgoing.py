@@ -178,8 +178,11 @@ def _cap_field(route: Route, payload: dict[str, Any]) -> str:
 
 
 def _ceiling(max_tokens: int, choices: int) -> int:
-    # Token chunks, not tokens: each choice's last chunk may carry no token.
-    return (max_tokens + 1) * choices
+    """The most chunks a stream within its max_tokens relays besides its first: each
+    token a chunk at most, and for each choice a role chunk and a last chunk that may
+    carry no token, and one usage chunk. (vLLM may put several tokens in a chunk, never
+    fewer than one: counting chunks never cuts a stream that kept to its max_tokens.)"""
+    return (max_tokens + 2) * choices + 1
 
 
 def _with_fields(body: bytes, payload: dict[str, Any], fields: dict[str, Any]) -> bytes:
