@@ -57,6 +57,7 @@ class RequestContext:
     status: int | None = None  # overrides the response's status (a stream cut short)
     cut: bool = False  # the response was cut off after its first byte
     reservation: Reservation | None = None  # what the request holds of its key's limits
+    counts_tokens: bool = True  # False for a route that uses none (tokenize)
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:
@@ -110,8 +111,8 @@ class RequestContext:
         if isinstance(reported, InvalidUsage):
             prompt = estimate_prompt_tokens(self.payload) if self.payload else 0
             return prompt, self.relay.completion_events if self.relay else 0, "invalid"
-        if self.upstream is None or self.payload is None:
-            return 0, 0, "estimated"  # no upstream saw it: nothing was generated
+        if self.upstream is None or self.payload is None or not self.counts_tokens:
+            return 0, 0, "estimated"  # no upstream saw it, or its route uses no tokens
         completion = self.relay.completion_events if self.relay else 0
         if status == CLIENT_CLOSED or self.cut:
             return estimate_prompt_tokens(self.payload), completion, "partial"

@@ -125,9 +125,9 @@ def _demand(
 ) -> tuple[Demand, int | None]:
     """What the request may cost: its prompt, estimated, and max_tokens × n (the
     tier's default_max_tokens, added to the body, when it has none)."""
-    if route.kind == "embedding":
+    if route.kind in ("embedding", "pooling"):
         return Demand(estimate_prompt_tokens(payload), 0), None
-    if route.kind == "models":
+    if route.kind in ("models", "tokenize"):
         return Demand(0, 0), None
     n = payload.get("n")
     # Past what any model generates, a count only says the request will be refused (by

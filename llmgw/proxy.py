@@ -59,6 +59,7 @@ def add_routes(app: web.Application) -> None:
 def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request[CONTEXT]
+        ctx.counts_tokens = route.usage != "none"
         key = _authenticate(request, ctx)
         limits = limits_for(key, request.app[SETTINGS])
         try:
@@ -209,7 +210,7 @@ async def _exchange(
             return await relay_stream(
                 request, ctx, response, ctx.relay, server.stream_idle_timeout, outgoing.ceiling
             )
-        whole = await answer(ctx, response, server.stream_idle_timeout)
+        whole = await answer(ctx, response, server.stream_idle_timeout, route.usage == "openai")
         await ctx.settle(whole.status)
         return whole
     except BaseException:

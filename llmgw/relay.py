@@ -34,7 +34,10 @@ def upstream_failed(ctx: RequestContext, message: str, exc: BaseException) -> Ga
 
 
 async def answer(
-    ctx: RequestContext, response: aiohttp.ClientResponse, read_timeout: float
+    ctx: RequestContext,
+    response: aiohttp.ClientResponse,
+    read_timeout: float,
+    read_usage: bool = True,
 ) -> web.Response:
     """A whole (non-streamed) answer: passed on, its usage read, an error normalised."""
     try:
@@ -44,7 +47,8 @@ async def answer(
     ctx.mark_first_byte()
     headers = _response_headers(response)
     if response.status < 400:
-        ctx.usage = usage_from_body(data)
+        if read_usage:
+            ctx.usage = usage_from_body(data)
         return web.Response(status=response.status, body=data, headers=headers)
     data, unreadable = normalise_upstream_error(response.status, data)
     if unreadable is not None:

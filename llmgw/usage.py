@@ -85,7 +85,8 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
         for message in messages:
             if isinstance(message, dict):
                 chars += _text_length(message.get("content"))
-    for field in ("prompt", "input"):
+    # Generation's prompt, embedding's input, and rerank's and score's texts.
+    for field in ("prompt", "input", "query", "documents", "text_1", "text_2"):
         value = payload.get(field)
         chars += _text_length(value)
         tokens += _token_ids(value)
@@ -95,7 +96,7 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
 def _text_length(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, list):  # a list of strings, or of content parts
+    if isinstance(value, list):  # strings, content parts, or documents ({"text": ...})
         return sum(
             _text_length(item.get("text") if isinstance(item, dict) else item) for item in value
         )

@@ -249,7 +249,7 @@ async def test_expired_key_gets_401_naming_expiry(
         "/v2/chat/completions",
         "/v1/load_lora_adapter",  # vLLM development routes are never forwarded
         "/v1/completions/extra",
-        "/tokenize",
+        "/tokenize/more",
         "/reset_prefix_cache",
         "/",
     ],

@@ -6,7 +6,7 @@ Each is refused in OpenAI's shape (404 for a path, 400 for bytes the parser refu
 or, where it is a legitimate request after all, forwarded exactly as the route says
 and no further. What the fake vLLM recorded is the proof.
 
-`tests/test_bad_input.py` already covers POST to /v1/load_lora_adapter, /tokenize and
+`tests/test_bad_input.py` already covers POST to /v1/load_lora_adapter, /tokenize/more and
 /reset_prefix_cache; `tests/test_proxy.py` that the key, cookies and other headers stay
 behind and that an ordinary query string is forwarded.
 """
@@ -210,16 +210,10 @@ VLLM_ROUTES_NOT_FORWARDED = [
     ("POST", "/scale_elastic_ep"),
     ("POST", "/update_weights"),
     # Public API routes vLLM has that this gateway does not offer.
-    ("POST", "/detokenize"),
     ("POST", "/v1/responses"),
     ("GET", "/v1/responses/resp_123"),
     ("POST", "/pooling"),
     ("POST", "/classify"),
-    ("POST", "/score"),
-    ("POST", "/v1/score"),
-    ("POST", "/rerank"),
-    ("POST", "/v1/rerank"),
-    ("POST", "/v2/rerank"),
     ("POST", "/v1/audio/transcriptions"),
     ("POST", "/v1/audio/translations"),
     ("POST", "/invocations"),
