@@ -46,10 +46,12 @@ from .state import (
     METRICS,
     SETTINGS,
     STORE,
+    STORED_RESPONSES,
     TRUSTED_PROXIES,
     UPSTREAMS,
 )
 from .store import open_store
+from .stored import StoredResponses
 from .upstreams import UpstreamPool
 
 log = logging.getLogger("llmgw")
@@ -84,6 +86,7 @@ def create_app(
     app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
+    app[STORED_RESPONSES] = StoredResponses(app[CLOCK].monotonic)
     if admin_listener is not None:
         app[ADMIN_LISTENER] = admin_listener
     app.cleanup_ctx.extend(

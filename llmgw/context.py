@@ -58,6 +58,7 @@ class RequestContext:
     cut: bool = False  # the response was cut off after its first byte
     reservation: Reservation | None = None  # what the request holds of its key's limits
     counts_tokens: bool = True  # False for a route that uses none (tokenize)
+    response_id: str | None = None  # the Responses API response an answer made
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:

@@ -1,15 +1,17 @@
-"""Every error leaves the gateway in OpenAI's JSON shape, built here.
+"""Every error leaves the gateway in its API's JSON shape, built here.
 
-`{"error": {"message", "type", "param", "code"}}` is what the OpenAI SDK parses into its
-exceptions. The gateway's own errors, aiohttp's (404, 405, 413) and vLLM's (which puts
-the exception class name in `type` and the status number in `code`) all pass through
-`error_body`, so a client never has to handle a second shape.
+OpenAI's, `{"error": {"message", "type", "param", "code"}}`, is what the OpenAI SDK
+parses into its exceptions; Anthropic's, `{"type": "error", "error": {"type",
+"message"}}`, what the Anthropic SDK parses, on the Messages API's routes. The gateway's
+own errors, aiohttp's (404, 405, 413) and vLLM's (which puts the exception class name in
+`type` and the status number in `code`, in either shape) all pass through `error_body`,
+so a client never has to handle a shape its SDK does not know.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 import orjson
 from aiohttp import web
@@ -29,13 +31,42 @@ _TYPE_BY_STATUS = {
 }
 
 
+# Anthropic's error types by status (its SDK picks the exception by status alone).
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+Shape = Literal["openai", "anthropic"]
+
+
 def default_type(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+def anthropic_type(status: int) -> str:
+    return _ANTHROPIC_TYPE_BY_STATUS.get(
+        status, "api_error" if status >= 500 else "invalid_request_error"
+    )
+
+
 def error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
+    message: str,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+    shape: Shape = "openai",
 ) -> bytes:
+    if shape == "anthropic":
+        # Anthropic's types go by status; the OpenAI-style type (`tokens`, `budget`) and
+        # code say which limit, and the message says it too.
+        return orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
     return orjson.dumps(
         {"error": {"message": message, "type": type_, "param": param, "code": code}}
     )
@@ -48,15 +79,17 @@ class ErrorFields(TypedDict, total=False):
     headers: Mapping[str, str] | None
 
 
-def error_response(status: int, message: str, **fields: Unpack[ErrorFields]) -> web.Response:
+def error_response(
+    status: int, message: str, shape: Shape = "openai", **fields: Unpack[ErrorFields]
+) -> web.Response:
+    type_ = (
+        anthropic_type(status)
+        if shape == "anthropic"
+        else fields.get("type_") or default_type(status)
+    )
     return web.Response(
         status=status,
-        body=error_body(
-            message,
-            fields.get("type_") or default_type(status),
-            fields.get("code"),
-            fields.get("param"),
-        ),
+        body=error_body(message, type_, fields.get("code"), fields.get("param"), shape),
         content_type="application/json",
         headers=fields.get("headers"),
     )
@@ -71,15 +104,18 @@ class GatewayError(Exception):
         self.message = message
         self._fields = fields
 
-    def response(self) -> web.Response:
-        return error_response(self.status, self.message, **self._fields)
+    def response(self, shape: Shape = "openai") -> web.Response:
+        return error_response(self.status, self.message, shape, **self._fields)
 
 
-def normalise_upstream_error(status: int, body: bytes) -> tuple[bytes, str | None]:
-    """vLLM's error body (either its current `{"error": {...}}` or its older flat
-    `{"object": "error", ...}` shape) in OpenAI's shape; and, when the body held no
-    message (a proxy's HTML page, a traceback, bytes), its text for the log: the client
-    is told only the status, never an upstream's internals."""
+def normalise_upstream_error(
+    status: int, body: bytes, shape: Shape = "openai"
+) -> tuple[bytes, str | None]:
+    """vLLM's error body (its current `{"error": {...}}`, its older flat `{"object":
+    "error", ...}`, or its Messages API's `{"type": "error", "error": {...}}`) in the
+    route's shape; and, when the body held no message (a proxy's HTML page, a
+    traceback, bytes), its text for the log: the client is told only the status, never
+    an upstream's internals."""
     try:
         parsed: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -92,6 +128,8 @@ def normalise_upstream_error(status: int, body: bytes) -> tuple[bytes, str | Non
     if not isinstance(message, str) or not message:
         unreadable = body.decode("utf-8", "replace").strip()[:500]
         message = f"The model server answered with status {status}."
+    if shape == "anthropic":
+        return error_body(message, anthropic_type(status), shape=shape), unreadable
     param = info.get("param")
     normalised = error_body(
         message,

@@ -18,6 +18,7 @@ from .context import CLIENT_CLOSED, RequestContext, RequestIds
 from .errors import GatewayError, error_response
 from .keys import redact_keys
 from .ledger import UsageRecord
+from .routes import error_shape
 from .state import CLOCK, CONTEXT, LEDGER, LIVE, METRICS, TRUSTED_PROXIES
 from .store import StoreUnavailable
 
@@ -110,15 +111,18 @@ def error_middleware() -> Middleware:
         try:
             return await handler(request)
         except GatewayError as exc:
-            return exc.response()
+            return exc.response(error_shape(request.path))
         except StoreUnavailable as exc:  # a read the database could not answer
-            return error_response(503, str(exc), code="database_unavailable")
+            return error_response(
+                503, str(exc), error_shape(request.path), code="database_unavailable"
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             return error_response(
                 exc.status,
                 _http_error_message(request, exc),
+                error_shape(request.path),
                 headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None,
             )
         except (asyncio.CancelledError, ConnectionError):
@@ -126,7 +130,9 @@ def error_middleware() -> Middleware:
         except Exception:
             # The traceback names code, not data: no key or prompt reaches the log.
             log.exception("unhandled error for %s %s", request.method, request.path)
-            return error_response(500, "The gateway failed to handle this request.")
+            return error_response(
+                500, "The gateway failed to handle this request.", error_shape(request.path)
+            )
 
     return errors
 

@@ -108,7 +108,8 @@ async def read_outgoing(
         )
     stream = route.streams and _wants_stream(payload.get("stream"))
     fields: dict[str, Any] = {}
-    strip_usage = stream and _ask_for_usage(payload, fields)
+    # vLLM's Responses and Messages streams always end with their usage.
+    strip_usage = stream and route.events == "openai" and _ask_for_usage(payload, fields)
     cap_field = _cap_field(route, payload)
     demand, ceiling = _demand(route, payload, cap_field, limits, key, request, fields)
     return Outgoing(body, payload, stream, strip_usage, demand, ceiling, cap_field, fields)
@@ -127,9 +128,9 @@ def _demand(
     tier's default_max_tokens, added to the body, when it has none)."""
     if route.kind in ("embedding", "pooling"):
         return Demand(estimate_prompt_tokens(payload), 0), None
-    if route.kind in ("models", "tokenize"):
-        return Demand(0, 0), None
-    n = payload.get("n")
+    if route.kind not in ("chat", "completion", "responses", "messages"):
+        return Demand(0, 0), None  # no tokens: charged as a request
+    n = payload.get("n") if route.kind in ("chat", "completion") else None
     # Past what any model generates, a count only says the request will be refused (by
     # a limit, or by vLLM): kept within bounds both limiters count exactly in.
     choices = min(n, MAX_CHOICES) if type(n) is int and n >= 1 else 1
@@ -170,8 +171,11 @@ def _default_max_tokens(
 
 
 def _cap_field(route: Route, payload: dict[str, Any]) -> str:
-    """The field that caps generation: OpenAI's newer name when a chat request uses it
-    (vLLM reads it before `max_tokens`; text completions have only `max_tokens`)."""
+    """The field that caps generation: the Responses API's own; OpenAI's newer name
+    when a chat request uses it (vLLM reads it before `max_tokens`); else `max_tokens`
+    (text completions', and Anthropic's, where it is required)."""
+    if route.kind == "responses":
+        return "max_output_tokens"
     if route.kind == "chat" and "max_completion_tokens" in payload:
         return "max_completion_tokens"
     return "max_tokens"
@@ -194,6 +198,13 @@ def _with_fields(body: bytes, payload: dict[str, Any], fields: dict[str, Any]) -
         return orjson.dumps({**payload, **fields})
     end = body.rstrip().rfind(b"}")
     return body[:end] + b"," + orjson.dumps(fields)[1:]
+
+
+async def read_plain(request: web.Request) -> Outgoing:
+    """A request with no generation in it (a stored response's retrieval or cancel):
+    its body, whatever it is, passed on as received."""
+    body = await _read_body(request)
+    return Outgoing(body, {}, stream=False, strip_usage=False, demand=Demand(0, 0))
 
 
 async def read_within(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -40,10 +41,20 @@ from .limits import (
     limits_for,
     tier_of,
 )
-from .outgoing import Outgoing, read_outgoing
+from .outgoing import Outgoing, read_outgoing, read_plain
 from .relay import answer, relay_stream, upstream_failed
 from .routes import ROUTES, Route
-from .state import CLIENT, CLOCK, CONTEXT, KEYS, LIMITER, METRICS, SETTINGS, UPSTREAMS
+from .state import (
+    CLIENT,
+    CLOCK,
+    CONTEXT,
+    KEYS,
+    LIMITER,
+    METRICS,
+    SETTINGS,
+    STORED_RESPONSES,
+    UPSTREAMS,
+)
 from .streaming import SseRelay
 from .upstreams import Upstream
 
@@ -62,14 +73,17 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
         ctx.counts_tokens = route.usage != "none"
         key = _authenticate(request, ctx)
         limits = limits_for(key, request.app[SETTINGS])
+        owner: Upstream | None = None
         try:
             if request.query_string:
                 _refuse_key_in_query(request.query_string)
-            outgoing = (
-                None
-                if route.kind == "models"
-                else await read_outgoing(request, ctx, route, key, limits)
-            )
+            if route.kind == "stored_response":
+                owner = _owner(request, key)
+                outgoing = await read_plain(request)
+            elif route.kind == "models":
+                outgoing = None
+            else:
+                outgoing = await read_outgoing(request, ctx, route, key, limits)
         except GatewayError:
             await _show_windows(request, ctx, key, limits)  # an authenticated answer
             raise
@@ -78,7 +92,7 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
             if outgoing is None:
                 return await _list_models(request, ctx, key, reservation)
             outgoing.grant(reservation.decision.granted)
-            return await _forward(request, ctx, route, outgoing, reservation)
+            return await _forward(request, ctx, route, outgoing, reservation, owner)
 
     handle.__name__ = f"proxy_{route.kind}"
     return handle
@@ -146,6 +160,22 @@ class _Admitted:
         await self._ctx.settle(status)
 
 
+def _owner(request: web.Request, key: ApiKey) -> Upstream:
+    """The upstream that made the response the path names, if this key made it; a 404
+    otherwise (in vLLM's words), so no key learns of another's responses."""
+    response_id = request.match_info["response_id"]
+    url = request.app[STORED_RESPONSES].upstream_of(response_id, key.id)
+    upstream = next((u for u in request.app[UPSTREAMS].upstreams if u.url == url), None)
+    if upstream is None:
+        raise GatewayError(
+            404,
+            f"Response with id '{response_id}' not found.",
+            type_="invalid_request_error",
+            param="response_id",
+        )
+    return upstream
+
+
 async def _show_windows(
     request: web.Request, ctx: RequestContext, key: ApiKey, limits: Limits
 ) -> None:
@@ -165,10 +195,12 @@ async def _forward(
     route: Route,
     outgoing: Outgoing,
     reservation: Reservation,
+    owner: Upstream | None = None,
 ) -> web.StreamResponse:
     pool = request.app[UPSTREAMS]
     priority = tier_of(ctx.key, request.app[SETTINGS]).priority if ctx.key else 0
-    for upstream in pool.candidates(ctx.model):
+    # A stored response lives in the upstream that made it: no other will do.
+    for upstream in [owner] if owner is not None else pool.candidates(ctx.model):
         ctx.upstream = upstream.url
         body = outgoing.body(priority if upstream.priority_scheduling else None)
         try:
@@ -191,9 +223,13 @@ async def _exchange(
 ) -> web.StreamResponse:
     """One request to one upstream, and its answer back to the client."""
     server = request.app[SETTINGS].server
-    # The route's own path (never the client's spelling of it), and the query as sent.
+    # The route's own path (never the client's spelling of it, its parameters quoted),
+    # and the query as sent.
     query = request.rel_url.raw_query_string
-    target = URL(upstream.url + route.path + (f"?{query}" if query else ""), encoded=True)
+    path = route.path.format_map(
+        {name: quote(value, safe="") for name, value in request.match_info.items()}
+    )
+    target = URL(upstream.url + path + (f"?{query}" if query else ""), encoded=True)
     with _upstream_errors(ctx, server.upstream_timeout):
         async with asyncio.timeout(server.upstream_timeout):
             response = await request.app[CLIENT].request(
@@ -206,11 +242,17 @@ async def _exchange(
         # Whatever the request said: an event stream is relayed and accounted as one
         # (never buffered whole and read for a usage it does not have).
         if response.content_type == "text/event-stream":
-            ctx.relay = SseRelay(strip_usage=outgoing.strip_usage, role_chunk=route.kind == "chat")
+            ctx.relay = SseRelay(
+                strip_usage=outgoing.strip_usage,
+                role_chunk=route.kind == "chat",
+                events=route.events,
+            )
             return await relay_stream(
                 request, ctx, response, ctx.relay, server.stream_idle_timeout, outgoing.ceiling
             )
-        whole = await answer(ctx, response, server.stream_idle_timeout, route.usage == "openai")
+        whole = await answer(
+            ctx, response, server.stream_idle_timeout, route.usage == "reported", route.errors
+        )
         await ctx.settle(whole.status)
         return whole
     except BaseException:
@@ -220,6 +262,14 @@ async def _exchange(
         raise
     finally:
         response.release()  # back to the pool if complete, else closed
+        if route.kind == "responses":
+            _remember_response(request, ctx, upstream)
+
+
+def _remember_response(request: web.Request, ctx: RequestContext, upstream: Upstream) -> None:
+    response_id = ctx.response_id or (ctx.relay.response_id if ctx.relay else None)
+    if response_id is not None and ctx.key is not None:
+        request.app[STORED_RESPONSES].remember(response_id, upstream.url, ctx.key.id)
 
 
 @contextlib.contextmanager

@@ -10,11 +10,11 @@ import aiohttp
 from aiohttp import web
 
 from .context import RequestContext
-from .errors import GatewayError, normalise_upstream_error
+from .errors import GatewayError, Shape, normalise_upstream_error
 from .outgoing import read_within
 from .state import LIVE
 from .streaming import IdleWatch, SseRelay, error_event
-from .usage import usage_from_body
+from .usage import parse_body, usage_of
 
 log = logging.getLogger("llmgw.proxy")
 
@@ -38,8 +38,10 @@ async def answer(
     response: aiohttp.ClientResponse,
     read_timeout: float,
     read_usage: bool = True,
+    shape: Shape = "openai",
 ) -> web.Response:
-    """A whole (non-streamed) answer: passed on, its usage read, an error normalised."""
+    """A whole (non-streamed) answer: passed on, its usage read, an error normalised
+    (into the route's `shape`)."""
     try:
         data = await read_within(response.content, response.read, read_timeout)
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -48,9 +50,13 @@ async def answer(
     headers = _response_headers(response)
     if response.status < 400:
         if read_usage:
-            ctx.usage = usage_from_body(data)
+            parsed = parse_body(data)
+            ctx.usage = usage_of(parsed)
+            if isinstance(parsed, dict) and parsed.get("object") == "response":
+                made = parsed.get("id")
+                ctx.response_id = made if isinstance(made, str) else None
         return web.Response(status=response.status, body=data, headers=headers)
-    data, unreadable = normalise_upstream_error(response.status, data)
+    data, unreadable = normalise_upstream_error(response.status, data, shape)
     if unreadable is not None:
         log.warning(
             "upstream %s answered request %s with status %d: %r",
@@ -120,7 +126,7 @@ async def _relay(
                 break
             if ceiling is not None and relay.completion_events > ceiling:
                 response.close()  # vLLM stops generating when its connection closes
-                await _cut(out, ctx, 502, _OVERRUN.format(ceiling), "max_tokens_exceeded")
+                await _cut(out, ctx, relay, 502, _OVERRUN.format(ceiling), "max_tokens_exceeded")
                 break
         if not watch.expired and not ctx.cut and (tail := relay.finish()):
             if not relay.ended:
@@ -129,12 +135,17 @@ async def _relay(
     except aiohttp.ClientError as exc:
         if not watch.expired:
             error = upstream_failed(ctx, "The model server broke off the stream.", exc)
-            await _cut(out, ctx, 502, error.message, "upstream_error")
+            await _cut(out, ctx, relay, 502, error.message, "upstream_error")
     finally:
         watch.cancel()
     if watch.expired:
         await _cut(
-            out, ctx, 504, f"The model server sent nothing for {idle:g} s.", "upstream_timeout"
+            out,
+            ctx,
+            relay,
+            504,
+            f"The model server sent nothing for {idle:g} s.",
+            "upstream_timeout",
         )
     if relay.error_status is not None:
         ctx.status, ctx.cut = relay.error_status, True
@@ -143,9 +154,15 @@ async def _relay(
 
 
 async def _cut(
-    out: web.StreamResponse, ctx: RequestContext, status: int, message: str, code: str
+    out: web.StreamResponse,
+    ctx: RequestContext,
+    relay: SseRelay,
+    status: int,
+    message: str,
+    code: str,
 ) -> None:
-    """End a stream that has already begun with an error event: its status is sent."""
+    """End a stream that has already begun with an error event (in its API's words):
+    its status is sent."""
     ctx.status, ctx.cut = status, True
     with contextlib.suppress(ConnectionError):
-        await out.write(error_event(message, "server_error", code))
+        await out.write(error_event(message, "server_error", code, relay.events))

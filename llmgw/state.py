@@ -16,6 +16,7 @@ from .limits import Limiter
 from .live import LiveStats
 from .metrics import Metrics
 from .store import Store
+from .stored import StoredResponses
 from .upstreams import UpstreamPool
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,4 +31,5 @@ LEDGER = web.AppKey("ledger", Ledger)
 METRICS = web.AppKey("metrics", Metrics)
 LIVE = web.AppKey("live", LiveStats)
 TRUSTED_PROXIES = web.AppKey("trusted_proxies", TrustedProxies)
+STORED_RESPONSES = web.AppKey("stored_responses", StoredResponses)
 CONTEXT = web.RequestKey("context", RequestContext)

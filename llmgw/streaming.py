@@ -1,4 +1,5 @@
-"""Relaying vLLM's server-sent events to the client as they arrive.
+"""Relaying vLLM's server-sent events to the client as they arrive: OpenAI's chunks
+(chat and text completions), the Responses API's typed events, and Anthropic's.
 
 Bytes pass through untouched, a whole event at a time (a client cannot use half an
 event). Only events that mention `"usage"` or `"error"` are parsed: the usage chunk is
@@ -8,6 +9,10 @@ sends after it is relayed; `[DONE]` follows it, as vLLM sends it). An event that
 mentions `"error"` but is no JSON the gateway can read (`1e999`) is an error too: it is
 not relayed raw. Ordinary token chunks are never parsed or re-encoded: JSON escapes
 every quote inside a string, so those keys cannot appear in generated text.
+
+The Responses API's and Anthropic's streams carry their usage in their last events
+(`response.completed`, `message_delta`) and their errors as `error` events in their own
+words, which are relayed as they are; they end with those events, not with `[DONE]`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from .errors import error_body, normalise_upstream_error
+from .routes import Events
 from .usage import InvalidUsage, Usage, usage_of
 
 _EVENT_END = b"\n\n"
@@ -32,12 +38,26 @@ _MALFORMED = object()  # an event whose data is not JSON
 _UNREADABLE_ERROR = error_body(
     "The model server sent an error the gateway could not read.", "server_error", "upstream_error"
 )
+# What ends a stream of each API, and what marks one of its events as generated tokens
+# (counted for a stream cut short). JSON escapes quotes inside strings, and these are
+# the serialisers' own spellings (vLLM's pydantic dumps without spaces).
+_LAST_EVENT = {
+    "openai": _DONE,
+    "responses": b'"type":"response.completed"',
+    "anthropic": b"event: message_stop",
+}
+_TOKEN_EVENT = {"responses": b'.delta"', "anthropic": b"event: content_block_delta"}
 
 
 class SseRelay:
-    def __init__(self, *, strip_usage: bool, role_chunk: bool) -> None:
+    def __init__(self, *, strip_usage: bool, role_chunk: bool, events: Events = "openai") -> None:
         self._strip_usage = strip_usage
         self._role_chunk = role_chunk
+        self.events = events
+        self._last_event = _LAST_EVENT[events]
+        self._token_event = _TOKEN_EVENT.get(events)
+        self._token_events = 0
+        self.response_id: str | None = None  # a Responses API stream's response
         self._held = b""
         # Final chunks waiting for the usage chunk that follows them (see _release).
         self._final: list[bytes] = []
@@ -65,6 +85,13 @@ class SseRelay:
             ready, self._held = data[:end], data[end:]
         # Framing newlines are the only raw ones: JSON escapes those inside strings.
         self._events += ready.count(_EVENT_END)
+        if self._token_event is not None:
+            self._token_events += ready.count(self._token_event)
+            if self._last_event in ready:
+                self._done_events += 1
+            if b'"usage"' in ready or b'"error"' in ready:
+                ready = self._inspect_typed(ready)
+            return ready
         if ready.endswith(_DONE_EVENT):  # [DONE] ends a stream: no need to scan for it
             self._done_events += 1
         if (
@@ -90,8 +117,38 @@ class SseRelay:
     @property
     def completion_events(self) -> int:
         """Token chunks relayed so far: what a cut-short stream is charged for."""
+        if self._token_event is not None:
+            return self._token_events
         overhead = self._done_events + (1 if self._role_chunk else 0)
         return max(0, self._events - overhead)
+
+    def _inspect_typed(self, block: bytes) -> bytes:
+        """The Responses API's or Anthropic's events: the usage of the last event that
+        has it (Anthropic's `message_start` has the prompt's alone, its `message_delta`
+        the whole count), the response's id, and an `error` event, which ends the
+        stream: relayed as it is (it is in the client's API's words already)."""
+        out = []
+        events = block.split(_EVENT_END)[:-1]
+        for event in events:
+            out.append(event + _EVENT_END)
+            if b'"usage"' not in event and b'"error"' not in event:
+                continue
+            parsed = _event_json(event)
+            if not isinstance(parsed, dict):
+                continue
+            kind = parsed.get("type")
+            if kind == "error":
+                self.ended, self.error_status, self._held = True, 500, b""
+                break
+            if self.events == "anthropic" and kind != "message_delta":
+                continue
+            if (usage := usage_of(parsed)) is not None:
+                self.usage = usage
+            response = parsed.get("response")
+            if self.response_id is None and isinstance(response, dict):
+                response_id = response.get("id")
+                self.response_id = response_id if isinstance(response_id, str) else None
+        return b"".join(out)
 
     def _inspect(self, block: bytes) -> bytes:
         out = []
@@ -170,8 +227,14 @@ def _event_json(event: bytes) -> Any:
         return _MALFORMED
 
 
-def error_event(message: str, type_: str, code: str) -> bytes:
-    """The event that ends a stream the gateway had to cut off."""
+def error_event(message: str, type_: str, code: str, events: Events = "openai") -> bytes:
+    """The event that ends a stream the gateway had to cut off, in its API's words."""
+    if events == "anthropic":
+        body = error_body(message, "api_error", shape="anthropic")
+        return b"event: error\ndata: " + body + _EVENT_END
+    if events == "responses":
+        error = {"type": "error", "code": code, "message": message, "param": None}
+        return b"event: error\ndata: " + orjson.dumps(error) + _EVENT_END
     return b"data: " + error_body(message, type_, code) + _EVENT_END
 
 

@@ -44,11 +44,25 @@ class InvalidUsage:
 
 
 def usage_of(obj: Any) -> Usage | InvalidUsage | None:
-    """The `usage` of a parsed response or stream chunk: None when it has none."""
-    usage = obj.get("usage") if isinstance(obj, dict) else None
+    """The `usage` of a parsed response or stream event, in any API's words: OpenAI's
+    `prompt_tokens`/`completion_tokens`, or the Responses and Messages APIs'
+    `input_tokens`/`output_tokens` (a Responses event holds it in its `response`;
+    Anthropic counts cache reads and writes apart from `input_tokens`). None when it has
+    none."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if usage is None and isinstance(inner := obj.get("response"), dict):
+        usage = inner.get("usage")
     if usage is None:
         return None
     if not isinstance(usage, dict):
+        return _invalid(usage)
+    if "prompt_tokens" not in usage and "input_tokens" in usage:
+        parts = [usage.get(f) for f in ("input_tokens", *_ANTHROPIC_CACHE)]
+        completion = usage.get("output_tokens")
+        if all(p is None or _plausible(p) for p in parts) and _plausible(completion):
+            return Usage(sum(p for p in parts if p is not None), completion)
         return _invalid(usage)
     prompt = usage.get("prompt_tokens")
     # Embeddings report no (or null) completion tokens.
@@ -57,6 +71,11 @@ def usage_of(obj: Any) -> Usage | InvalidUsage | None:
     if _plausible(prompt) and _plausible(completion):
         return Usage(prompt, completion)
     return _invalid(usage)
+
+
+# Anthropic's input tokens read from and written to its prompt cache, which its
+# `input_tokens` leaves out (vLLM reports them so when it counts cached prefixes).
+_ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 def _plausible(count: Any) -> TypeGuard[int]:
@@ -68,11 +87,16 @@ def _invalid(usage: Any) -> InvalidUsage:
     return InvalidUsage(orjson.dumps(usage, default=repr).decode()[:500])
 
 
-def usage_from_body(body: bytes) -> Usage | InvalidUsage | None:
+def parse_body(body: bytes) -> Any:
+    """A response body as JSON; None when it is not JSON."""
     try:
-        return usage_of(orjson.loads(body))
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+def usage_from_body(body: bytes) -> Usage | InvalidUsage | None:
+    return usage_of(parse_body(body))
 
 
 def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
@@ -85,8 +109,18 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
         for message in messages:
             if isinstance(message, dict):
                 chars += _text_length(message.get("content"))
-    # Generation's prompt, embedding's input, and rerank's and score's texts.
-    for field in ("prompt", "input", "query", "documents", "text_1", "text_2"):
+    # Generation's prompt (and the Responses API's instructions, Anthropic's system),
+    # embedding's input, and rerank's and score's texts.
+    for field in (
+        "prompt",
+        "input",
+        "instructions",
+        "system",
+        "query",
+        "documents",
+        "text_1",
+        "text_2",
+    ):
         value = payload.get(field)
         chars += _text_length(value)
         tokens += _token_ids(value)
@@ -96,10 +130,10 @@ def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
 def _text_length(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, list):  # strings, content parts, or documents ({"text": ...})
-        return sum(
-            _text_length(item.get("text") if isinstance(item, dict) else item) for item in value
-        )
+    if isinstance(value, list):  # strings, content parts, documents, or input items
+        return sum(_text_length(item) for item in value)
+    if isinstance(value, dict):  # {"text": ...}, or an item with its own content
+        return _text_length(value.get("text")) + _text_length(value.get("content"))
     return 0
 
 

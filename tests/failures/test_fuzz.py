@@ -48,7 +48,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 ALLOWED = {(r.method, r.path) for r in ROUTES}
-POST_ROUTES = [r.path for r in ROUTES if r.method == "POST"]
+# Concrete paths: a stored response's id is one no key made (a 404, recorded).
+POST_ROUTES = [r.path.format(response_id="resp_fuzz") for r in ROUTES if r.method == "POST"]
 GATEWAY_FAILED = b"The gateway failed to handle this request."
 
 

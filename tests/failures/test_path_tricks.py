@@ -210,8 +210,6 @@ VLLM_ROUTES_NOT_FORWARDED = [
     ("POST", "/scale_elastic_ep"),
     ("POST", "/update_weights"),
     # Public API routes vLLM has that this gateway does not offer.
-    ("POST", "/v1/responses"),
-    ("GET", "/v1/responses/resp_123"),
     ("POST", "/pooling"),
     ("POST", "/classify"),
     ("POST", "/v1/audio/transcriptions"),

@@ -59,6 +59,19 @@ def request(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+# The error types Anthropic's API documents (its SDK picks exceptions by status).
+ANTHROPIC_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+}
+
+
 @dataclass
 class Reply:
     status: int
@@ -66,10 +79,19 @@ class Reply:
     body: bytes
 
     def error(self) -> dict[str, Any]:
-        """The `error` object of an OpenAI-shaped error reply, checked to be nothing else."""
+        """The `error` object of an OpenAI-shaped error reply (or, on the Messages API's
+        routes, an Anthropic-shaped one), checked to be nothing else."""
         assert self.status >= 400, self
         assert self.headers.get("Content-Type", "").startswith("application/json"), self
         parsed = orjson.loads(self.body)
+        if parsed.get("type") == "error":  # Anthropic's: {"type": "error", "error": {...}}
+            assert list(parsed) == ["type", "error"], parsed
+            anthropic: dict[str, Any] = parsed["error"]
+            assert set(anthropic) == {"type", "message"}, anthropic
+            assert isinstance(anthropic["message"], str)
+            assert anthropic["message"]
+            assert anthropic["type"] in ANTHROPIC_TYPES, anthropic
+            return anthropic
         assert list(parsed) == ["error"], parsed
         error: dict[str, Any] = parsed["error"]
         assert set(error) == {"message", "type", "param", "code"}, error
