@@ -70,6 +70,9 @@ class VllmServer:
             "DO_NOT_TRACK": "1",
             "VLLM_HOST_IP": "127.0.0.1",
             "VLLM_CPU_KVCACHE_SPACE": "1",
+            # Responses are kept, so `GET /v1/responses/{id}` can be tried through the
+            # gateway (vLLM keeps them in memory only with this).
+            "VLLM_ENABLE_RESPONSES_API_STORE": "1",
         }
         command = [
             self.python, "-m", "vllm.entrypoints.openai.api_server",

@@ -1,0 +1,237 @@
+"""Issue 16's routes through the gateway, with the official SDKs where there is one: the
+Responses API (`openai`), Anthropic's Messages API (`anthropic`, its exceptions from the
+gateway's own refusals), and raw HTTP for tokenize, rerank and score. Each counts into
+the key's limits and the ledger with vLLM's own usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+import pytest
+
+from llmgw.config import TierSettings
+from llmgw.fake_vllm import FakeVLLM
+
+from .conftest import Gateway, GatewayFactory, auth, post
+from .failures.conftest import assert_settled
+
+MODEL = "fake-model"
+TEXT = "Tell me about the gateway"
+
+
+def openai_client(gateway: Gateway, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+
+
+def anthropic_client(gateway: Gateway, key: str) -> anthropic.AsyncAnthropic:
+    # Anthropic clients send the key as x-api-key, to the base URL without /v1.
+    return anthropic.AsyncAnthropic(base_url=gateway.url, api_key=key, max_retries=0)
+
+
+def charged(row: dict[str, Any]) -> tuple[int, int]:
+    return row["prompt_tokens"], row["completion_tokens"]
+
+
+# --- the Responses API -----------------------------------------------------------------
+
+
+async def test_a_response_is_answered_and_counted(gateway: Gateway, api_key: str) -> None:
+    async with openai_client(gateway, api_key) as client:
+        response = await client.responses.create(model=MODEL, input=TEXT, max_output_tokens=4)
+    assert response.output_text
+    assert response.usage is not None
+    [row] = await assert_settled(gateway, rows=1)
+    assert row["endpoint"] == "/v1/responses"
+    assert row["usage_source"] == "reported"
+    assert charged(row) == (response.usage.input_tokens, response.usage.output_tokens)
+    assert response.usage.output_tokens == 4
+
+
+async def test_a_streamed_response_is_relayed_and_counted(gateway: Gateway, api_key: str) -> None:
+    async with openai_client(gateway, api_key) as client:
+        stream = await client.responses.create(
+            model=MODEL, input=TEXT, max_output_tokens=3, stream=True
+        )
+        events = [event async for event in stream]
+    types = [event.type for event in events]
+    assert types[0] == "response.created"
+    assert types[-1] == "response.completed"
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 3
+    completed = events[-1]
+    assert completed.type == "response.completed"
+    usage = completed.response.usage
+    assert usage is not None
+    [row] = await assert_settled(gateway, rows=1)
+    assert row["usage_source"] == "reported"
+    assert charged(row) == (usage.input_tokens, usage.output_tokens)
+
+
+async def test_a_stored_response_is_retrieved_only_by_the_key_that_made_it(
+    gateway: Gateway, api_key: str
+) -> None:
+    other = (await gateway.create_key("bob", tier="premium"))["key"]
+    async with openai_client(gateway, api_key) as client:
+        made = await client.responses.create(
+            model=MODEL, input=TEXT, max_output_tokens=2, store=True
+        )
+        again = await client.responses.retrieve(made.id)
+    assert again.id == made.id
+    assert again.output_text == made.output_text
+    async with openai_client(gateway, other) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(made.id)
+    async with openai_client(gateway, api_key) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve("resp_nobody_made_this")
+    rows = await assert_settled(gateway, rows=4)
+    assert [r["endpoint"] for r in rows[1:]] == [f"/v1/responses/{made.id}"] * 2 + [
+        "/v1/responses/resp_nobody_made_this"
+    ]
+    assert [charged(r) for r in rows[1:]] == [(0, 0)] * 3  # charged as requests
+
+
+async def test_responses_count_into_the_token_limit(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    tiers = {"free": TierSettings(100, 1000, tokens_per_minute=10_000)}
+    gateway: Gateway = await gateway_factory(tiers=tiers)
+    key = (await gateway.create_key("alice", tier="free"))["key"]
+    async with openai_client(gateway, key) as client:
+        raw = await client.responses.with_raw_response.create(
+            model=MODEL, input=TEXT, max_output_tokens=5
+        )
+        response = raw.parse()
+        after = await client.responses.with_raw_response.create(
+            model=MODEL, input=TEXT, max_output_tokens=5
+        )
+    assert response.usage is not None
+    used = response.usage.input_tokens + response.usage.output_tokens
+    # The second request's headers: the first one's reservation settled at its usage,
+    # the second's estimate taken.
+    reserved_now = 10_000 - int(after.headers["x-ratelimit-remaining-tokens"]) - used
+    assert 5 <= reserved_now <= 5 + len(TEXT)  # its max_output_tokens and its prompt
+    assert fake.behaviour.requests[-1].json["max_output_tokens"] == 5
+
+
+# --- Anthropic's Messages API ----------------------------------------------------------
+
+
+async def test_a_message_is_answered_and_counted(gateway: Gateway, api_key: str) -> None:
+    async with anthropic_client(gateway, api_key) as client:
+        message = await client.messages.create(
+            model=MODEL, max_tokens=4, messages=[{"role": "user", "content": TEXT}]
+        )
+    assert message.type == "message"
+    assert message.content
+    [row] = await assert_settled(gateway, rows=1)
+    assert row["endpoint"] == "/v1/messages"
+    assert row["usage_source"] == "reported"
+    assert charged(row) == (message.usage.input_tokens, message.usage.output_tokens)
+    assert message.usage.output_tokens == 4
+
+
+async def test_a_streamed_message_is_relayed_and_counted(gateway: Gateway, api_key: str) -> None:
+    async with (
+        anthropic_client(gateway, api_key) as client,
+        client.messages.stream(
+            model=MODEL, max_tokens=3, messages=[{"role": "user", "content": TEXT}]
+        ) as stream,
+    ):
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text
+    [row] = await assert_settled(gateway, rows=1)
+    assert row["usage_source"] == "reported"
+    assert charged(row) == (final.usage.input_tokens, final.usage.output_tokens)
+    assert final.usage.output_tokens == 3
+
+
+async def test_count_tokens_is_charged_as_a_request(gateway: Gateway, api_key: str) -> None:
+    async with anthropic_client(gateway, api_key) as client:
+        counted = await client.messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": TEXT}]
+        )
+    assert counted.input_tokens > 0
+    [row] = await assert_settled(gateway, rows=1)
+    assert (row["endpoint"], charged(row)) == ("/v1/messages/count_tokens", (0, 0))
+
+
+async def test_the_gateways_refusals_are_anthropic_exceptions(
+    gateway_factory: GatewayFactory,
+) -> None:
+    tiers = {"free": TierSettings(1, 100)}
+    gateway: Gateway = await gateway_factory(tiers=tiers)
+    key = (await gateway.create_key("alice", tier="free", allowed_models=[MODEL]))["key"]
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": TEXT}]
+    async with anthropic_client(gateway, "sk-internal-not-a-key") as client:
+        with pytest.raises(anthropic.AuthenticationError) as unknown:
+            await client.messages.create(model=MODEL, max_tokens=2, messages=messages)
+    assert unknown.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided."},
+    }
+    async with anthropic_client(gateway, key) as client:
+        with pytest.raises(anthropic.PermissionDeniedError) as forbidden:
+            await client.messages.create(model="another-model", max_tokens=2, messages=messages)
+        assert "may not use" in str(forbidden.value)
+        await client.messages.create(model=MODEL, max_tokens=2, messages=messages)
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await client.messages.create(model=MODEL, max_tokens=2, messages=messages)
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    body = limited.value.body
+    assert isinstance(body, dict)
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "requests per minute" in body["error"]["message"]
+
+
+# --- tokenize, rerank, score -----------------------------------------------------------
+
+
+async def test_tokenize_and_detokenize_are_charged_as_requests(
+    gateway: Gateway, api_key: str
+) -> None:
+    status, _, raw = await post(
+        f"{gateway.url}/tokenize", orjson.dumps({"model": MODEL, "prompt": TEXT}), auth(api_key)
+    )
+    assert status == 200, raw
+    tokens = orjson.loads(raw)["tokens"]
+    status, _, raw = await post(
+        f"{gateway.url}/detokenize",
+        orjson.dumps({"model": MODEL, "tokens": tokens}),
+        auth(api_key),
+    )
+    assert status == 200, raw
+    assert isinstance(orjson.loads(raw)["prompt"], str)
+    rows = await assert_settled(gateway, rows=2)
+    assert [(r["endpoint"], charged(r)) for r in rows] == [
+        ("/tokenize", (0, 0)),
+        ("/detokenize", (0, 0)),
+    ]
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank", "/v2/rerank"])
+async def test_rerank_counts_its_prompt_tokens(gateway: Gateway, api_key: str, path: str) -> None:
+    body = {"model": MODEL, "query": "gateway", "documents": ["one text", "another text"]}
+    status, _, raw = await post(f"{gateway.url}{path}", orjson.dumps(body), auth(api_key))
+    assert status == 200, raw
+    answer = orjson.loads(raw)
+    assert len(answer["results"]) == 2
+    [row] = await assert_settled(gateway, rows=1)
+    assert row["endpoint"] == path
+    assert charged(row) == (answer["usage"]["prompt_tokens"], 0)
+    assert row["usage_source"] == "reported"
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/score"])
+async def test_score_counts_its_prompt_tokens(gateway: Gateway, api_key: str, path: str) -> None:
+    body = {"model": MODEL, "text_1": "gateway", "text_2": ["one text", "another text"]}
+    status, _, raw = await post(f"{gateway.url}{path}", orjson.dumps(body), auth(api_key))
+    assert status == 200, raw
+    answer = orjson.loads(raw)
+    assert len(answer["data"]) == 2
+    [row] = await assert_settled(gateway, rows=1)
+    assert charged(row) == (answer["usage"]["prompt_tokens"], 0)
