@@ -39,6 +39,7 @@ from .delivery import (
 )
 from .errors import ApiError, check_model, one_error, parse_json, streaming_error_event
 from .plan import plan_generation
+from .responses import add_routes as add_responses_routes
 from .tokens import Kind, count_prompt_tokens, prompt_items
 
 # The package's name, as when it was one module: log lines and caplog filters use it.
@@ -156,6 +157,7 @@ def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Appl
     app.router.add_post("/v1/chat/completions", functools.partial(_generate, kind="chat"))
     app.router.add_post("/v1/completions", functools.partial(_generate, kind="completion"))
     app.router.add_post("/v1/embeddings", embeddings)
+    add_responses_routes(app)
     return app
 
 

@@ -1,0 +1,234 @@
+"""The fake vLLM's other routes (Responses, Anthropic Messages, tokenize, pooling, audio)
+in vLLM 0.32's wire format, checked with raw bytes and with the official SDKs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from llmgw.fake_vllm import FakeVLLM, completion_text, count_prompt_tokens
+
+RESPONSES = "/v1/responses"
+# instructions as a system message, the input as a user message: 2 + (4 + 2) + (4 + 3)
+RESPONSES_PROMPT = 2 + 4 + 2 + 4 + 3
+
+
+@pytest.fixture
+async def client(fake: FakeVLLM) -> AsyncIterator[openai.AsyncOpenAI]:
+    sdk = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="x", max_retries=0, timeout=5)
+    yield sdk
+    await sdk.close()
+
+
+async def named_events(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The `event:` names and `data:` payloads of a stream with named events, in order."""
+    async with session.post(url, json=body) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        raw = (await resp.read()).decode()
+    frames = raw.split("\n\n")
+    assert frames[-1] == ""
+    events = []
+    for frame in frames[:-1]:
+        name, data = frame.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: ")
+        payload = json.loads(data.removeprefix("data: "))
+        assert payload["type"] == name.removeprefix("event: ")
+        events.append((payload["type"], payload))
+    return events
+
+
+def test_responses_prompt_rule() -> None:
+    system = {"role": "system", "content": "be brief"}
+    messages = [system, {"role": "user", "content": "say hi now"}]
+    assert count_prompt_tokens({"messages": messages}) == RESPONSES_PROMPT
+
+
+# --- the Responses API ---------------------------------------------------------
+
+
+async def test_responses_create(
+    fake: FakeVLLM, client: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
+    result = await client.responses.create(
+        model="fake-model", instructions="be brief", input="say hi now", max_output_tokens=3
+    )
+    assert result.id.startswith("resp_")
+    assert result.output_text == completion_text(3)
+    assert result.status == "incomplete"  # stopped by max_output_tokens
+    assert result.incomplete_details is not None
+    assert result.incomplete_details.reason == "max_output_tokens"
+    assert result.usage is not None
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (RESPONSES_PROMPT, 3)
+    assert result.usage.total_tokens == RESPONSES_PROMPT + 3
+    assert result.usage.input_tokens_details.cached_tokens == 0
+    fake.behaviour.default_max_tokens = 2
+    body = {"input": "say hi now", "instructions": "be brief", "request_id": "resp_abc"}
+    async with http.post(fake.url + RESPONSES, json=body) as resp:
+        assert resp.headers["Content-Type"] == "application/json"
+        raw = await resp.json()
+    assert raw["id"] == "resp_abc"
+    assert (raw["status"], raw["incomplete_details"]) == ("completed", None)
+    assert raw["max_output_tokens"] == 2048 - RESPONSES_PROMPT  # the room left, as vLLM says
+    assert (raw["tool_choice"], raw["tools"], raw["temperature"]) == ("none", [], 1.0)
+    assert raw["usage"]["output_tokens_details"] == {
+        "reasoning_tokens": 0,
+        "tool_output_tokens": 0,
+        "output_tokens_per_turn": [],
+        "tool_output_tokens_per_turn": [],
+    }
+    message = raw["output"][0]
+    assert message["id"].startswith("msg_") and message["status"] == "completed"
+    assert message["content"] == [
+        {"annotations": [], "text": completion_text(2), "type": "output_text", "logprobs": None}
+    ]
+    assert list(raw)[-4:] == [
+        "kv_transfer_params",
+        "ec_transfer_params",
+        "input_messages",
+        "output_messages",
+    ]
+
+
+async def test_responses_stream_events(fake: FakeVLLM, http: aiohttp.ClientSession) -> None:
+    body = {"input": "say hi now", "instructions": "be brief", "max_output_tokens": 2}
+    events = await named_events(http, fake.url + RESPONSES, body | {"stream": True})
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for _, e in events] == list(range(10))
+    assert [e["delta"] for n, e in events if n.endswith(".delta")] == [" tok0", " tok1"]
+    created, completed = events[0][1]["response"], events[-1][1]["response"]
+    assert (created["status"], created["usage"], created["output"]) == ("in_progress", None, [])
+    assert completed["status"] == "incomplete"
+    assert (completed["usage"]["input_tokens"], completed["usage"]["output_tokens"]) == (
+        RESPONSES_PROMPT,
+        2,
+    )
+    assert completed["output"] == [events[-2][1]["item"]]
+    assert {created["id"]} == {completed["id"]}
+    assert list(events[6][1]) == [
+        "content_index",
+        "item_id",
+        "logprobs",
+        "output_index",
+        "sequence_number",
+        "text",
+        "type",
+    ]
+
+
+async def test_responses_stream_through_the_sdk(client: openai.AsyncOpenAI) -> None:
+    stream = await client.responses.create(
+        model="fake-model", input="say hi now", max_output_tokens=3, stream=True
+    )
+    events = [event async for event in stream]
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == completion_text(3)
+    last = events[-1]
+    assert last.type == "response.completed"
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == 3
+    assert last.response.output_text == completion_text(3)
+
+
+async def test_responses_store_retrieve_and_cancel(
+    fake: FakeVLLM, client: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
+    created = await client.responses.create(model="fake-model", input="hi", max_output_tokens=1)
+    # vLLM keeps nothing unless VLLM_ENABLE_RESPONSES_API_STORE is set.
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.responses.retrieve(created.id)
+    assert caught.value.body == {
+        "message": f"Response with id '{created.id}' not found.",
+        "type": "invalid_request_error",
+        "param": "response_id",
+        "code": 404,
+    }
+    fake.behaviour.enable_responses_store = True
+    created = await client.responses.create(model="fake-model", input="hi", max_output_tokens=1)
+    again = await client.responses.retrieve(created.id)
+    assert again.model_dump() == created.model_dump()
+    stream = await client.responses.create(
+        model="fake-model", input="hi", max_output_tokens=2, stream=True
+    )
+    streamed = [e async for e in stream][-1]
+    assert streamed.type == "response.completed"
+    assert (await client.responses.retrieve(streamed.response.id)).output_text == " tok0 tok1"
+    async with http.post(f"{fake.url}{RESPONSES}/{created.id}/cancel") as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["message"] == "Cannot cancel a synchronous response."
+    async with http.post(f"{fake.url}{RESPONSES}/resp_nope/cancel") as resp:
+        assert resp.status == 404
+    off = await client.responses.create(model="fake-model", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(off.id)
+
+
+async def test_responses_errors(fake: FakeVLLM, http: aiohttp.ClientSession) -> None:
+    async with http.post(fake.url + RESPONSES, json={"model": "fake-model"}) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["type"], error["param"]) == ("Bad Request", "body.input")
+    assert error["message"] == (
+        "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'input'), 'msg': 'Field "
+        "required', 'input': '<dict of 1 items>'}"
+    )
+    fake.behaviour.max_model_len = 5  # 2 + (4 + 5) = 11 tokens
+    async with http.post(fake.url + RESPONSES, json={"input": "a b c d e"}) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error == {
+        "message": "The engine prompt length 11 exceeds the max_model_len 5. Please reduce prompt.",
+        "type": "invalid_request_error",
+        "param": "input",
+        "code": 400,
+    }
+    body = {"input": "x", "background": True}
+    async with http.post(fake.url + RESPONSES, json=body) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "background"
+    body = {"input": "x", "previous_response_id": "resp_gone"}
+    async with http.post(fake.url + RESPONSES, json=body) as resp:
+        assert resp.status == 404
+
+
+async def test_responses_fault_knobs(
+    fake: FakeVLLM, client: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
+    beh = fake.behaviour
+    beh.reported_usage, beh.ignore_max_tokens = {"output_tokens": 99}, 4
+    result = await client.responses.create(
+        model="fake-model", input="hi", max_output_tokens=1, extra_body={"priority": 3}
+    )
+    assert result.output_text == completion_text(4)
+    assert result.usage is not None and result.usage.output_tokens == 99
+    assert beh.priorities == [3]
+    beh.reported_usage = beh.ignore_max_tokens = None
+    beh.fail, beh.fail_after_tokens = "error", 1  # vLLM's generator raises: the stream is cut
+    body = {"input": "hi", "max_output_tokens": 3, "stream": True}
+    async with http.post(fake.url + RESPONSES, json=body) as resp:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert beh.resets == 1
+    beh.fail = "http_error"
+    with pytest.raises(openai.InternalServerError):
+        await client.responses.create(model="fake-model", input="hi")
+    assert [r.path for r in beh.requests].count(RESPONSES) == 3
