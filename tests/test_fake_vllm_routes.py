@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 
@@ -232,3 +233,157 @@ async def test_responses_fault_knobs(
     with pytest.raises(openai.InternalServerError):
         await client.responses.create(model="fake-model", input="hi")
     assert [r.path for r in beh.requests].count(RESPONSES) == 3
+
+
+# --- Anthropic's Messages API --------------------------------------------------
+
+MESSAGES = "/v1/messages"
+CLAUDE_MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "say hi now"}]
+# `system` becomes a system message: 2 + (4 + 2) + (4 + 3), the chat rule.
+CLAUDE_PROMPT = 2 + 4 + 2 + 4 + 3
+
+
+@pytest.fixture
+async def claude(fake: FakeVLLM) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    sdk = anthropic.AsyncAnthropic(base_url=fake.url, api_key="x", max_retries=0, timeout=5)
+    yield sdk
+    await sdk.close()
+
+
+async def test_messages_create(
+    fake: FakeVLLM, claude: anthropic.AsyncAnthropic, http: aiohttp.ClientSession
+) -> None:
+    message = await claude.messages.create(
+        model="fake-model", max_tokens=3, system="be brief", messages=CLAUDE_MESSAGES
+    )
+    assert message.id.startswith("chatcmpl-")  # the chat completion's id underneath
+    assert (message.type, message.role, message.stop_reason) == (
+        "message",
+        "assistant",
+        "max_tokens",
+    )
+    assert [b.type for b in message.content] == ["text"]
+    assert isinstance(message.content[0], anthropic.types.TextBlock)
+    assert message.content[0].text == completion_text(3)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (CLAUDE_PROMPT, 3)
+    assert message.usage.cache_read_input_tokens is None
+    recorded = fake.behaviour.requests_to(MESSAGES)[-1]
+    # anthropic 2.x sends api_key as `Authorization: Bearer`; older ones as x-api-key.
+    sent = recorded.headers.get("x-api-key") or recorded.headers["authorization"]
+    assert sent in ("x", "Bearer x")
+    assert "anthropic-version" in recorded.headers
+    body = {"model": "fake-model", "max_tokens": 2, "messages": CLAUDE_MESSAGES}
+    async with http.post(fake.url + MESSAGES, json=body) as resp:
+        raw = await resp.json()
+    assert list(raw) == ["id", "type", "role", "content", "model", "stop_reason", "usage"]
+    assert raw["usage"] == {"input_tokens": 2 + 4 + 3, "output_tokens": 2}
+
+
+async def test_messages_stream_events(fake: FakeVLLM, http: aiohttp.ClientSession) -> None:
+    body = {"model": "fake-model", "max_tokens": 2, "messages": CLAUDE_MESSAGES, "stream": True}
+    events = await named_events(http, fake.url + MESSAGES, body)
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0][1]["message"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert start["usage"] == {"input_tokens": 9, "output_tokens": 0}
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "content_block": {"type": "text", "text": ""},
+        "index": 0,
+    }
+    assert [e["delta"] for _, e in events[2:4]] == [
+        {"type": "text_delta", "text": " tok0"},
+        {"type": "text_delta", "text": " tok1"},
+    ]
+    assert events[5][1] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+        "usage": {"input_tokens": 9, "output_tokens": 2},
+    }
+    assert events[6][1] == {"type": "message_stop"}
+
+
+async def test_messages_stream_through_the_sdk(claude: anthropic.AsyncAnthropic) -> None:
+    async with claude.messages.stream(
+        model="fake-model", max_tokens=4, system="be brief", messages=CLAUDE_MESSAGES
+    ) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == completion_text(4)
+    assert final.stop_reason == "max_tokens"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (CLAUDE_PROMPT, 4)
+
+
+async def test_messages_count_tokens(
+    claude: anthropic.AsyncAnthropic, http: aiohttp.ClientSession, fake: FakeVLLM
+) -> None:
+    counted = await claude.messages.count_tokens(
+        model="fake-model", system="be brief", messages=CLAUDE_MESSAGES
+    )
+    assert counted.input_tokens == CLAUDE_PROMPT
+    body = {"model": "fake-model", "messages": CLAUDE_MESSAGES}
+    async with http.post(fake.url + MESSAGES + "/count_tokens", json=body) as resp:
+        assert await resp.json() == {
+            "input_tokens": 9,
+            "context_management": {"original_input_tokens": 9},
+        }
+
+
+async def test_messages_errors(
+    fake: FakeVLLM, claude: anthropic.AsyncAnthropic, http: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        await claude.messages.create(model="nope", max_tokens=1, messages=CLAUDE_MESSAGES)
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "NotFoundError",
+            "message": "The model `nope` does not exist. Valid aliases: fake-model.",
+        },
+    }
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        await claude.messages.create(model="fake-model", max_tokens=5000, messages=CLAUDE_MESSAGES)
+    assert bad.value.body["type"] == "error"  # type: ignore[index]
+    assert bad.value.body["error"]["message"].startswith(  # type: ignore[index]
+        "max_completion_tokens=5000 cannot be greater than max_model_len"
+    )
+    # pydantic refuses a request without max_tokens before vLLM's handler: OpenAI's shape.
+    body: dict[str, Any] = {"model": "fake-model", "messages": CLAUDE_MESSAGES}
+    async with http.post(fake.url + MESSAGES, json=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert (error["type"], error["param"]) == ("Bad Request", "body.max_tokens")
+    body["max_tokens"] = 0
+    async with http.post(fake.url + MESSAGES, json=body) as resp:
+        assert "max_tokens must be positive" in (await resp.json())["error"]["message"]
+    fake.behaviour.fail, fake.behaviour.http_error_status = "http_error", 503
+    with pytest.raises(anthropic.InternalServerError) as overloaded:
+        await claude.messages.create(model="fake-model", max_tokens=1, messages=CLAUDE_MESSAGES)
+    assert overloaded.value.status_code == 503
+
+
+async def test_messages_error_mid_stream(fake: FakeVLLM, http: aiohttp.ClientSession) -> None:
+    fake.behaviour.fail, fake.behaviour.fail_after_tokens = "error", 1
+    body = {"model": "fake-model", "max_tokens": 3, "messages": CLAUDE_MESSAGES, "stream": True}
+    events = await named_events(http, fake.url + MESSAGES, body)
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "error",
+    ]
+    error = events[-1][1]["error"]
+    assert error["type"] == "internal_error"
+    assert error["message"].startswith("2 validation errors for ChatCompletionStreamResponse\n")
+    fake.behaviour.fail = None
+    fake.behaviour.reported_usage = {"output_tokens": 1}
+    events = await named_events(http, fake.url + MESSAGES, body)
+    assert events[-2][1]["usage"] == {"input_tokens": 9, "output_tokens": 1}

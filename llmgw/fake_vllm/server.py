@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .anthropic import add_routes as add_anthropic_routes
 from .behaviour import BEHAVIOUR_KEY, FAKE_VLLM_VERSION, FakeVLLMBehaviour, RecordedRequest
 from .bodies import embedding_response, full_response, model_list, stream_events
 from .delivery import (
@@ -158,6 +159,7 @@ def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Appl
     app.router.add_post("/v1/completions", functools.partial(_generate, kind="completion"))
     app.router.add_post("/v1/embeddings", embeddings)
     add_responses_routes(app)
+    add_anthropic_routes(app)
     return app
 
 
