@@ -387,3 +387,87 @@ async def test_messages_error_mid_stream(fake: FakeVLLM, http: aiohttp.ClientSes
     fake.behaviour.reported_usage = {"output_tokens": 1}
     events = await named_events(http, fake.url + MESSAGES, body)
     assert events[-2][1]["usage"] == {"input_tokens": 9, "output_tokens": 1}
+
+
+# --- tokenize, pooling, audio --------------------------------------------------
+
+
+async def test_tokenize_and_detokenize(fake: FakeVLLM, http: aiohttp.ClientSession) -> None:
+    async with http.post(fake.url + "/tokenize", json={"prompt": "one two one"}) as resp:
+        tokenized = await resp.json()
+    assert list(tokenized) == ["count", "max_model_len", "tokens", "token_strs"]
+    assert tokenized["count"] == count_prompt_tokens({"prompt": "one two one"}) == 4
+    assert tokenized["max_model_len"] == 2048 and tokenized["token_strs"] is None
+    bos, one, two, _ = tokenized["tokens"]
+    assert tokenized["tokens"][3] == one != two
+    chat = {"messages": [{"role": "user", "content": "one two"}], "return_token_strs": True}
+    async with http.post(fake.url + "/tokenize", json=chat) as resp:
+        tokenized = await resp.json()
+    assert tokenized["count"] == count_prompt_tokens(chat) == 4 + 2 + 2
+    assert tokenized["token_strs"][4:6] == ["one", "two"]
+    async with http.post(fake.url + "/detokenize", json={"tokens": [bos, two, one]}) as resp:
+        assert await resp.json() == {"prompt": "two one"}
+    async with http.post(fake.url + "/detokenize", json={"tokens": [999999]}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["message"] == "Token id 999999 is out of vocabulary"
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
+async def test_rerank(fake: FakeVLLM, http: aiohttp.ClientSession, path: str) -> None:
+    body = {"query": "red apple", "documents": ["blue sky", "red apple pie", "apple"], "top_n": 2}
+    async with http.post(fake.url + path, json=body, headers={"X-Request-Id": "r1"}) as resp:
+        ranked = await resp.json()
+    assert list(ranked) == ["id", "model", "usage", "results"]
+    assert ranked["id"] == "score-r1"
+    assert [r["index"] for r in ranked["results"]] == [2, 1]
+    assert ranked["results"][0] == {
+        "index": 2,
+        "document": {"text": "apple", "multi_modal": None},
+        "relevance_score": 1.0,
+    }
+    tokens = (2 + 2 + 3) + (2 + 3 + 3) + (2 + 1 + 3)
+    assert ranked["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+@pytest.mark.parametrize("path", ["/score", "/v1/score"])
+async def test_score(fake: FakeVLLM, http: aiohttp.ClientSession, path: str) -> None:
+    body = {"queries": "red apple", "documents": ["red", "blue"]}
+    async with http.post(fake.url + path, json=body) as resp:
+        scored = await resp.json()
+    assert scored["object"] == "list" and scored["id"].startswith("score-")
+    assert scored["data"] == [
+        {"index": 0, "object": "score", "score": 1.0},
+        {"index": 1, "object": "score", "score": 0.0},
+    ]
+    assert scored["usage"] == {
+        "prompt_tokens": 12,
+        "total_tokens": 12,
+        "completion_tokens": 0,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+
+
+async def test_audio_transcription_and_translation(
+    fake: FakeVLLM, client: openai.AsyncOpenAI, http: aiohttp.ClientSession
+) -> None:
+    audio = b"\0" * 70_000  # 2.2 seconds of 16 kHz 16-bit mono: 3 seconds, 3 words
+    result = await client.audio.transcriptions.create(
+        model="fake-model", file=("a.wav", audio, "audio/wav")
+    )
+    assert result.text == "tok0 tok1 tok2"
+    assert result.usage is not None and result.usage.type == "duration"
+    assert result.usage.seconds == 3
+    recorded = fake.behaviour.requests_to("/v1/audio/transcriptions")[-1]
+    assert recorded.headers["content-type"].startswith("multipart/form-data")
+    assert len(recorded.body) > len(audio)
+    form = aiohttp.FormData()
+    form.add_field("file", b"\0" * 10, filename="a.wav", content_type="audio/wav")
+    form.add_field("model", "fake-model")
+    async with http.post(fake.url + "/v1/audio/translations", data=form) as resp:
+        assert await resp.json() == {"text": "tok0"}
+    form = aiohttp.FormData()
+    form.add_field("model", "fake-model")
+    async with http.post(fake.url + "/v1/audio/transcriptions", data=form) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "body.file"

@@ -67,6 +67,9 @@ class FakeVLLMBehaviour:
     # response for GET /v1/responses/{id}; vLLM never forgets one, nor does the fake.
     enable_responses_store: bool = False
     stored_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The words /tokenize has seen, in order: word i has token id WORD_IDS_FROM + i, so
+    # /detokenize can give them back.
+    vocabulary: list[str] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     started: int = 0
     finished: int = 0

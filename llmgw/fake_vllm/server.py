@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .anthropic import add_routes as add_anthropic_routes
+from .audio import add_routes as add_audio_routes
 from .behaviour import BEHAVIOUR_KEY, FAKE_VLLM_VERSION, FakeVLLMBehaviour, RecordedRequest
 from .bodies import embedding_response, full_response, model_list, stream_events
 from .delivery import (
@@ -40,7 +41,9 @@ from .delivery import (
 )
 from .errors import ApiError, check_model, one_error, parse_json, streaming_error_event
 from .plan import plan_generation
+from .pooling import add_routes as add_pooling_routes
 from .responses import add_routes as add_responses_routes
+from .tokenizing import add_routes as add_tokenizing_routes
 from .tokens import Kind, count_prompt_tokens, prompt_items
 
 # The package's name, as when it was one module: log lines and caplog filters use it.
@@ -160,6 +163,9 @@ def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Appl
     app.router.add_post("/v1/embeddings", embeddings)
     add_responses_routes(app)
     add_anthropic_routes(app)
+    add_tokenizing_routes(app)
+    add_pooling_routes(app)
+    add_audio_routes(app)
     return app
 
 

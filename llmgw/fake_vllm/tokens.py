@@ -17,6 +17,7 @@ from typing import Any, Literal
 CHAT_TOKENS_PER_MESSAGE = 4  # role header and separators a chat template adds
 CHAT_GENERATION_PROMPT_TOKENS = 2  # the assistant generation prompt
 BOS_TOKENS = 1  # completions and embeddings tokenize with add_special_tokens=True
+SCORE_PAIR_SPECIAL_TOKENS = 3  # a cross-encoder's [CLS] query [SEP] document [SEP]
 EMBEDDING_DIM = 8
 
 Kind = Literal["chat", "completion"]
