@@ -16,8 +16,9 @@ x_request_id.py``, ``serve/instrumentator/health.py`` and ``vllm/v1/engine/async
 ("Aborted request(s) %s." when a client disconnects).
 
 Those newer routes were read from the vLLM 0.32.0 source installed by scripts/vllm-env
-(each module names its files). Token accounting is trivial so tests can predict it (``count_prompt_tokens``,
-``count_completion_tokens``); generated token ``i`` is ``" tok{i}"``.
+(each module names its files). Token accounting is trivial so tests can predict it
+(``count_prompt_tokens``, ``count_completion_tokens``); generated token ``i`` is
+``" tok{i}"``.
 
 The modules, each importing only those above it:
 
