@@ -15,8 +15,10 @@ served model), ``frontend/entrypoints/pooling/embed/*``, ``serve/middleware/
 x_request_id.py``, ``serve/instrumentator/health.py`` and ``vllm/v1/engine/async_llm.py``
 ("Aborted request(s) %s." when a client disconnects).
 
-Token accounting is trivial so tests can predict it (``count_prompt_tokens``,
-``count_completion_tokens``); generated token ``i`` is ``" tok{i}"``.
+Those newer routes were read from the vLLM 0.32.0 source installed by scripts/vllm-env
+(each module names its files). Token accounting is trivial so tests can predict it
+(``count_prompt_tokens``, ``count_completion_tokens``); generated token ``i`` is
+``" tok{i}"``.
 
 The modules, each importing only those above it:
 
@@ -25,7 +27,13 @@ The modules, each importing only those above it:
 - ``errors``: vLLM's error shapes, and request validation in FastAPI's and vLLM's order.
 - ``plan``: what a chat or completion request will produce, fixed once after validation.
 - ``bodies``: response bodies and stream events in vLLM's field order.
-- ``server``: handlers, pacing and injected failures, ``create_fake_vllm_app``, ``FakeVLLM``.
+- ``delivery``: pacing tokens and injecting failures, the same for every API.
+- ``responses``: the Responses API (``/v1/responses``, retrieve, cancel, the store).
+- ``anthropic``: Anthropic's Messages API (``/v1/messages``, ``count_tokens``).
+- ``tokenizing``, ``pooling``, ``audio``: ``/tokenize`` and ``/detokenize``; rerank and
+  score; audio transcriptions and translations (each module says what real vLLM needs).
+- ``server``: chat, completions, embeddings, the middleware, ``create_fake_vllm_app``,
+  ``FakeVLLM``.
 - ``cli``: ``python -m llmgw.fake_vllm`` (``__main__`` only calls ``cli.main``).
 """
 

@@ -62,6 +62,14 @@ class FakeVLLMBehaviour:
     hold: asyncio.Event | None = None
     system_fingerprint: str | None = f"vllm-{FAKE_VLLM_VERSION}-fake0000"
     enable_request_id_headers: bool = False  # vLLM's --enable-request-id-headers
+    # vLLM's VLLM_ENABLE_RESPONSES_API_STORE (off by default, as in vLLM): only then does a
+    # Responses request with `store` (true unless the client says otherwise) keep its
+    # response for GET /v1/responses/{id}; vLLM never forgets one, nor does the fake.
+    enable_responses_store: bool = False
+    stored_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The words /tokenize has seen, in order: word i has token id WORD_IDS_FROM + i, so
+    # /detokenize can give them back.
+    vocabulary: list[str] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     started: int = 0
     finished: int = 0

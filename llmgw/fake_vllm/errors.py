@@ -55,7 +55,7 @@ class ApiError(Exception):
         self.status, self.body, self.headers = status, body, dict(headers or {})
 
 
-def _bad_request(message: str, parameter: str | None = None, value: Any = None) -> ApiError:
+def bad_request(message: str, parameter: str | None = None, value: Any = None) -> ApiError:
     return ApiError(400, error_body(_with_parameter(message, parameter, value), param=parameter))
 
 
@@ -162,10 +162,10 @@ def check_lengths(body: Mapping[str, Any], kind: Kind, beh: FakeVLLMBehaviour) -
     limit, out = beh.max_model_len, requested or 0
     if out > limit:
         message = f"{param}={out} cannot be greater than max_model_len=max_total_tokens={limit}."
-        raise _bad_request(f"{message} Please request fewer output tokens.", param, out)
+        raise bad_request(f"{message} Please request fewer output tokens.", param, out)
     for prompt in prompt_token_counts(body):
         if prompt > limit - out:
-            raise _bad_request(
+            raise bad_request(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
                 f"{out} output tokens and your prompt contains {prompt} input tokens, for a total "
                 f"of {prompt + out} tokens. Please reduce the length of the input prompt or the "
@@ -175,6 +175,6 @@ def check_lengths(body: Mapping[str, Any], kind: Kind, beh: FakeVLLMBehaviour) -
             )
         effective = limit - prompt if requested is None else min(limit - prompt, requested)
         if effective < 1:
-            raise _bad_request(
+            raise bad_request(
                 f"max_tokens must be at least 1, got {effective}.", "max_tokens", effective
             )

@@ -19,135 +19,59 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .anthropic import add_routes as add_anthropic_routes
+from .audio import add_routes as add_audio_routes
 from .behaviour import BEHAVIOUR_KEY, FAKE_VLLM_VERSION, FakeVLLMBehaviour, RecordedRequest
 from .bodies import embedding_response, full_response, model_list, stream_events
-from .errors import ApiError, check_model, error_body, one_error, parse_json, streaming_error_event
-from .plan import Plan, plan_generation
+from .delivery import (
+    CLIENT_GONE,
+    LIVE_KEY,
+    REQUEST_ID,
+    RESET,
+    LiveStreams,
+    Script,
+    generating,
+    injected_failure,
+    json_response,
+    respond,
+    stream,
+)
+from .errors import ApiError, check_model, one_error, parse_json, streaming_error_event
+from .plan import plan_generation
+from .pooling import add_routes as add_pooling_routes
+from .responses import add_routes as add_responses_routes
+from .tokenizing import add_routes as add_tokenizing_routes
 from .tokens import Kind, count_prompt_tokens, prompt_items
 
 # The package's name, as when it was one module: log lines and caplog filters use it.
 logger = logging.getLogger("llmgw.fake_vllm")
 
 
-class _LiveStreams(set[asyncio.Transport]):
-    """Transports of responses still streaming, so stop() can cut them."""
-
-
-_LIVE_KEY = web.AppKey("fake_vllm_live_streams", _LiveStreams)
-_REQUEST_ID = web.RequestKey("fake_vllm_request_id", str)
-_RESET = web.RequestKey("fake_vllm_reset", bool)  # the fake cut the connection itself
-_CLIENT_GONE = web.RequestKey("fake_vllm_client_gone", bool)
-
-
-def _json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    # Starlette's JSONResponse is compact json, like orjson.
-    headers = {"Content-Type": "application/json", **(headers or {})}
-    return web.Response(status=status, body=orjson.dumps(body), headers=headers)
-
-
 # --- handlers ------------------------------------------------------------------
-
-
-async def _injected_failure(beh: FakeVLLMBehaviour) -> None:
-    await asyncio.sleep(beh.headers_delay)
-    if beh.fail != "http_error":
-        return
-    if beh.http_error_times is not None:
-        beh.http_error_times -= 1
-        if beh.http_error_times <= 0:
-            beh.fail, beh.http_error_times = None, None
-    status = beh.http_error_status
-    phrase = HTTPStatus(status).phrase
-    err_type = phrase.replace(" ", "") + ("" if phrase.endswith("Error") else "Error")
-    retry = {"Retry-After": beh.http_error_retry_after} if beh.http_error_retry_after else {}
-    if beh.http_error_body is not None:
-        raise ApiError(status, beh.http_error_body, {"Content-Type": "text/html"} | retry)
-    raise ApiError(status, error_body(phrase, err_type, status), retry)
-
-
-def _reset_connection(request: web.Request, beh: FakeVLLMBehaviour) -> None:
-    request[_RESET] = True
-    beh.resets += 1
-    if request.transport is not None:
-        request.transport.abort()
-
-
-async def _stream(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> web.StreamResponse:
-    events = stream_events(plan, beh, int(time.time()))
-    token_events = sum(plan.n_tokens) + (plan.kind == "chat")  # role chunk counts as sent
-    first_paced = 1 + (plan.kind == "chat")
-    fail_at = min(beh.fail_after_tokens + (plan.kind == "chat"), token_events) if beh.fail else None
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-    transport, live = request.transport, request.app[_LIVE_KEY]
-    beh.open_streams += 1
-    try:
-        if transport is not None:
-            live.add(transport)
-        await resp.prepare(request)
-        await asyncio.sleep(beh.first_token_delay)
-        for i, event in enumerate(events):
-            if i == fail_at:
-                break
-            if first_paced <= i < token_events:
-                await asyncio.sleep(beh.token_delay)
-            await resp.write(event)
-        if fail_at is not None and beh.fail == "reset":
-            _reset_connection(request, beh)
-            return resp
-        if fail_at is not None and beh.fail == "stall":
-            await asyncio.Future()  # until the client leaves or the server stops
-        if fail_at is not None and beh.fail == "error":
-            await resp.write(beh.error_event or streaming_error_event())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-    except ConnectionResetError:
-        request[_CLIENT_GONE] = True
-    finally:
-        beh.open_streams -= 1
-        live.discard(transport)
-    return resp
-
-
-async def _respond(request: web.Request, plan: Plan, beh: FakeVLLMBehaviour) -> web.Response:
-    n = max(plan.n_tokens)
-    if beh.fail in ("reset", "stall", "error"):
-        n = min(n, beh.fail_after_tokens)
-    await asyncio.sleep(beh.first_token_delay + max(n - 1, 0) * beh.token_delay)
-    if beh.fail == "reset":
-        _reset_connection(request, beh)
-    if beh.fail in ("reset", "stall"):
-        await asyncio.Future()  # a reset cancels us right away via handler_cancellation
-    if beh.fail == "error":  # GenerationError -> 500 before anything was sent
-        raise ApiError(500, error_body("Internal server error", "InternalServerError", 500))
-    return _json_response(full_response(plan, beh))
 
 
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     beh = request.app[BEHAVIOUR_KEY]
-    beh.generating += 1
-    beh.most_generating = max(beh.most_generating, beh.generating)
-    try:
-        if beh.hold is not None:
-            await beh.hold.wait()
-        await _injected_failure(beh)
+    async with generating(beh):
+        await injected_failure(beh)
         body = parse_json(request, await request.read())
         plan = plan_generation(request, body, kind, beh)
-        request[_REQUEST_ID] = plan.request_id
-        stream = plan.stream or beh.stream_regardless
-        return await (_stream(request, plan, beh) if stream else _respond(request, plan, beh))
-    finally:
-        beh.generating -= 1
+        request[REQUEST_ID] = plan.request_id
+        if plan.stream or beh.stream_regardless:
+            events = stream_events(plan, beh, int(time.time()))
+            error = beh.error_event or streaming_error_event()
+            first = int(plan.kind == "chat")  # the role chunk comes before any token
+            script = Script(events, first, sum(plan.n_tokens), error, b"data: [DONE]\n\n")
+            return await stream(request, script, beh)
+        return await respond(request, max(plan.n_tokens), lambda: full_response(plan, beh), beh)
 
 
 async def embeddings(request: web.Request) -> web.Response:
     beh = request.app[BEHAVIOUR_KEY]
-    await _injected_failure(beh)
+    await injected_failure(beh)
     body = parse_json(request, await request.read())
     texts = prompt_items(body.get("input"))
     if not texts or not all(isinstance(t, str) for t in texts):
@@ -156,12 +80,12 @@ async def embeddings(request: web.Request) -> web.Response:
     check_model(body, beh)
     base = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     prompt_tokens = count_prompt_tokens(body)
-    return _json_response(embedding_response(texts, beh.models[0], base, prompt_tokens))
+    return json_response(embedding_response(texts, beh.models[0], base, prompt_tokens))
 
 
 async def list_models(request: web.Request) -> web.Response:
     beh = request.app[BEHAVIOUR_KEY]
-    return _json_response(model_list(beh.models, beh.max_model_len))
+    return json_response(model_list(beh.models, beh.max_model_len))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -169,7 +93,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return _json_response({"version": FAKE_VLLM_VERSION})
+    return json_response({"version": FAKE_VLLM_VERSION})
 
 
 # --- the app -------------------------------------------------------------------
@@ -197,25 +121,25 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
             if isinstance(exc.body, bytes):  # an injected body, sent as it is
                 resp = web.Response(status=exc.status, body=exc.body, headers=exc.headers)
             else:
-                resp = _json_response(exc.body, exc.status, exc.headers)
+                resp = json_response(exc.body, exc.status, exc.headers)
         except web.HTTPException as exc:
             if exc.status not in (404, 405):
                 raise
             detail = {"detail": HTTPStatus(exc.status).phrase}  # FastAPI's own body
-            resp = _json_response(detail, exc.status)
+            resp = json_response(detail, exc.status)
     except asyncio.CancelledError:
-        if not request.get(_RESET):
+        if not request.get(RESET):
             _note_abort(request, beh)
         raise
-    if request.get(_CLIENT_GONE):
+    if request.get(CLIENT_GONE):
         _note_abort(request, beh)
-    elif not request.get(_RESET):
+    elif not request.get(RESET):
         beh.finished += 1
     return resp
 
 
 def _note_abort(request: web.Request, beh: FakeVLLMBehaviour) -> None:
-    request_id = request.get(_REQUEST_ID, request.path)
+    request_id = request.get(REQUEST_ID, request.path)
     beh.aborted += 1
     beh.aborted_request_ids.append(request_id)
     logger.info("Aborted request(s) %s.", request_id)
@@ -229,7 +153,7 @@ async def _add_request_id_header(request: web.Request, response: web.StreamRespo
 def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Application:
     app = web.Application(middlewares=[_observe])
     app[BEHAVIOUR_KEY] = behaviour if behaviour is not None else FakeVLLMBehaviour()
-    app[_LIVE_KEY] = _LiveStreams()
+    app[LIVE_KEY] = LiveStreams()
     app.on_response_prepare.append(_add_request_id_header)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
@@ -237,6 +161,11 @@ def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Appl
     app.router.add_post("/v1/chat/completions", functools.partial(_generate, kind="chat"))
     app.router.add_post("/v1/completions", functools.partial(_generate, kind="completion"))
     app.router.add_post("/v1/embeddings", embeddings)
+    add_responses_routes(app)
+    add_anthropic_routes(app)
+    add_tokenizing_routes(app)
+    add_pooling_routes(app)
+    add_audio_routes(app)
     return app
 
 
@@ -273,7 +202,7 @@ class FakeVLLM:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        live: _LiveStreams = runner.app[_LIVE_KEY]
+        live: LiveStreams = runner.app[LIVE_KEY]
         for transport in list(live):
             transport.abort()
         await runner.cleanup()

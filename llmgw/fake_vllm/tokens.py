@@ -17,6 +17,7 @@ from typing import Any, Literal
 CHAT_TOKENS_PER_MESSAGE = 4  # role header and separators a chat template adds
 CHAT_GENERATION_PROMPT_TOKENS = 2  # the assistant generation prompt
 BOS_TOKENS = 1  # completions and embeddings tokenize with add_special_tokens=True
+SCORE_PAIR_SPECIAL_TOKENS = 3  # a cross-encoder's [CLS] query [SEP] document [SEP]
 EMBEDDING_DIM = 8
 
 Kind = Literal["chat", "completion"]
@@ -56,6 +57,37 @@ def prompt_token_counts(body: Mapping[str, Any]) -> list[int]:
 
 def count_prompt_tokens(body: Mapping[str, Any]) -> int:
     return sum(prompt_token_counts(body))
+
+
+def responses_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request as the chat messages its template renders: `instructions` as a
+    system message, a string `input` as one user message, else each input item (items
+    without `content`, such as function call outputs, count as empty messages)."""
+    instructions = body.get("instructions")
+    messages = [{"role": "system", "content": instructions}] if instructions else []
+    value = body.get("input")
+    if isinstance(value, str):
+        return [*messages, {"role": "user", "content": value}]
+    items = value if isinstance(value, list) else []
+    return messages + [
+        {"role": item.get("role", "user"), "content": item.get("content")}
+        for item in items
+        if isinstance(item, dict)
+    ]
+
+
+def anthropic_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A Messages request as the chat messages vLLM converts it to: `system` (a string or
+    text blocks) first, then each message; only text blocks count."""
+    system = body.get("system")
+    messages = [{"role": "system", "content": system}] if system else []
+    items = body.get("messages")
+    return messages + [m for m in items or [] if isinstance(m, dict)]
+
+
+def count_chat_tokens(messages: list[dict[str, Any]]) -> int:
+    """The chat rule on already-converted messages (Responses and Anthropic requests)."""
+    return count_prompt_tokens({"messages": messages})
 
 
 def requested_max(body: Mapping[str, Any], kind: Kind, default: int) -> tuple[str, int | None]:
