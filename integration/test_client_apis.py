@@ -80,10 +80,10 @@ async def test_a_message_is_counted_as_vllm_counts_it(
 ) -> None:
     messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": TEXT}]
     message = await messages_sdk.messages.create(
-        model=MODEL_NAME, max_tokens=6, messages=messages, temperature=0
+        model=MODEL_NAME, max_tokens=6, messages=messages, extra_body={"temperature": 0}
     )
     async with messages_sdk.messages.stream(
-        model=MODEL_NAME, max_tokens=5, messages=messages, temperature=0
+        model=MODEL_NAME, max_tokens=5, messages=messages, extra_body={"temperature": 0}
     ) as stream:
         async for _ in stream.text_stream:
             pass

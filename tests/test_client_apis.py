@@ -71,8 +71,9 @@ async def test_a_streamed_response_is_relayed_and_counted(gateway: Gateway, api_
 
 
 async def test_a_stored_response_is_retrieved_only_by_the_key_that_made_it(
-    gateway: Gateway, api_key: str
+    gateway: Gateway, api_key: str, fake: FakeVLLM
 ) -> None:
+    fake.behaviour.enable_responses_store = True  # vLLM's VLLM_ENABLE_RESPONSES_API_STORE
     other = (await gateway.create_key("bob", tier="premium"))["key"]
     async with openai_client(gateway, api_key) as client:
         made = await client.responses.create(
@@ -87,6 +88,9 @@ async def test_a_stored_response_is_retrieved_only_by_the_key_that_made_it(
     async with openai_client(gateway, api_key) as client:
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve("resp_nobody_made_this")
+    # Only the maker's retrieval reached vLLM: the others were answered by the gateway.
+    assert len(fake.behaviour.requests_to(f"/v1/responses/{made.id}")) == 1
+    assert fake.behaviour.requests_to("/v1/responses/resp_nobody_made_this") == []
     rows = await assert_settled(gateway, rows=4)
     assert [r["endpoint"] for r in rows[1:]] == [f"/v1/responses/{made.id}"] * 2 + [
         "/v1/responses/resp_nobody_made_this"
@@ -114,7 +118,8 @@ async def test_responses_count_into_the_token_limit(
     # the second's estimate taken.
     reserved_now = 10_000 - int(after.headers["x-ratelimit-remaining-tokens"]) - used
     assert 5 <= reserved_now <= 5 + len(TEXT)  # its max_output_tokens and its prompt
-    assert fake.behaviour.requests[-1].json["max_output_tokens"] == 5
+    sent = fake.behaviour.requests[-1].json
+    assert isinstance(sent, dict) and sent["max_output_tokens"] == 5
 
 
 # --- Anthropic's Messages API ----------------------------------------------------------
