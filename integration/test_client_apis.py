@@ -120,11 +120,14 @@ async def test_tokenize_through_the_gateway_is_vllms(
     vllm: VllmServer,
 ) -> None:
     body = orjson.dumps({"model": MODEL_NAME, "prompt": TEXT})
+    json = {"Content-Type": "application/json"}  # vLLM takes nothing else
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{gateway.url}/tokenize", data=body, headers=auth(key)) as resp:
+        async with session.post(
+            f"{gateway.url}/tokenize", data=body, headers=auth(key) | json
+        ) as resp:
             assert resp.status == 200, await resp.text()
             through = await resp.json()
-        async with session.post(f"{vllm.url}/tokenize", data=body) as resp:
+        async with session.post(f"{vllm.url}/tokenize", data=body, headers=json) as resp:
             direct = await resp.json()
     assert through["tokens"] == direct["tokens"]
     [row] = await gateway.ledger_rows()

@@ -30,6 +30,7 @@ from .context import RequestContext
 from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey
 from .limits import Demand, Limits, tier_of
+from .multipart import boundary_of, text_field
 from .routes import Route
 from .state import CONTEXT, SETTINGS, UPSTREAMS
 from .usage import MAX_REPORTED_TOKENS, estimate_prompt_tokens
@@ -86,12 +87,15 @@ async def read_outgoing(
     serves, a boolean `stream`; and its demand in tokens. Fills in `ctx.payload` and
     `ctx.model`."""
     body = await _read_body(request)
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(payload, dict):
-        raise GatewayError(400, "The request body must be a JSON object.")
+    if route.kind == "audio":
+        payload = _form_fields(request, body)
+    else:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"The request body is not valid JSON: {exc}.") from None
+        if not isinstance(payload, dict):
+            raise GatewayError(400, "The request body must be a JSON object.")
     ctx.payload = payload
     ctx.model = _model(payload)
     _check_allowed(ctx.model, key)
@@ -113,6 +117,19 @@ async def read_outgoing(
     cap_field = _cap_field(route, payload)
     demand, ceiling = _demand(route, payload, cap_field, limits, key, request, fields)
     return Outgoing(body, payload, stream, strip_usage, demand, ceiling, cap_field, fields)
+
+
+def _form_fields(request: web.Request, body: bytes) -> dict[str, Any]:
+    """What the gateway reads of an upload's form: its model (the file goes upstream
+    as received)."""
+    boundary = boundary_of(request.headers.get("Content-Type", ""))
+    if boundary is None:
+        raise GatewayError(
+            400,
+            "The request body must be a multipart/form-data upload (a `file` and its `model`).",
+        )
+    model = text_field(body, boundary, "model")
+    return {} if model is None else {"model": model}
 
 
 def _demand(

@@ -17,8 +17,8 @@ from .errors import Shape
 
 # What a route's request is, for its demand in tokens: generation (chat, completion,
 # responses, messages), a prompt read only (embedding, pooling: rerank and score), or
-# no tokens at all (models, tokenize, count_tokens, a stored response: charged as a
-# request).
+# no tokens at all (models, tokenize, count_tokens, a stored response, audio, whose
+# usage vLLM reports in seconds: charged as a request).
 RouteKind = Literal[
     "chat",
     "completion",
@@ -29,6 +29,7 @@ RouteKind = Literal[
     "tokenize",
     "count_tokens",
     "stored_response",
+    "audio",
     "models",
 ]
 # Where a route's token counts come from: `reported`, the `usage` vLLM reports (in the
@@ -101,6 +102,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v2/rerank", "pooling", "reported", "rerank, as Cohere's v2 API names it"),
     Route("POST", "/v1/score", "pooling", "reported", "scores of text pairs (a cross-encoder)"),
     Route("POST", "/score", "pooling", "reported", "scores of text pairs (also /v1/score)"),
+    Route(
+        "POST",
+        "/v1/audio/transcriptions",
+        "audio",
+        "none",
+        "speech to text (a multipart upload, within max_body_bytes; charged as a request)",
+    ),
+    Route(
+        "POST",
+        "/v1/audio/translations",
+        "audio",
+        "none",
+        "speech to English text (a multipart upload; charged as a request)",
+    ),
     Route("POST", "/tokenize", "tokenize", "none", "token ids (no tokens charged)"),
     Route("POST", "/detokenize", "tokenize", "none", "token ids to text (no tokens charged)"),
     Route(

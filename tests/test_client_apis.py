@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import orjson
@@ -14,6 +15,7 @@ import pytest
 
 from llmgw.config import TierSettings
 from llmgw.fake_vllm import FakeVLLM
+from llmgw.multipart import boundary_of, text_field
 
 from .conftest import Gateway, GatewayFactory, auth, post
 from .failures.conftest import assert_settled
@@ -240,3 +242,67 @@ async def test_score_counts_its_prompt_tokens(gateway: Gateway, api_key: str, pa
     assert len(answer["data"]) == 2
     [row] = await assert_settled(gateway, rows=1)
     assert charged(row) == (answer["usage"]["prompt_tokens"], 0)
+
+
+# --- audio -----------------------------------------------------------------------------
+
+
+async def test_a_transcription_is_relayed_and_charged_as_a_request(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    gateway: Gateway = await gateway_factory()
+    key = (await gateway.create_key("alice", tier="premium", allowed_models=[MODEL]))["key"]
+    audio = b"\0" * 70_000  # three seconds to the fake
+    async with openai_client(gateway, key) as client:
+        result = await client.audio.transcriptions.create(model=MODEL, file=("a.wav", audio))
+        assert result.text
+        # (The SDK deprecates translations: the same upload by hand.)
+        form = aiohttp.FormData()
+        form.add_field("model", MODEL)
+        form.add_field("file", audio, filename="a.wav", content_type="audio/wav")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{gateway.base_url}/audio/translations", data=form, headers=auth(key)
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["text"]
+        with pytest.raises(openai.PermissionDeniedError):  # the form's model is read
+            await client.audio.transcriptions.create(model="another", file=("a.wav", audio))
+    [sent] = fake.behaviour.requests_to("/v1/audio/transcriptions")
+    assert audio in sent.body  # the upload went upstream as received
+    rows = await assert_settled(gateway, rows=3)
+    assert [(r["endpoint"], r["status_code"], charged(r)) for r in rows] == [
+        ("/v1/audio/transcriptions", 200, (0, 0)),
+        ("/v1/audio/translations", 200, (0, 0)),
+        ("/v1/audio/transcriptions", 403, (0, 0)),
+    ]
+    assert rows[0]["model"] == MODEL
+
+
+async def test_an_upload_that_is_no_form_is_refused(gateway: Gateway, api_key: str) -> None:
+    status, _, raw = await post(
+        f"{gateway.url}/v1/audio/transcriptions", b'{"model": "fake-model"}', auth(api_key)
+    )
+    assert status == 400
+    assert "multipart/form-data" in orjson.loads(raw)["error"]["message"]
+
+
+def test_the_model_is_read_from_the_form_without_the_file_fooling_it() -> None:
+    boundary = b"xyz"
+    body = (
+        b"--xyz\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="model.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n"
+        b'name="model"\r\n\r\nnot-this\r\n'  # a file that says it
+        b"--xyz\r\n"
+        b'Content-Disposition: form-data; name="model"\r\n\r\n'
+        b"whisper-large\r\n"
+        b"--xyz--\r\n"
+    )
+    assert boundary_of("multipart/form-data; boundary=xyz") == boundary
+    assert boundary_of("application/json") is None
+    assert text_field(body, boundary, "model") == "whisper-large"
+    assert text_field(body, boundary, "language") is None
+    assert text_field(body[: body.index(b"whisper")], boundary, "model") is None  # cut off

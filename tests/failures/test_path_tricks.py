@@ -212,8 +212,6 @@ VLLM_ROUTES_NOT_FORWARDED = [
     # Public API routes vLLM has that this gateway does not offer.
     ("POST", "/pooling"),
     ("POST", "/classify"),
-    ("POST", "/v1/audio/transcriptions"),
-    ("POST", "/v1/audio/translations"),
     ("POST", "/invocations"),
     ("GET", "/version"),
     ("GET", "/ping"),
