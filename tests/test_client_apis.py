@@ -16,8 +16,9 @@ import pytest
 from llmgw.config import TierSettings
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.multipart import boundary_of, text_field
+from llmgw.stored import StoredResponses
 
-from .conftest import Gateway, GatewayFactory, auth, post
+from .conftest import FakeClock, Gateway, GatewayFactory, auth, post
 from .failures.conftest import assert_settled
 
 MODEL = "fake-model"
@@ -306,3 +307,42 @@ def test_the_model_is_read_from_the_form_without_the_file_fooling_it() -> None:
     assert text_field(body, boundary, "model") == "whisper-large"
     assert text_field(body, boundary, "language") is None
     assert text_field(body[: body.index(b"whisper")], boundary, "model") is None  # cut off
+
+
+# --- which upstream made a response ----------------------------------------------------
+
+
+def test_made_responses_are_remembered_within_bounds(clock: FakeClock) -> None:
+    made = StoredResponses(clock.monotonic, limit=2, ttl=60)
+    made.remember("resp_a", "http://gpu1", 1)
+    made.remember("resp_b", "http://gpu2", 1)
+    assert made.upstream_of("resp_a", 1) == "http://gpu1"
+    assert made.upstream_of("resp_a", 2) is None  # another key: as if unknown
+    made.remember("resp_c", "http://gpu1", 2)  # over the limit: the oldest goes
+    assert (made.upstream_of("resp_a", 1), len(made)) == (None, 2)
+    clock.advance(61)
+    assert made.upstream_of("resp_c", 2) is None
+    assert len(made) == 0
+
+
+async def test_a_response_stream_the_client_leaves_is_charged_what_was_produced(
+    gateway: Gateway, api_key: str, fake: FakeVLLM
+) -> None:
+    fake.behaviour.token_delay = 0.05
+    body = {"model": MODEL, "input": TEXT, "max_output_tokens": 50, "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{gateway.base_url}/responses",
+            data=orjson.dumps(body),
+            headers=auth(api_key) | {"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        seen = 0
+        async for line in resp.content:
+            seen += line.startswith(b"event: response.output_text.delta")
+            if seen == 3:
+                break
+    [row] = await assert_settled(gateway, rows=1)
+    assert (row["status_code"], row["usage_source"]) == (499, "partial")
+    assert 3 <= row["completion_tokens"] < 50
