@@ -87,7 +87,7 @@ async def test_three_replicas_grant_exactly_the_limit_together(redis_url: str) -
 async def test_the_harness_catches_a_limiter_that_reads_then_writes(redis_url: str) -> None:
     """The exactness tests can fail: the same burst through a limiter that reads the
     count and writes it back in two round trips grants more than the limit."""
-    client = connect(redis_url)  # the limiter's own kind of client and pool
+    client = connect(redis_url, PATIENT)  # the limiter's own kind of client and pool
 
     async def read_then_write() -> bool:
         used = int(await client.get("count") or 0)
