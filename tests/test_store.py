@@ -54,19 +54,21 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",
     ]  # fmt: skip
     assert await database.columns("usage_hourly") == [
-        "hour", "user_id", "api_key_id", "model", "requests", "errors", "rate_limited",
-        "prompt_tokens", "completion_tokens", "duration_ms_sum",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "requests", "errors",
+        "rate_limited", "prompt_tokens", "completion_tokens", "duration_ms_sum",
     ]  # fmt: skip
     assert await database.columns("usage_hourly_latency") == [
-        "hour", "user_id", "api_key_id", "model", "bucket", "count",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "bucket", "count",
     ]  # fmt: skip
     assert await database.columns("key_changes") == ["version", "key_id", "changed_at"]
     for table in ("api_keys", "request_logs", "admin_users", "audit_log"):
         assert await database.primary_key(table) == ["id"]
     assert await database.primary_key("key_changes") == ["version"]
-    assert await database.primary_key("usage_hourly") == ["hour", "user_id", "api_key_id", "model"]
+    assert await database.primary_key("usage_hourly") == [
+        "hour", "user_id", "api_key_id", "model", "endpoint",
+    ]  # fmt: skip
     assert await database.primary_key("usage_hourly_latency") == [
-        "hour", "user_id", "api_key_id", "model", "bucket",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "bucket",
     ]  # fmt: skip
     applied = await database.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in applied] == MIGRATIONS[database.kind]
