@@ -1,9 +1,11 @@
-"""`GET /usage` and `llmgw usage`: the figures per user, key, model and day, the window,
-the latency percentiles' precision, and migration 3's backfill of an older database."""
+"""`GET /usage` and `llmgw usage`: the figures per user, key, model, endpoint and day, the
+window, the latency percentiles' precision, migration 3's backfill of an older database
+and the rebuild of its rollups by endpoint."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import sqlite3
@@ -51,12 +53,13 @@ def record(
     prompt: int = 0,
     completion: int = 0,
     model: str | None = "fake-model",
+    endpoint: str = "/v1/chat/completions",
 ) -> UsageRecord:
     return UsageRecord(
         request_id=f"req-{random.getrandbits(64):x}",
         user_id=user,
         api_key_id=key_id,
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,
         method="POST",
         status_code=status,
         duration_ms=duration,
@@ -130,14 +133,18 @@ async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> 
     now = time.time()
     await gateway.app[STORE].insert_request_logs(
         [
-            record(bob["id"], "bob", now - 2 * DAY, status=499, prompt=10, completion=5),
-            record(bob["id"], "bob", now - 6 * DAY, status=502, prompt=20, model="big-model"),
-            record(bob["id"], "bob", now - 6 * DAY, prompt=30, completion=40, model="big-model"),
+            # Over other routes too: no grouping but by endpoint may tell them apart.
+            record(bob["id"], "bob", now - 2 * DAY, status=499, prompt=10, completion=5,
+                   endpoint="/v1/embeddings"),
+            record(bob["id"], "bob", now - 6 * DAY, status=502, prompt=20, model="big-model",
+                   endpoint="/v1/completions"),
+            record(bob["id"], "bob", now - 6 * DAY, prompt=30, completion=40, model="big-model",
+                   endpoint="/v1/embeddings"),
             # Outside the window: 7 days and 2 hours ago, and 8 days ago.
             record(alice["id"], "alice", now - 7 * DAY - 7200, prompt=1000, completion=1000),
             record(bob["id"], "bob", now - 8 * DAY, status=429),
         ]
-    )
+    )  # fmt: skip
     await gateway.flush_ledger()
     async with gateway.admin() as admin:
         await admin.delete_key(laptop["id"])  # its history stays, without a prefix
@@ -204,6 +211,59 @@ async def test_usage_by_model_and_by_day(busy: Busy) -> None:
     assert iso_utc(time.time() - 8 * DAY)[:10] not in days
     for report in (by_model, by_day):
         assert report["total"]["requests"] == 9
+
+
+async def test_usage_by_endpoint_counts_each_route(busy: Busy) -> None:
+    async with busy.gateway.admin() as admin:
+        report = await admin.usage(7, "endpoint")
+    assert report["by"] == "endpoint"
+    endpoints = {g["group"]: figures(g) for g in report["data"]}
+    assert endpoints == expected(busy.rows, "endpoint")
+    assert [g["group"] for g in report["data"]] == [
+        "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
+    ]  # fmt: skip
+    assert endpoints["/v1/embeddings"] == {
+        "requests": 2, "errors": 1, "rate_limited": 0, "prompt_tokens": 40,
+        "completion_tokens": 45,
+    }  # fmt: skip
+    assert report["total"]["requests"] == 9
+
+
+async def test_the_other_groupings_are_the_same_over_many_endpoints(
+    database: Database,
+) -> None:
+    """The rollup cells split by endpoint add up to the cells they were: the same records
+    over one route or over several give the same reports by user, key, model and day."""
+    hour = 1_790_002_800.0
+    routes = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+    spread = edge_records(hour)
+    spread = [dataclasses.replace(r, endpoint=routes[i % 7 % 4]) for i, r in enumerate(spread)]
+    one_route = [dataclasses.replace(r, endpoint="/v1/chat/completions") for r in spread]
+    reports = []
+    for records in (spread, one_route):
+        store = await database.open_store()
+        for table in ("request_logs", "usage_hourly", "usage_hourly_latency"):
+            await database.execute(f"DELETE FROM {table}")
+        for start in range(0, len(records), 10):
+            await store.insert_request_logs(records[start : start + 10])
+        reports.append(
+            {
+                (days, by): await store.usage_summary(days=days, by=by, now=hour + 7200)
+                for days in (1, 30)
+                for by in rollups.GROUPINGS
+            }
+        )
+        await store.close()
+    split, whole = reports
+    for (days, by), report in split.items():
+        if by != "endpoint":
+            assert orjson.dumps(report) == orjson.dumps(whole[days, by]), (days, by)
+    by_endpoint = split[30, "endpoint"]
+    assert {g["group"] for g in by_endpoint["data"]} == set(routes)
+    assert {g["group"]: g["requests"] for g in by_endpoint["data"]} == Counter(
+        r.endpoint for r in spread
+    )
+    assert by_endpoint["total"] == whole[30, "user"]["total"]
 
 
 async def test_usage_over_more_days_takes_in_older_rows(busy: Busy) -> None:
