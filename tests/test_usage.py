@@ -24,8 +24,9 @@ from llmgw import rollups
 from llmgw.api_types import CreatedKey, UsageFigures, UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
-from llmgw.store import SqliteStore
+from llmgw.store import SqliteStore, Store, postgres_migrations, sqlite_migrations
 from llmgw.store.sqlite_migrations import MIGRATIONS
+from llmgw.store.sqlite_rows import log_row
 from llmgw.times import iso_utc
 
 from .conftest import Database, Gateway, GatewayFactory, post_chat, read_rows, tiers
@@ -588,3 +589,115 @@ async def test_upgrading_a_version_2_database_gives_the_right_figures(tmp_path: 
     assert {g["key_id"] for g in by_key["data"]} == {1, None}  # bob's row had no key
     by_model = await summary(path, days=30, by="model", now=now)
     assert {g["group"]: g["requests"] for g in by_model["data"]} == {"m1": 2, None: 1, "m2": 1}
+
+
+# --- the rebuild by endpoint (SQLite's migration 8, PostgreSQL's 4) -------------------------
+
+
+async def test_rebuilding_by_endpoint_keeps_every_figure_and_what_pruned_hours_held(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at the schema before rollups had the endpoint, its rollups folded from
+    its ledger, part of which was pruned since: after the rebuild the reports by user,
+    key, model and day are what they were, and by endpoint the pruned rows are one
+    unnamed group."""
+    hour = 1_790_002_800.0
+    routes = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    hours = [*edge_records(hour - 3600), *edge_records(hour), *edge_records(hour + 3600)]
+    records = [dataclasses.replace(r, endpoint=routes[i % 5 % 3]) for i, r in enumerate(hours)]
+    module = sqlite_migrations if database.kind == "sqlite" else postgres_migrations
+    before = len(module.MIGRATIONS) - 1  # the last: the rebuild
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:before])
+        store = await database.open_store()
+        await store.close()
+    assert "endpoint" not in await database.columns("usage_hourly")
+    # The ledger rows and the rollups as the fold before the endpoint made them.
+    totals: dict[tuple[Any, ...], list[float]] = {}
+    latency: Counter[tuple[Any, ...]] = Counter()
+    for r in records:
+        row = log_row(r)
+        await database.execute(
+            "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"
+            " status_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens,"
+            " usage_source, model, upstream, timestamp)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            *row,
+        )
+        cell = (row[13][:13], r.user_id, r.api_key_id or 0, r.model or "")
+        sums = totals.setdefault(cell, [0, 0, 0, 0, 0, 0.0])
+        for i, add in enumerate((1, 400 <= r.status_code != 429, r.status_code == 429)):
+            sums[i] += add
+        sums[3] += r.prompt_tokens
+        sums[4] += r.completion_tokens
+        if r.status_code != 429:
+            sums[5] += row[6]
+            latency[(*cell, rollups.bucket_of(row[6]))] += 1
+    for cell, sums in totals.items():
+        await database.execute(
+            "INSERT INTO usage_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", *cell, *sums
+        )
+    for cell_bucket, count in latency.items():
+        await database.execute(
+            "INSERT INTO usage_hourly_latency VALUES (?, ?, ?, ?, ?, ?)", *cell_bucket, count
+        )
+    # Pruned since: the first hour's rows, and the second's first ten minutes (the cells
+    # of that hour are split between the ledger and what only the rollups hold).
+    cutoff = iso_utc(hour + 600)
+    pruned = [r for r in records if iso_utc(r.timestamp) < cutoff]
+    assert 0 < len(pruned) < len(records)
+    await database.execute("DELETE FROM request_logs WHERE timestamp < ?", cutoff)
+
+    async def reports(store: Store) -> dict[tuple[int, str], UsageReport]:
+        return {
+            (days, by): await store.usage_summary(days=days, by=by, now=hour + 7200)
+            for days in (1, 30)
+            for by in ("user", "key", "model", "day")
+        }
+
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:before])
+        store = await database.open_store()
+        old = await reports(store)
+        await store.close()
+
+    store = await database.open_store()
+    new = await reports(store)
+    by_endpoint = await store.usage_summary(days=30, by="endpoint", now=hour + 7200)
+    await store.close()
+    applied = await database.rows("SELECT max(version) AS v FROM schema_migrations")
+    assert applied[0]["v"] == module.MIGRATIONS[-1].version
+    for key, want in old.items():
+        got = new[key]
+        assert (got["data"] and got) == want or _same_but_mean(got, want), key
+    groups = {g["group"]: figures(g) for g in by_endpoint["data"]}
+    kept = [r for r in records if r not in pruned]
+    oracle = expected(
+        [
+            {"endpoint": r.endpoint, "status_code": r.status_code, "timestamp": "",
+             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
+            for r in kept
+        ],
+        "endpoint",
+    )  # fmt: skip
+    assert groups.pop(None) == {
+        "requests": len(pruned),
+        "errors": sum(400 <= r.status_code != 429 for r in pruned),
+        "rate_limited": sum(r.status_code == 429 for r in pruned),
+        "prompt_tokens": sum(r.prompt_tokens for r in pruned),
+        "completion_tokens": sum(r.completion_tokens for r in pruned),
+    }
+    assert groups == oracle
+    # The latency cells were split the same way: every row still in its bucket.
+    [count] = await database.rows("SELECT sum(count) AS n FROM usage_hourly_latency")
+    assert count["n"] == sum(latency.values())
+
+
+def _same_but_mean(got: UsageReport, want: UsageReport) -> bool:
+    """Equal reports, the mean latencies within float noise: sums of floats in another
+    order may differ in the last bits."""
+    pairs = zip((*got["data"], got["total"]), (*want["data"], want["total"]), strict=True)
+    for a, b in pairs:
+        assert a["latency_mean_ms"] == pytest.approx(b["latency_mean_ms"])
+        assert {**a, "latency_mean_ms": 0} == {**b, "latency_mean_ms": 0}
+    return (got["days"], got["by"], got["since"]) == (want["days"], want["by"], want["since"])
