@@ -29,7 +29,7 @@ from llmgw.store.sqlite_migrations import MIGRATIONS
 from llmgw.store.sqlite_rows import log_row
 from llmgw.times import iso_utc
 
-from .conftest import Database, Gateway, GatewayFactory, post_chat, read_rows, tiers
+from .conftest import Database, Gateway, GatewayFactory, auth, post_chat, read_rows, tiers
 from .conftest import run_llmgw as llmgw
 from .databases import PostgresDatabase, SqliteDatabase
 from .postgres import Cluster
@@ -112,6 +112,7 @@ class Busy:
     laptop: CreatedKey  # alice's too, deleted since
     bob: CreatedKey
     rows: list[dict[str, Any]]
+    since: str  # the start of the 7-day window
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> 
     since = iso_utc(rollups.window_start(7, now))
     rows = await gateway.rows("SELECT * FROM request_logs WHERE timestamp >= ?", since)
     assert len(rows) == 9
-    return Busy(gateway, alice, laptop, bob, rows)
+    return Busy(gateway, alice, laptop, bob, rows, since)
 
 
 async def test_usage_by_user_counts_the_window_exactly(busy: Busy) -> None:
@@ -493,6 +494,32 @@ async def test_cli_table_has_a_row_per_group_and_a_total(busy: Busy) -> None:
         ["alice", "4", "1", "0"],
         ["TOTAL", "9", "3", "1"],
     ]
+
+
+async def test_cli_table_by_endpoint_has_a_row_per_route(
+    busy: Busy, http: aiohttp.ClientSession
+) -> None:
+    gateway = busy.gateway
+    body = {"model": "fake-model", "input": ["alpha beta", "gamma"]}
+    async with http.post(
+        f"{gateway.base_url}/embeddings", json=body, headers=auth(busy.alice["key"])
+    ) as resp:
+        assert resp.status == 200
+    await gateway.flush_ledger()
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "usage", "--by", "endpoint")
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split()[:6] == ["ENDPOINT", "REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION"]
+    rows = await gateway.rows("SELECT * FROM request_logs WHERE timestamp >= ?", busy.since)
+    oracle = expected(rows, "endpoint")
+    assert oracle["/v1/embeddings"]["requests"] == 3  # 2 made by hand, 1 through the gateway
+    assert [line.split()[0] for line in lines] == [
+        "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "TOTAL",
+    ]  # fmt: skip
+    for line in lines[:-1]:
+        name, *cells = line.split()
+        assert [int(c) for c in cells[:5]] == [oracle[name][f] for f in FIGURES], name
+    assert lines[-1].split()[1] == "10"
 
 
 async def test_cli_table_by_key_shows_a_deleted_keys_missing_prefix(busy: Busy) -> None:
