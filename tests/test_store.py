@@ -188,8 +188,8 @@ async def test_tokens_since_reads_the_rollups_by_an_index(database: Database, co
     await store.insert_request_logs(
         [
             UsageRecord(
-                request_id=f"r{i}{endpoint}", user_id=f"u{i % 3}", api_key_id=i % 5, endpoint=endpoint,
-                method="POST", status_code=200, duration_ms=1.0, ttft_ms=None,
+                request_id=f"r{i}{endpoint}", user_id=f"u{i % 3}", api_key_id=i % 5,
+                endpoint=endpoint, method="POST", status_code=200, duration_ms=1.0, ttft_ms=None,
                 prompt_tokens=i, completion_tokens=1, usage_source="reported", model="m",
                 upstream=None, timestamp=1_790_000_000.0 + 600 * i,
             )

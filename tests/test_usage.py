@@ -716,8 +716,8 @@ async def test_rebuilding_by_endpoint_keeps_every_figure_and_what_pruned_hours_h
     }
     assert groups == oracle
     # The latency cells were split the same way: every row still in its bucket.
-    [count] = await database.rows("SELECT sum(count) AS n FROM usage_hourly_latency")
-    assert count["n"] == sum(latency.values())
+    [cells] = await database.rows("SELECT sum(count) AS n FROM usage_hourly_latency")
+    assert cells["n"] == sum(latency.values())
 
 
 def _same_but_mean(got: UsageReport, want: UsageReport) -> bool:
