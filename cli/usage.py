@@ -1,4 +1,5 @@
-"""`llmgw usage`: requests, errors, tokens and latency per user, key, model or day."""
+"""`llmgw usage`: requests, errors, tokens and latency per user, key, model, endpoint or
+day."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import click
 
 from llmgw.admin_client import AdminClient
 from llmgw.api_types import UsageFigures, UsageReport
+from llmgw.rollups import GROUPINGS
 
 from .limits import budget_use
 from .output import emit_json, emit_table, json_option
@@ -24,7 +26,7 @@ _HEADERS = ("REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION", "TOTAL TOK", "
 )
 @click.option(
     "--by",
-    type=click.Choice(["user", "key", "model", "day"]),
+    type=click.Choice(GROUPINGS),
     default="user",
     show_default=True,
     help="What to group by.",
@@ -32,7 +34,7 @@ _HEADERS = ("REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION", "TOTAL TOK", "
 @json_option
 @pass_state
 def usage(state: CliState, days: int, by: str, as_json: bool) -> None:
-    """Show requests, errors, 429s, tokens and latency per user, key, model or day."""
+    """Show requests, errors, 429s, tokens and latency per user, key, model, endpoint or day."""
     if as_json:  # the report as the gateway sends it; budgets: `key show`, `user budgets`
         emit_json(state.call(lambda c: c.usage(days, by)))
         return

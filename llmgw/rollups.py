@@ -3,12 +3,13 @@
 The store folds every ledger batch into two tables in the batch's own transaction, so
 the rollups are always exactly the committed `request_logs`:
 
-- `usage_hourly`: per hour, user, key and model: requests, errors, rate-limited
-  requests, prompt and completion tokens, and the summed latency;
+- `usage_hourly`: per hour, user, key, model and endpoint (the route, as the ledger
+  records it): requests, errors, rate-limited requests, prompt and completion tokens,
+  and the summed latency;
 - `usage_hourly_latency`: the same cells split by latency bucket, for percentiles.
 
-Definitions (the same in the store's fold, in migration 3's backfill and in
-`bench/README.md`):
+Definitions (the same in the store's fold, in migration 3's backfill, in the rebuild
+by endpoint (SQLite's migration 8, PostgreSQL's 4) and in `bench/README.md`):
 
 - `errors`: status >= 400 except 429: 4xx the gateway or vLLM answered, 5xx, and 499
   (the client went away);
@@ -40,7 +41,7 @@ from typing import Any, Literal, get_args
 from .api_types import UsageFigures, UsageGroup, UsageReport
 from .times import iso_utc
 
-Grouping = Literal["user", "key", "model", "day"]
+Grouping = Literal["user", "key", "model", "endpoint", "day"]
 GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
 
 GROWTH = 1.25
@@ -60,7 +61,7 @@ def bucket_of(duration_ms: float) -> int:
 
 class Fold:
     """The rollup cells of ledger rows as they are stored: per (hour, user, key (0: none),
-    model ('': none)) the sums of `usage_hourly` and the latency buckets of
+    model ('': none), endpoint) the sums of `usage_hourly` and the latency buckets of
     `usage_hourly_latency`, and each key's last use. What `add` gets is what the row
     holds (its rounded duration, its timestamp text), so the cells are exactly what SQL
     over the stored rows would sum (migration 3's backfill says the same in SQL)."""
@@ -68,8 +69,8 @@ class Fold:
     __slots__ = ("last_used", "latency", "totals")
 
     def __init__(self) -> None:
-        self.totals: dict[tuple[str, str, int, str], list[float]] = {}
-        self.latency: Counter[tuple[str, str, int, str, int]] = Counter()
+        self.totals: dict[tuple[str, str, int, str, str], list[float]] = {}
+        self.latency: Counter[tuple[str, str, int, str, str, int]] = Counter()
         self.last_used: dict[int, str] = {}
 
     def add(
@@ -78,12 +79,13 @@ class Fold:
         user_id: str,
         api_key_id: int | None,
         model: str | None,
+        endpoint: str,
         status: int,
         duration_ms: float,
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        cell = (timestamp[:13], user_id, api_key_id or 0, model or "")
+        cell = (timestamp[:13], user_id, api_key_id or 0, model or "", endpoint)
         sums = self.totals.get(cell)
         if sums is None:
             sums = self.totals[cell] = [0, 0, 0, 0, 0, 0.0]
@@ -114,7 +116,7 @@ def bucket_range(bucket: int) -> tuple[float, float | None]:
 class GroupTotals:
     """One group's sums over a window, as the store reads them from `usage_hourly`."""
 
-    name: Any  # the user, key id, model or day; None (or 0, '') for none
+    name: Any  # the user, key id, model, endpoint or day; None (or 0, '') for none
     counts: tuple[int, int, int, int, int]  # requests, errors, 429s, prompt, completion
     duration_ms_sum: float
     user_id: str  # by key: the key's user (a key never changes hands)

@@ -14,7 +14,15 @@ from llmgw.fake_vllm import FakeVLLM
 from llmgw.state import KEYS
 from llmgw.store.copy import copy_sqlite_to_postgres
 
-from .conftest import Gateway, GatewayFactory, make_settings, post_chat, run_llmgw, start_gateway
+from .conftest import (
+    Gateway,
+    GatewayFactory,
+    auth,
+    make_settings,
+    post_chat,
+    run_llmgw,
+    start_gateway,
+)
 from .databases import PostgresDatabase
 from .postgres import Cluster
 
@@ -53,6 +61,11 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
             await admin.revoke_key(bob["id"])
         for _ in range(3):
             assert await post_chat(http, sqlite_gw, alice["key"], CHAT) == 200
+        embed = {"model": "fake-model", "input": "alpha beta"}
+        async with http.post(
+            f"{sqlite_gw.base_url}/embeddings", json=embed, headers=auth(alice["key"])
+        ) as resp:
+            assert resp.status == 200  # a second route: rollup cells per endpoint
         assert await post_chat(http, sqlite_gw, bob["key"], CHAT) == 401
         await sqlite_gw.flush_ledger()
         async with sqlite_gw.admin() as admin:
@@ -62,8 +75,10 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
                 await admin.audit(),
                 await admin.usage(by="key"),
                 await admin.usage(by="model"),
+                await admin.usage(by="endpoint"),
                 await admin.user_budgets(),
             )
+        assert len(before[5]["data"]) == 2
         sqlite_rows = {t: await sqlite_gw.rows(f"SELECT count(*) AS n FROM {t}") for t in TABLES}
 
         # A gateway still running on the file: the copy refuses it, and copies nothing.
@@ -82,7 +97,7 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
     assert counted == {t: [str(sqlite_rows[t][0]["n"])] * 2 + ["ok"] for t in TABLES}, (
         "every table's rows counted on both sides"
     )
-    assert int(counted["request_logs"][0]) == 3  # a revoked key's 401 is not in the ledger
+    assert int(counted["request_logs"][0]) == 4  # a revoked key's 401 is not in the ledger
 
     pg_gw: Gateway = await gateway_factory(
         database=DatabaseSettings(url=blank.url, flush_interval=0.01)
@@ -94,6 +109,7 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
             await admin.audit(),
             await admin.usage(by="key"),
             await admin.usage(by="model"),
+            await admin.usage(by="endpoint"),
             await admin.user_budgets(),
         )
     assert after == before
@@ -105,8 +121,8 @@ async def test_a_sqlite_database_copied_to_postgresql_is_served_as_it_was(
     carol = await pg_gw.create_key("carol")
     assert carol["id"] == bob["id"] + 1, "the id sequence goes on after the copied ids"
     rows = await pg_gw.ledger_rows()
-    assert [r["api_key_id"] for r in rows] == [alice["id"]] * 4
-    assert [r["id"] for r in rows] == [1, 2, 3, 4], "the ledger's ids kept and continued"
+    assert [r["api_key_id"] for r in rows] == [alice["id"]] * 5
+    assert [r["id"] for r in rows] == [1, 2, 3, 4, 5], "the ledger's ids kept and continued"
 
     # A second copy into the database now holding data: refused, nothing changed.
     code, out, err = await run_llmgw("db", "copy", "--to", blank.url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from llmgw.keys import hash_key
@@ -15,7 +16,7 @@ from llmgw.store.postgres_migrations import MIGRATIONS as POSTGRES_MIGRATIONS
 from llmgw.store.sqlite_migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 from .conftest import Database, read_rows
-from .databases import SqliteDatabase
+from .databases import PostgresDatabase, SqliteDatabase
 
 pytestmark = pytest.mark.both_databases
 
@@ -54,19 +55,21 @@ async def test_a_blank_database_gets_the_seed_tables_and_records_its_migrations(
         "id", "timestamp", "actor", "door", "action", "target", "before", "after",
     ]  # fmt: skip
     assert await database.columns("usage_hourly") == [
-        "hour", "user_id", "api_key_id", "model", "requests", "errors", "rate_limited",
-        "prompt_tokens", "completion_tokens", "duration_ms_sum",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "requests", "errors",
+        "rate_limited", "prompt_tokens", "completion_tokens", "duration_ms_sum",
     ]  # fmt: skip
     assert await database.columns("usage_hourly_latency") == [
-        "hour", "user_id", "api_key_id", "model", "bucket", "count",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "bucket", "count",
     ]  # fmt: skip
     assert await database.columns("key_changes") == ["version", "key_id", "changed_at"]
     for table in ("api_keys", "request_logs", "admin_users", "audit_log"):
         assert await database.primary_key(table) == ["id"]
     assert await database.primary_key("key_changes") == ["version"]
-    assert await database.primary_key("usage_hourly") == ["hour", "user_id", "api_key_id", "model"]
+    assert await database.primary_key("usage_hourly") == [
+        "hour", "user_id", "api_key_id", "model", "endpoint",
+    ]  # fmt: skip
     assert await database.primary_key("usage_hourly_latency") == [
-        "hour", "user_id", "api_key_id", "model", "bucket",
+        "hour", "user_id", "api_key_id", "model", "endpoint", "bucket",
     ]  # fmt: skip
     applied = await database.rows("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in applied] == MIGRATIONS[database.kind]
@@ -174,3 +177,51 @@ async def test_a_batch_written_twice_adds_its_rows_and_rollups_once(database: Da
     assert latency["n"] == 5  # the 429 is not timed
     assert used is not None
     assert used.last_used_at == 1.8e9 + 9  # the newest row's time
+
+
+@pytest.mark.parametrize("column", ["api_key_id", "user_id"])
+async def test_tokens_since_reads_the_rollups_by_an_index(database: Database, column: str) -> None:
+    """A budget's spent tokens come from one key's or user's cells (migration 7's
+    indexes, made again by the rebuild by endpoint), never from a scan of every hour's:
+    the plan of `tokens_since`'s rollup half (as the stores write it) names the index."""
+    store = await database.open_store()
+    await store.insert_request_logs(
+        [
+            UsageRecord(
+                request_id=f"r{i}{endpoint}", user_id=f"u{i % 3}", api_key_id=i % 5,
+                endpoint=endpoint, method="POST", status_code=200, duration_ms=1.0, ttft_ms=None,
+                prompt_tokens=i, completion_tokens=1, usage_source="reported", model="m",
+                upstream=None, timestamp=1_790_000_000.0 + 600 * i,
+            )
+            for i in range(200)
+            for endpoint in ["/v1/chat/completions", "/v1/embeddings"][: 1 + i % 2]
+        ]
+    )  # fmt: skip
+    assert await store.tokens_since(1_790_000_000.0 + 3000, key_id=1) == sum(
+        (i + 1) * (1 + i % 2) for i in range(200) if i % 5 == 1 and i >= 5
+    )
+    await store.close()
+    value: int | str = 1 if column == "api_key_id" else "u1"
+    query = (
+        "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM usage_hourly"
+        f" WHERE {column} = ? AND hour > ?"
+    )
+    index = "idx_usage_hourly_key_hour" if column == "api_key_id" else "idx_usage_hourly_user_hour"
+    if isinstance(database, SqliteDatabase):
+        plan = read_rows(database.path, f"EXPLAIN QUERY PLAN {query}", (value, "2026-09-21T00"))
+        assert any(index in row["detail"] for row in plan), plan
+        return
+    assert isinstance(database, PostgresDatabase)
+    connection = await asyncpg.connect(database.url)
+    try:
+        # A table this small is read whole whatever the indexes; forbidding that shows
+        # whether an index can serve the query at all.
+        await connection.execute("SET enable_seqscan = off")
+        plan = await connection.fetchval(
+            f"EXPLAIN (FORMAT JSON) {query.replace('?', '$1', 1).replace('?', '$2')}",
+            value,
+            "2026-09-21T00",
+        )
+    finally:
+        await connection.close()
+    assert index in str(plan), plan

@@ -21,7 +21,7 @@ from llmgw.state import STORE
 from tui.app import LlmgwTui
 from tui.requests import RequestsLoaded, RequestsPane
 
-from .conftest import Gateway, post_chat
+from .conftest import Gateway, auth, post_chat
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -34,13 +34,13 @@ def record(user: str, status: int, timestamp: float, model: str = "fake-model") 
 
 
 def shown(app: LlmgwTui) -> list[list[str]]:
-    """The tail's rows: time, user, model, status, prompt, completion, duration."""
+    """The tail's rows: time, user, model, endpoint, status, prompt, completion, duration."""
     table = app.query_one("#requests-table", DataTable)
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
 
 def users_and_statuses(app: LlmgwTui) -> list[tuple[str, str]]:
-    return [(row[1], row[3]) for row in shown(app)]
+    return [(row[1], row[4]) for row in shown(app)]
 
 
 async def until(pilot: Pilot[None], check: Callable[[], bool], seconds: float = 10) -> None:
@@ -73,7 +73,7 @@ async def test_new_requests_appear_at_the_top(
         (row,) = [r for r in await gateway.ledger_rows() if r["user_id"] == "alice"]
         *top, duration = shown(app)[0]
         assert top == [
-            row["timestamp"][11:19], "alice", "fake-model", "200",
+            row["timestamp"][11:19], "alice", "fake-model", "/v1/chat/completions", "200",
             str(row["prompt_tokens"]), str(row["completion_tokens"]),
         ]  # fmt: skip
         assert abs(float(duration.replace(",", "")) - row["duration_ms"]) <= 0.5
@@ -83,6 +83,16 @@ async def test_new_requests_appear_at_the_top(
         await until(pilot, lambda: len(shown(app)) == 3)
         assert users_and_statuses(app) == [("alice", "404"), ("alice", "200"), ("old-timer", "200")]
         assert str(app.query_one("#requests-state", Label).content) == "live · 3 rows"
+
+        # Another route: the row names it.
+        async with http.post(
+            f"{gateway.base_url}/embeddings",
+            json={"model": "fake-model", "input": "alpha"},
+            headers=auth(key),
+        ) as resp:
+            assert resp.status == 200
+        await until(pilot, lambda: len(shown(app)) == 4)
+        assert shown(app)[0][1:5] == ["alice", "fake-model", "/v1/embeddings", "200"]
 
 
 async def test_filters_ask_the_gateway_for_a_user_and_a_status(gateway: Gateway) -> None:
@@ -167,7 +177,7 @@ async def test_pause_stops_the_tail_and_resume_catches_up(
 
 ROWS: list[RequestRow] = [
     {"id": 100 - i, "request_id": f"req-{i}", "timestamp": f"2026-11-27T18:{59 - i:02d}:07.123Z",
-     "user_id": user, "api_key_id": 3, "endpoint": "/v1/chat/completions", "model": model,
+     "user_id": user, "api_key_id": 3, "endpoint": endpoint, "model": model,
      "status_code": status, "prompt_tokens": prompt, "completion_tokens": completion,
      "usage_source": "reported", "duration_ms": duration, "ttft_ms": None, "upstream": None}
     for i, (user, model, status, prompt, completion, duration) in enumerate([
@@ -180,6 +190,8 @@ ROWS: list[RequestRow] = [
         ("alice", "llama-3.1-70b", 200, 5_120, 1_024, 9_400.0),
         ("build-bot", "qwen2.5-7b", 200, 91, 14, 88.7),
     ] * 3)
+    # build-bot's requests go to the text completions route: a second endpoint shown.
+    for endpoint in ["/v1/completions" if user == "build-bot" else "/v1/chat/completions"]
 ]  # fmt: skip
 
 

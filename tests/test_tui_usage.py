@@ -29,9 +29,10 @@ HOUR, DAY = 3600.0, 86400.0
 def record(
     key_id: int | None, user: str, timestamp: float, *, status: int = 200,
     prompt: int = 10, completion: int = 5, model: str | None = "fake-model",
+    endpoint: str = "/v1/chat/completions",
 ) -> UsageRecord:  # fmt: skip
     return UsageRecord(
-        f"req-{random.getrandbits(64):x}", user, key_id, "/v1/chat/completions", "POST",
+        f"req-{random.getrandbits(64):x}", user, key_id, endpoint, "POST",
         status, 100.0, None, prompt, completion, "reported", model, None, timestamp,
     )  # fmt: skip
 
@@ -63,8 +64,18 @@ async def test_usage_by_user_key_model_and_day_over_the_chosen_window(gateway: G
             *(record(alice["id"], "alice", now - HOUR) for _ in range(3)),
             record(alice["id"], "alice", now - HOUR, status=500),
             record(alice["id"], "alice", now - HOUR, status=429, prompt=0, completion=0),
-            record(bob["id"], "bob", now - 3 * DAY, model="big-model", prompt=100, completion=50),
-            record(bob["id"], "bob", now - 3 * DAY, model="big-model", prompt=100, completion=50),
+            *(
+                record(
+                    bob["id"],
+                    "bob",
+                    now - 3 * DAY,
+                    model="big-model",
+                    prompt=100,
+                    completion=50,
+                    endpoint="/v1/completions",
+                )
+                for _ in range(2)
+            ),
             record(None, "carol", now - 3 * DAY, status=429, model=None, prompt=0, completion=0),
             record(alice["id"], "alice", now - 20 * DAY),
             record(bob["id"], "bob", now - 60 * DAY, model="big-model"),
@@ -115,6 +126,15 @@ async def test_usage_by_user_key_model_and_day_over_the_chosen_window(gateway: G
             "(no model)": ["1", "0", "1", "0", "0"],
             "TOTAL": ["8", "1", "2", "240", "120"],
         }
+
+        await pilot.press("b")  # by endpoint
+        await until(pilot, lambda: "/v1/completions" in counts(app))
+        assert counts(app) == {
+            "/v1/chat/completions": ["6", "1", "2", "40", "20"],
+            "/v1/completions": ["2", "0", "0", "200", "100"],
+            "TOTAL": ["8", "1", "2", "240", "120"],
+        }
+        assert [label for label, _ in chart.bars] == ["/v1/chat/completions", "/v1/completions"]
 
         await pilot.press("b")  # by day: every date of the window in order, quiet ones too
         await until(pilot, lambda: len(counts(app)) == 7 + 2)

@@ -1,9 +1,11 @@
-"""`GET /usage` and `llmgw usage`: the figures per user, key, model and day, the window,
-the latency percentiles' precision, and migration 3's backfill of an older database."""
+"""`GET /usage` and `llmgw usage`: the figures per user, key, model, endpoint and day, the
+window, the latency percentiles' precision, migration 3's backfill of an older database
+and the rebuild of its rollups by endpoint."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import sqlite3
@@ -22,11 +24,12 @@ from llmgw import rollups
 from llmgw.api_types import CreatedKey, UsageFigures, UsageReport
 from llmgw.ledger import UsageRecord
 from llmgw.state import STORE
-from llmgw.store import SqliteStore
+from llmgw.store import SqliteStore, Store, postgres_migrations, sqlite_migrations
 from llmgw.store.sqlite_migrations import MIGRATIONS
+from llmgw.store.sqlite_rows import log_row
 from llmgw.times import iso_utc
 
-from .conftest import Database, Gateway, GatewayFactory, post_chat, read_rows, tiers
+from .conftest import Database, Gateway, GatewayFactory, auth, post_chat, read_rows, tiers
 from .conftest import run_llmgw as llmgw
 from .databases import PostgresDatabase, SqliteDatabase
 from .postgres import Cluster
@@ -51,12 +54,13 @@ def record(
     prompt: int = 0,
     completion: int = 0,
     model: str | None = "fake-model",
+    endpoint: str = "/v1/chat/completions",
 ) -> UsageRecord:
     return UsageRecord(
         request_id=f"req-{random.getrandbits(64):x}",
         user_id=user,
         api_key_id=key_id,
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,
         method="POST",
         status_code=status,
         duration_ms=duration,
@@ -108,6 +112,7 @@ class Busy:
     laptop: CreatedKey  # alice's too, deleted since
     bob: CreatedKey
     rows: list[dict[str, Any]]
+    since: str  # the start of the 7-day window
 
 
 @pytest.fixture
@@ -130,21 +135,25 @@ async def busy(gateway_factory: GatewayFactory, http: aiohttp.ClientSession) -> 
     now = time.time()
     await gateway.app[STORE].insert_request_logs(
         [
-            record(bob["id"], "bob", now - 2 * DAY, status=499, prompt=10, completion=5),
-            record(bob["id"], "bob", now - 6 * DAY, status=502, prompt=20, model="big-model"),
-            record(bob["id"], "bob", now - 6 * DAY, prompt=30, completion=40, model="big-model"),
+            # Over other routes too: no grouping but by endpoint may tell them apart.
+            record(bob["id"], "bob", now - 2 * DAY, status=499, prompt=10, completion=5,
+                   endpoint="/v1/embeddings"),
+            record(bob["id"], "bob", now - 6 * DAY, status=502, prompt=20, model="big-model",
+                   endpoint="/v1/completions"),
+            record(bob["id"], "bob", now - 6 * DAY, prompt=30, completion=40, model="big-model",
+                   endpoint="/v1/embeddings"),
             # Outside the window: 7 days and 2 hours ago, and 8 days ago.
             record(alice["id"], "alice", now - 7 * DAY - 7200, prompt=1000, completion=1000),
             record(bob["id"], "bob", now - 8 * DAY, status=429),
         ]
-    )
+    )  # fmt: skip
     await gateway.flush_ledger()
     async with gateway.admin() as admin:
         await admin.delete_key(laptop["id"])  # its history stays, without a prefix
     since = iso_utc(rollups.window_start(7, now))
     rows = await gateway.rows("SELECT * FROM request_logs WHERE timestamp >= ?", since)
     assert len(rows) == 9
-    return Busy(gateway, alice, laptop, bob, rows)
+    return Busy(gateway, alice, laptop, bob, rows, since)
 
 
 async def test_usage_by_user_counts_the_window_exactly(busy: Busy) -> None:
@@ -204,6 +213,59 @@ async def test_usage_by_model_and_by_day(busy: Busy) -> None:
     assert iso_utc(time.time() - 8 * DAY)[:10] not in days
     for report in (by_model, by_day):
         assert report["total"]["requests"] == 9
+
+
+async def test_usage_by_endpoint_counts_each_route(busy: Busy) -> None:
+    async with busy.gateway.admin() as admin:
+        report = await admin.usage(7, "endpoint")
+    assert report["by"] == "endpoint"
+    endpoints = {g["group"]: figures(g) for g in report["data"]}
+    assert endpoints == expected(busy.rows, "endpoint")
+    assert [g["group"] for g in report["data"]] == [
+        "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
+    ]  # fmt: skip
+    assert endpoints["/v1/embeddings"] == {
+        "requests": 2, "errors": 1, "rate_limited": 0, "prompt_tokens": 40,
+        "completion_tokens": 45,
+    }  # fmt: skip
+    assert report["total"]["requests"] == 9
+
+
+async def test_the_other_groupings_are_the_same_over_many_endpoints(
+    database: Database,
+) -> None:
+    """The rollup cells split by endpoint add up to the cells they were: the same records
+    over one route or over several give the same reports by user, key, model and day."""
+    hour = 1_790_002_800.0
+    routes = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+    spread = edge_records(hour)
+    spread = [dataclasses.replace(r, endpoint=routes[i % 7 % 4]) for i, r in enumerate(spread)]
+    one_route = [dataclasses.replace(r, endpoint="/v1/chat/completions") for r in spread]
+    reports = []
+    for records in (spread, one_route):
+        store = await database.open_store()
+        for table in ("request_logs", "usage_hourly", "usage_hourly_latency"):
+            await database.execute(f"DELETE FROM {table}")
+        for start in range(0, len(records), 10):
+            await store.insert_request_logs(records[start : start + 10])
+        reports.append(
+            {
+                (days, by): await store.usage_summary(days=days, by=by, now=hour + 7200)
+                for days in (1, 30)
+                for by in rollups.GROUPINGS
+            }
+        )
+        await store.close()
+    split, whole = reports
+    for (days, by), report in split.items():
+        if by != "endpoint":
+            assert orjson.dumps(report) == orjson.dumps(whole[days, by]), (days, by)
+    by_endpoint = split[30, "endpoint"]
+    assert {g["group"] for g in by_endpoint["data"]} == set(routes)
+    assert {g["group"]: g["requests"] for g in by_endpoint["data"]} == Counter(
+        r.endpoint for r in spread
+    )
+    assert by_endpoint["total"] == whole[30, "user"]["total"]
 
 
 async def test_usage_over_more_days_takes_in_older_rows(busy: Busy) -> None:
@@ -434,6 +496,32 @@ async def test_cli_table_has_a_row_per_group_and_a_total(busy: Busy) -> None:
     ]
 
 
+async def test_cli_table_by_endpoint_has_a_row_per_route(
+    busy: Busy, http: aiohttp.ClientSession
+) -> None:
+    gateway = busy.gateway
+    body = {"model": "fake-model", "input": ["alpha beta", "gamma"]}
+    async with http.post(
+        f"{gateway.base_url}/embeddings", json=body, headers=auth(busy.alice["key"])
+    ) as resp:
+        assert resp.status == 200
+    await gateway.flush_ledger()
+    code, out, err = await llmgw("--socket", str(gateway.socket_path), "usage", "--by", "endpoint")
+    assert code == 0, err
+    header, *lines = out.splitlines()
+    assert header.split()[:6] == ["ENDPOINT", "REQUESTS", "ERRORS", "429S", "PROMPT", "COMPLETION"]
+    rows = await gateway.rows("SELECT * FROM request_logs WHERE timestamp >= ?", busy.since)
+    oracle = expected(rows, "endpoint")
+    assert oracle["/v1/embeddings"]["requests"] == 3  # 2 made by hand, 1 through the gateway
+    assert [line.split()[0] for line in lines] == [
+        "/v1/chat/completions", "/v1/embeddings", "/v1/completions", "TOTAL",
+    ]  # fmt: skip
+    for line in lines[:-1]:
+        name, *cells = line.split()
+        assert [int(c) for c in cells[:5]] == [oracle[name][f] for f in FIGURES], name
+    assert lines[-1].split()[1] == "10"
+
+
 async def test_cli_table_by_key_shows_a_deleted_keys_missing_prefix(busy: Busy) -> None:
     code, out, err = await llmgw(
         "--socket", str(busy.gateway.socket_path), "usage", "--by", "key", "--days", "30"
@@ -465,10 +553,11 @@ async def test_backfill_builds_what_the_ledger_writer_builds(tmp_path: Path) -> 
     live = _rollup_tables(path)
     assert len(live[1]) > 10
 
-    # Take the database back to schema version 2: the rows stay, the rollups go.
+    # Take the database back to before the rollups: the rows stay, the rollups go, and
+    # migrations 3 (the backfill) and 8 (the rebuild by endpoint) run again.
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executescript(
-            "DELETE FROM schema_migrations WHERE version = 3;"
+            "DELETE FROM schema_migrations WHERE version IN (3, 8);"
             " DROP TABLE usage_hourly; DROP TABLE usage_hourly_latency;"
         )
     store = await SqliteStore.open(path)
@@ -527,3 +616,115 @@ async def test_upgrading_a_version_2_database_gives_the_right_figures(tmp_path: 
     assert {g["key_id"] for g in by_key["data"]} == {1, None}  # bob's row had no key
     by_model = await summary(path, days=30, by="model", now=now)
     assert {g["group"]: g["requests"] for g in by_model["data"]} == {"m1": 2, None: 1, "m2": 1}
+
+
+# --- the rebuild by endpoint (SQLite's migration 8, PostgreSQL's 4) -------------------------
+
+
+async def test_rebuilding_by_endpoint_keeps_every_figure_and_what_pruned_hours_held(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at the schema before rollups had the endpoint, its rollups folded from
+    its ledger, part of which was pruned since: after the rebuild the reports by user,
+    key, model and day are what they were, and by endpoint the pruned rows are one
+    unnamed group."""
+    hour = 1_790_002_800.0
+    routes = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    hours = [*edge_records(hour - 3600), *edge_records(hour), *edge_records(hour + 3600)]
+    records = [dataclasses.replace(r, endpoint=routes[i % 5 % 3]) for i, r in enumerate(hours)]
+    module = sqlite_migrations if database.kind == "sqlite" else postgres_migrations
+    before = len(module.MIGRATIONS) - 1  # the last: the rebuild
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:before])
+        store = await database.open_store()
+        await store.close()
+    assert "endpoint" not in await database.columns("usage_hourly")
+    # The ledger rows and the rollups as the fold before the endpoint made them.
+    totals: dict[tuple[Any, ...], list[float]] = {}
+    latency: Counter[tuple[Any, ...]] = Counter()
+    for r in records:
+        row = log_row(r)
+        await database.execute(
+            "INSERT INTO request_logs (request_id, user_id, api_key_id, endpoint, method,"
+            " status_code, duration_ms, ttft_ms, prompt_tokens, completion_tokens,"
+            " usage_source, model, upstream, timestamp)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            *row,
+        )
+        cell = (row[13][:13], r.user_id, r.api_key_id or 0, r.model or "")
+        sums = totals.setdefault(cell, [0, 0, 0, 0, 0, 0.0])
+        for i, add in enumerate((1, 400 <= r.status_code != 429, r.status_code == 429)):
+            sums[i] += add
+        sums[3] += r.prompt_tokens
+        sums[4] += r.completion_tokens
+        if r.status_code != 429:
+            sums[5] += row[6]
+            latency[(*cell, rollups.bucket_of(row[6]))] += 1
+    for cell, sums in totals.items():
+        await database.execute(
+            "INSERT INTO usage_hourly VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", *cell, *sums
+        )
+    for cell_bucket, count in latency.items():
+        await database.execute(
+            "INSERT INTO usage_hourly_latency VALUES (?, ?, ?, ?, ?, ?)", *cell_bucket, count
+        )
+    # Pruned since: the first hour's rows, and the second's first ten minutes (the cells
+    # of that hour are split between the ledger and what only the rollups hold).
+    cutoff = iso_utc(hour + 600)
+    pruned = [r for r in records if iso_utc(r.timestamp) < cutoff]
+    assert 0 < len(pruned) < len(records)
+    await database.execute("DELETE FROM request_logs WHERE timestamp < ?", cutoff)
+
+    async def reports(store: Store) -> dict[tuple[int, str], UsageReport]:
+        return {
+            (days, by): await store.usage_summary(days=days, by=by, now=hour + 7200)
+            for days in (1, 30)
+            for by in ("user", "key", "model", "day")
+        }
+
+    with monkeypatch.context() as m:
+        m.setattr(module, "MIGRATIONS", module.MIGRATIONS[:before])
+        store = await database.open_store()
+        old = await reports(store)
+        await store.close()
+
+    store = await database.open_store()
+    new = await reports(store)
+    by_endpoint = await store.usage_summary(days=30, by="endpoint", now=hour + 7200)
+    await store.close()
+    applied = await database.rows("SELECT max(version) AS v FROM schema_migrations")
+    assert applied[0]["v"] == module.MIGRATIONS[-1].version
+    for key, want in old.items():
+        got = new[key]
+        assert (got["data"] and got) == want or _same_but_mean(got, want), key
+    groups = {g["group"]: figures(g) for g in by_endpoint["data"]}
+    kept = [r for r in records if r not in pruned]
+    oracle = expected(
+        [
+            {"endpoint": r.endpoint, "status_code": r.status_code, "timestamp": "",
+             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens}
+            for r in kept
+        ],
+        "endpoint",
+    )  # fmt: skip
+    assert groups.pop(None) == {
+        "requests": len(pruned),
+        "errors": sum(400 <= r.status_code != 429 for r in pruned),
+        "rate_limited": sum(r.status_code == 429 for r in pruned),
+        "prompt_tokens": sum(r.prompt_tokens for r in pruned),
+        "completion_tokens": sum(r.completion_tokens for r in pruned),
+    }
+    assert groups == oracle
+    # The latency cells were split the same way: every row still in its bucket.
+    [cells] = await database.rows("SELECT sum(count) AS n FROM usage_hourly_latency")
+    assert cells["n"] == sum(latency.values())
+
+
+def _same_but_mean(got: UsageReport, want: UsageReport) -> bool:
+    """Equal reports, the mean latencies within float noise: sums of floats in another
+    order may differ in the last bits."""
+    pairs = zip((*got["data"], got["total"]), (*want["data"], want["total"]), strict=True)
+    for a, b in pairs:
+        assert a["latency_mean_ms"] == pytest.approx(b["latency_mean_ms"])
+        assert {**a, "latency_mean_ms": 0} == {**b, "latency_mean_ms": 0}
+    return (got["days"], got["by"], got["since"]) == (want["days"], want["by"], want["since"])

@@ -1,5 +1,5 @@
 """The recent-requests pane: a live tail of the ledger, newest first, filterable by user
-and by status.
+and by status; each row names its route (the ledger's endpoint).
 
 The gateway filters (`GET /requests?user_id=&status=`), so a filter finds old matches
 too, not just the rows already shown. Each tick asks only for rows newer than the newest
@@ -21,6 +21,7 @@ from textual.worker import Worker
 
 from llmgw.api_types import RequestRow
 
+from .fit import cut_to_fit
 from .gateway import client, connected, relay_failure
 
 # "errors" are what the usage tab and the dashboard count: 400 and up except the 429s.
@@ -31,8 +32,16 @@ STATUSES = (
     ("5xx", "5xx"),
     ("429", "429"),
 )
-COLUMNS = ("time UTC", "user", "model", "status", "prompt", "completion", "duration ms")
+COLUMNS = (
+    "time UTC", "user", "model", "endpoint", "status", "prompt", "completion", "duration ms",
+)  # fmt: skip
 NUMERIC = {"prompt", "completion", "duration ms"}
+# What gives way, in turn, when the table is wider than the pane (at 80 columns): the
+# endpoint loses the `/v1/` most routes share, then the free text is cut with an
+# ellipsis, each column down to the cells it keeps at least (the figures stay whole):
+# (column, least cells). At 120 columns every route is shown whole.
+_USER, _MODEL, _ENDPOINT = 1, 2, 3
+_GIVE_WAY = ((_ENDPOINT, 11), (_MODEL, 8), (_USER, 6), (_ENDPOINT, 8))
 
 
 @dataclass
@@ -102,13 +111,13 @@ class RequestsPane(Vertical):
                 STATUSES, value="all", allow_blank=False, compact=True, id="requests-status"
             )
             yield Label(id="requests-state")
-        table: DataTable[str | Text] = DataTable(id="requests-table", cursor_type="row")
-        for heading in COLUMNS:
-            table.add_column(Text(heading, justify="right") if heading in NUMERIC else heading)
-        yield table
+        yield DataTable[str | Text](id="requests-table", cursor_type="row")
 
     def on_mount(self) -> None:
-        self._show_state()
+        self._show_rows()
+
+    def on_resize(self) -> None:
+        self._show_rows()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         relay_failure(self, event)
@@ -214,31 +223,55 @@ class RequestsPane(Vertical):
         state.update(f"{'PAUSED' if self._paused else 'live'} · {shown}")
 
     def _show_rows(self) -> None:
-        """Rebuild the table from `_rows`. A cursor on the top row stays there and so
-        follows the tail; a cursor further down stays on its request."""
+        """Rebuild the table from `_rows`, fitted to the pane's width. A cursor on the top
+        row stays there and so follows the tail; a cursor further down stays on its
+        request."""
         table = self.query_one("#requests-table", DataTable)
         kept = None
         if table.cursor_row > 0:
             kept = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        table.clear()
-        for row in self._rows:
-            table.add_row(*_cells(row), key=str(row["id"]))
+        # Room for the vertical scrollbar too, should the rows outgrow the table's height.
+        room = table.size.width - table.styles.scrollbar_size_vertical
+        for short in (False, True):
+            headers = [Text(h, justify="right" if h in NUMERIC else "left") for h in COLUMNS]
+            rows = [_cells(row, short) for row in self._rows]
+            # Before the first layout there is no width to fit: a resize follows.
+            if room <= 0 or cut_to_fit(headers, rows, room, table.cell_padding, ()):
+                break
+        if room > 0:
+            for column, least in _GIVE_WAY:
+                if cut_to_fit(headers, rows, room, table.cell_padding, (column,), least):
+                    break
+        # Columns and all: a column only ever widens to its cells, and the cut ones shrink.
+        table.clear(columns=True)
+        for heading in headers:
+            table.add_column(heading)
+        for row, cells in zip(self._rows, rows, strict=True):
+            table.add_row(*cells, key=str(row["id"]))
         if kept is not None and kept in table.rows:
             table.move_cursor(row=table.get_row_index(kept), animate=False)
         self._show_state()
 
 
-def _cells(row: RequestRow) -> tuple[str | Text, ...]:
+def _cells(row: RequestRow, short: bool = False) -> list[Text]:
     status = row["status_code"]
-    return (
-        _clock(row["timestamp"]),
-        row["user_id"],
-        row["model"] or "–",
+    return [
+        Text(_clock(row["timestamp"])),
+        # Text, not str: a str cell is read as markup, and names are free text.
+        Text(row["user_id"]),
+        Text(row["model"] or "–"),
+        Text(_route(row["endpoint"]) if short else row["endpoint"]),
         Text(str(status), style=_status_style(status)),
         Text(f"{row['prompt_tokens']:,}", justify="right"),
         Text(f"{row['completion_tokens']:,}", justify="right"),
         Text(_milliseconds(row["duration_ms"]), justify="right"),
-    )
+    ]
+
+
+def _route(endpoint: str) -> str:
+    """The endpoint without the `/v1/` of OpenAI's routes: `chat/completions`; others
+    (`/tokenize`, `/v2/rerank`) as they are."""
+    return endpoint.removeprefix("/v1/")
 
 
 def _clock(timestamp: str) -> str:

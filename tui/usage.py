@@ -1,4 +1,4 @@
-"""The usage pane: `GET /usage` per user, key, model or day over the last 1 to 90 days,
+"""The usage pane: `GET /usage` per user, key, model, endpoint or day over the last 1 to 90 days,
 as a table with a TOTAL line and as a bar chart of requests or tokens per group.
 
 The figures and their definitions are the gateway's (`llmgw.rollups`); this pane only
@@ -27,7 +27,7 @@ from .bar_chart import BarChart
 from .fit import cut_to_fit, short_prefix
 from .gateway import client, connected, relay_failure
 
-GROUPINGS = ("user", "key", "model", "day")
+GROUPINGS = ("user", "key", "model", "endpoint", "day")
 DAYS = (1, 7, 30, 90)
 Figure = Literal[
     "requests",
@@ -276,6 +276,9 @@ def _quiet(day: str) -> UsageGroup:
 
 def _group_name(entry: UsageGroup, by: str) -> str:
     group = entry["group"]
+    if group is None and by == "endpoint":
+        # Hours whose ledger rows were pruned before the rollups kept the endpoint.
+        return "(unknown)"
     if group is None:  # requests that never named a model (a 404, a bad body)
         return f"(no {by})"
     return str(group)
@@ -293,7 +296,7 @@ def _key_name(entry: UsageGroup, short: bool = False) -> str:
 
 
 def _names(entry: UsageGroup, by: str, short: bool) -> list[Text]:
-    """The cells that name a group: its key and user, or its user, model or day."""
+    """The cells that name a group: its key and user, or its user, model, endpoint or day."""
     if by == "key":
         names = [_key_name(entry, short), entry.get("user_id") or ""]
     else:

@@ -45,7 +45,7 @@ _ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, 1)
 # binary search; the overflow bucket past the last), compared as doubles, as SQLite
 # compares them.
 _BUCKET = f"width_bucket(duration_ms * 1000000, '{{{','.join(map(str, BOUNDS_NS))}}}'::float8[])"
-_CELL = "hour, user_id, api_key_id, model"
+_CELL = "hour, user_id, api_key_id, model, endpoint"
 
 INSERT_AND_FOLD = f"""
 WITH inserted AS (
@@ -54,10 +54,10 @@ WITH inserted AS (
     ORDER BY request_id
     ON CONFLICT (request_id) DO NOTHING
     RETURNING user_id, api_key_id, status_code, duration_ms, prompt_tokens,
-        completion_tokens, model, timestamp
+        completion_tokens, model, endpoint, timestamp
 ), cells AS (
     SELECT substr(timestamp, 1, 13) AS hour, user_id, coalesce(api_key_id, 0) AS api_key_id,
-        coalesce(model, '') AS model, status_code, duration_ms, prompt_tokens,
+        coalesce(model, '') AS model, endpoint, status_code, duration_ms, prompt_tokens,
         completion_tokens
     FROM inserted
 ), hourly AS (

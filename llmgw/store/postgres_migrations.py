@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..times import iso_utc
 from .base import StoreError
 from .postgres_pool import Connection
+from .sqlite_migrations import BOUNDS_NS_V3
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,13 @@ class Migration:
 
 # pg_advisory_lock's key for "migrating llmgw's schema": any constant all replicas share.
 MIGRATION_LOCK = 0x6C6C_6D67_7700  # "llmgw" and a zero
+
+# A duration's latency bucket as the ledger's fold finds it (`postgres_ledger`): how many
+# of migration 3's bounds are at or below it, compared as doubles, as SQLite compares.
+_BUCKET_V3 = (
+    f"width_bucket(duration_ms * 1000000, '{{{','.join(map(str, BOUNDS_NS_V3))}}}'::float8[])"
+)
+_SUMS = "requests, errors, rate_limited, prompt_tokens, completion_tokens, duration_ms_sum"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -162,6 +170,98 @@ MIGRATIONS: tuple[Migration, ...] = (
             budget_period TEXT NOT NULL CHECK (budget_period IN ('day', 'week', 'month')),
             updated_at TEXT COLLATE "C" NOT NULL
         );
+        CREATE INDEX idx_usage_hourly_key_hour ON usage_hourly (api_key_id, hour);
+        CREATE INDEX idx_usage_hourly_user_hour ON usage_hourly (user_id, hour);
+        """,
+    ),
+    Migration(
+        4,
+        "SQLite's migration 8: rollups by endpoint, usage_hourly and its latency cells"
+        " rebuilt per route",
+        # As SQLite's migration 8 (see there): new tables, filled from request_logs, and
+        # what the old cells hold beyond the ledger's rows (pruned since) kept under
+        # endpoint ''. New tables rather than ALTER TABLE: every cell is split anew, and
+        # the columns keep SQLite's order (`llmgw db copy` matches them by name all the
+        # same). One transaction; PostgreSQL's aggregates spill to disk, so memory stays
+        # bounded without batches.
+        f"""
+        CREATE TABLE usage_hourly_new (
+            hour TEXT COLLATE "C" NOT NULL,
+            user_id TEXT COLLATE "C" NOT NULL,
+            api_key_id BIGINT NOT NULL,
+            model TEXT COLLATE "C" NOT NULL DEFAULT '',
+            endpoint TEXT COLLATE "C" NOT NULL DEFAULT '',
+            requests BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            rate_limited BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            duration_ms_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+            CONSTRAINT usage_hourly_by_endpoint_pkey
+                PRIMARY KEY (hour, user_id, api_key_id, model, endpoint)
+        );
+        CREATE TABLE usage_hourly_latency_new (
+            hour TEXT COLLATE "C" NOT NULL,
+            user_id TEXT COLLATE "C" NOT NULL,
+            api_key_id BIGINT NOT NULL,
+            model TEXT COLLATE "C" NOT NULL DEFAULT '',
+            endpoint TEXT COLLATE "C" NOT NULL DEFAULT '',
+            bucket INTEGER NOT NULL,
+            count BIGINT NOT NULL DEFAULT 0,
+            CONSTRAINT usage_hourly_latency_by_endpoint_pkey
+                PRIMARY KEY (hour, user_id, api_key_id, model, endpoint, bucket)
+        );
+        INSERT INTO usage_hourly_new (hour, user_id, api_key_id, model, endpoint, {_SUMS})
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''), endpoint, count(*),
+            count(*) FILTER (WHERE status_code >= 400 AND status_code <> 429),
+            count(*) FILTER (WHERE status_code = 429),
+            sum(prompt_tokens), sum(completion_tokens),
+            coalesce(sum(duration_ms) FILTER (WHERE status_code <> 429), 0)
+        FROM request_logs GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO usage_hourly_new AS cell
+            (hour, user_id, api_key_id, model, endpoint, {_SUMS})
+        SELECT hour, user_id, api_key_id, model, '', sum(requests), sum(errors),
+            sum(rate_limited), sum(prompt_tokens), sum(completion_tokens),
+            sum(duration_ms_sum)
+        FROM (
+            SELECT hour, user_id, api_key_id, model, {_SUMS} FROM usage_hourly
+            UNION ALL
+            SELECT hour, user_id, api_key_id, model, -requests, -errors, -rate_limited,
+                -prompt_tokens, -completion_tokens, -duration_ms_sum
+            FROM usage_hourly_new
+        ) AS both_sides GROUP BY 1, 2, 3, 4 HAVING sum(requests) > 0
+        ON CONFLICT (hour, user_id, api_key_id, model, endpoint) DO UPDATE SET
+            requests = cell.requests + excluded.requests,
+            errors = cell.errors + excluded.errors,
+            rate_limited = cell.rate_limited + excluded.rate_limited,
+            prompt_tokens = cell.prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = cell.completion_tokens + excluded.completion_tokens,
+            duration_ms_sum = cell.duration_ms_sum + excluded.duration_ms_sum;
+        INSERT INTO usage_hourly_latency_new
+            (hour, user_id, api_key_id, model, endpoint, bucket, count)
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''), endpoint, {_BUCKET_V3}, count(*)
+        FROM request_logs WHERE status_code <> 429 GROUP BY 1, 2, 3, 4, 5, 6;
+        INSERT INTO usage_hourly_latency_new AS cell
+            (hour, user_id, api_key_id, model, endpoint, bucket, count)
+        SELECT hour, user_id, api_key_id, model, '', bucket, sum(count)
+        FROM (
+            SELECT hour, user_id, api_key_id, model, bucket, count FROM usage_hourly_latency
+            UNION ALL
+            SELECT hour, user_id, api_key_id, model, bucket, -count
+            FROM usage_hourly_latency_new
+        ) AS both_sides GROUP BY 1, 2, 3, 4, 6 HAVING sum(count) > 0
+        ON CONFLICT (hour, user_id, api_key_id, model, endpoint, bucket) DO UPDATE SET
+            count = cell.count + excluded.count;
+        DROP TABLE usage_hourly;
+        DROP TABLE usage_hourly_latency;
+        ALTER TABLE usage_hourly_new RENAME TO usage_hourly;
+        ALTER TABLE usage_hourly_latency_new RENAME TO usage_hourly_latency;
+        ALTER TABLE usage_hourly
+            RENAME CONSTRAINT usage_hourly_by_endpoint_pkey TO usage_hourly_pkey;
+        ALTER TABLE usage_hourly_latency
+            RENAME CONSTRAINT usage_hourly_latency_by_endpoint_pkey TO usage_hourly_latency_pkey;
         CREATE INDEX idx_usage_hourly_key_hour ON usage_hourly (api_key_id, hour);
         CREATE INDEX idx_usage_hourly_user_hour ON usage_hourly (user_id, hour);
         """,

@@ -108,6 +108,7 @@ USAGE_GROUP_BY: Mapping[Grouping, str] = {
     "user": "user_id",
     "key": "api_key_id",
     "model": "model",
+    "endpoint": "endpoint",
     "day": "substr(hour, 1, 10)",
 }
 # Each key changed after a version ({after}: the placeholder), once, with its newest

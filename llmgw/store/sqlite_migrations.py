@@ -29,6 +29,28 @@ class Migration:
     sql: str
 
 
+# The latency buckets' upper bounds (ns) as migration 3 wrote them out, for the
+# migrations that rebuild usage_hourly_latency from request_logs: frozen here, so that
+# a later change of `llmgw.rollups.BOUNDS_NS` (which needs a migration of its own) cannot
+# alter a shipped migration. PostgreSQL's migrations use them too.
+BOUNDS_NS_V3: tuple[int, ...] = (
+    1000000, 1250000, 1562500, 1953125, 2441406, 3051758, 3814697, 4768372, 5960464,
+    7450581, 9313226, 11641532, 14551915, 18189894, 22737368, 28421709, 35527137, 44408921,
+    55511151, 69388939, 86736174, 108420217, 135525272, 169406589, 211758237, 264697796,
+    330872245, 413590306, 516987883, 646234854, 807793567, 1009741959, 1262177448,
+    1577721810, 1972152263, 2465190329, 3081487911, 3851859889, 4814824861, 6018531076,
+    7523163845, 9403954807, 11754943508, 14693679385, 18367099232, 22958874039,
+    28698592549, 35873240687, 44841550858, 56051938573, 70064923216, 87581154020,
+    109476442525, 136845553157, 171056941446, 213821176807, 267276471009, 334095588762,
+    417619485952, 522024357440, 652530446800,
+)  # fmt: skip
+_BUCKET_V3 = (
+    "CASE "
+    + " ".join(f"WHEN duration_ms * 1000000 < {b} THEN {i}" for i, b in enumerate(BOUNDS_NS_V3))
+    + f" ELSE {len(BOUNDS_NS_V3)} END"
+)
+_SUMS = "requests, errors, rate_limited, prompt_tokens, completion_tokens, duration_ms_sum"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -292,6 +314,91 @@ MIGRATIONS: tuple[Migration, ...] = (
             budget_period TEXT NOT NULL CHECK (budget_period IN ('day', 'week', 'month')),
             updated_at TEXT NOT NULL
         );
+        CREATE INDEX idx_usage_hourly_key_hour ON usage_hourly (api_key_id, hour);
+        CREATE INDEX idx_usage_hourly_user_hour ON usage_hourly (user_id, hour);
+        """,
+    ),
+    Migration(
+        8,
+        "rollups by endpoint: usage_hourly and its latency cells rebuilt per route",
+        # The cells gain the endpoint (the route of request_logs.endpoint) and are rebuilt
+        # from request_logs. The ledger may have been pruned (`prune_request_logs`) while
+        # the rollups kept those hours: what an old cell holds beyond the rows still in
+        # the ledger is kept, under endpoint '' (not known any more), so that every other
+        # grouping's figures stay exactly what they were. One transaction, as migrations 3
+        # and 5: each INSERT ... SELECT streams through SQLite's sorter (spilling to
+        # disk), so memory stays bounded without batches, and a failure leaves the old
+        # tables whole. The budget indexes of migration 7 go with the old table and are
+        # made again.
+        f"""
+        CREATE TABLE usage_hourly_new (
+            hour TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            api_key_id INTEGER NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            endpoint TEXT NOT NULL DEFAULT '',
+            requests INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            rate_limited INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            duration_ms_sum REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, user_id, api_key_id, model, endpoint)
+        ) WITHOUT ROWID;
+        CREATE TABLE usage_hourly_latency_new (
+            hour TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            api_key_id INTEGER NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            endpoint TEXT NOT NULL DEFAULT '',
+            bucket INTEGER NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, user_id, api_key_id, model, endpoint, bucket)
+        ) WITHOUT ROWID;
+        INSERT INTO usage_hourly_new (hour, user_id, api_key_id, model, endpoint, {_SUMS})
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''), endpoint, count(*),
+            sum(status_code >= 400 AND status_code != 429), sum(status_code = 429),
+            sum(prompt_tokens), sum(completion_tokens),
+            total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END)
+        FROM request_logs GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO usage_hourly_new (hour, user_id, api_key_id, model, endpoint, {_SUMS})
+        SELECT hour, user_id, api_key_id, model, '', sum(requests), sum(errors),
+            sum(rate_limited), sum(prompt_tokens), sum(completion_tokens),
+            total(duration_ms_sum)
+        FROM (
+            SELECT hour, user_id, api_key_id, model, {_SUMS} FROM usage_hourly
+            UNION ALL
+            SELECT hour, user_id, api_key_id, model, -requests, -errors, -rate_limited,
+                -prompt_tokens, -completion_tokens, -duration_ms_sum
+            FROM usage_hourly_new
+        ) GROUP BY 1, 2, 3, 4 HAVING sum(requests) > 0
+        ON CONFLICT (hour, user_id, api_key_id, model, endpoint) DO UPDATE SET
+            requests = requests + excluded.requests, errors = errors + excluded.errors,
+            rate_limited = rate_limited + excluded.rate_limited,
+            prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = completion_tokens + excluded.completion_tokens,
+            duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum;
+        INSERT INTO usage_hourly_latency_new
+            (hour, user_id, api_key_id, model, endpoint, bucket, count)
+        SELECT substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0),
+            coalesce(model, ''), endpoint, {_BUCKET_V3}, count(*)
+        FROM request_logs WHERE status_code != 429 GROUP BY 1, 2, 3, 4, 5, 6;
+        INSERT INTO usage_hourly_latency_new
+            (hour, user_id, api_key_id, model, endpoint, bucket, count)
+        SELECT hour, user_id, api_key_id, model, '', bucket, sum(count)
+        FROM (
+            SELECT hour, user_id, api_key_id, model, bucket, count FROM usage_hourly_latency
+            UNION ALL
+            SELECT hour, user_id, api_key_id, model, bucket, -count
+            FROM usage_hourly_latency_new
+        ) GROUP BY 1, 2, 3, 4, 6 HAVING sum(count) > 0
+        ON CONFLICT (hour, user_id, api_key_id, model, endpoint, bucket) DO UPDATE SET
+            count = count + excluded.count;
+        DROP TABLE usage_hourly;
+        DROP TABLE usage_hourly_latency;
+        ALTER TABLE usage_hourly_new RENAME TO usage_hourly;
+        ALTER TABLE usage_hourly_latency_new RENAME TO usage_hourly_latency;
         CREATE INDEX idx_usage_hourly_key_hour ON usage_hourly (api_key_id, hour);
         CREATE INDEX idx_usage_hourly_user_hour ON usage_hourly (user_id, hour);
         """,

@@ -28,29 +28,29 @@ INSERT_LOG = (
 # highest id plus one) folded into the rollups, with the definitions of
 # `llmgw.rollups`, and into their keys' last use.
 _NEW = "FROM request_logs WHERE id > ?1"
-_CELL = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, '')"
+_CELL = "substr(timestamp, 1, 13), user_id, coalesce(api_key_id, 0), coalesce(model, ''), endpoint"
 _BUCKET = (
     "CASE "
     + " ".join(f"WHEN duration_ms * 1000000 < {b} THEN {i}" for i, b in enumerate(BOUNDS_NS))
     + f" ELSE {OVERFLOW} END"
 )
 FOLD_NEW_LOGS = (
-    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, endpoint, requests, errors,"
     " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
     f" SELECT {_CELL}, count(*), sum(status_code >= 400 AND status_code != 429),"
     " sum(status_code = 429), sum(prompt_tokens), sum(completion_tokens),"
     f" total(CASE WHEN status_code = 429 THEN 0 ELSE duration_ms END) {_NEW}"
-    " GROUP BY 1, 2, 3, 4"
-    " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+    " GROUP BY 1, 2, 3, 4, 5"
+    " ON CONFLICT (hour, user_id, api_key_id, model, endpoint) DO UPDATE SET"
     " requests = requests + excluded.requests, errors = errors + excluded.errors,"
     " rate_limited = rate_limited + excluded.rate_limited,"
     " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens,"
     " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum",
-    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
-    f" SELECT {_CELL}, {_BUCKET}, count(*) {_NEW} AND status_code != 429"
-    " GROUP BY 1, 2, 3, 4, 5"
-    " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, endpoint, bucket,"
+    f" count) SELECT {_CELL}, {_BUCKET}, count(*) {_NEW} AND status_code != 429"
+    " GROUP BY 1, 2, 3, 4, 5, 6"
+    " ON CONFLICT (hour, user_id, api_key_id, model, endpoint, bucket) DO UPDATE SET"
     " count = count + excluded.count",
     "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, ''), used.last)"
     f" FROM (SELECT api_key_id, max(timestamp) AS last {_NEW} AND api_key_id IS NOT NULL"
@@ -60,10 +60,10 @@ FOLD_NEW_LOGS = (
 
 # A batch folded in Python (rollups.Fold), applied a cell at a time.
 UPSERT_HOURLY = (
-    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, requests, errors,"
+    "INSERT INTO usage_hourly (hour, user_id, api_key_id, model, endpoint, requests, errors,"
     " rate_limited, prompt_tokens, completion_tokens, duration_ms_sum)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (hour, user_id, api_key_id, model) DO UPDATE SET"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (hour, user_id, api_key_id, model, endpoint) DO UPDATE SET"
     " requests = requests + excluded.requests, errors = errors + excluded.errors,"
     " rate_limited = rate_limited + excluded.rate_limited,"
     " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
@@ -71,9 +71,9 @@ UPSERT_HOURLY = (
     " duration_ms_sum = duration_ms_sum + excluded.duration_ms_sum"
 )
 UPSERT_LATENCY = (
-    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, bucket, count)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (hour, user_id, api_key_id, model, bucket) DO UPDATE SET"
+    "INSERT INTO usage_hourly_latency (hour, user_id, api_key_id, model, endpoint, bucket,"
+    " count) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (hour, user_id, api_key_id, model, endpoint, bucket) DO UPDATE SET"
     " count = count + excluded.count"
 )
 UPDATE_LAST_USED = (
@@ -86,7 +86,7 @@ def folded_rows(records: Iterable[UsageRecord], fold: Fold) -> Iterator[tuple[An
     parameters, all of it happens in SQLite's thread."""
     for record in records:
         row = log_row(record)
-        fold.add(row[13], row[1], row[2], row[11], row[5], row[6], row[8], row[9])
+        fold.add(row[13], row[1], row[2], row[11], row[3], row[5], row[6], row[8], row[9])
         yield row
 
 
