@@ -65,7 +65,7 @@ async def test_a_response_is_counted_as_vllm_counts_it(
     assert [r["endpoint"] for r in rows] == [
         "/v1/responses",
         "/v1/responses",
-        f"/v1/responses/{response.id}",
+        "/v1/responses/{response_id}",
     ]
     assert charged(rows[0]) == (response.usage.input_tokens, response.usage.output_tokens)
     usage = completed.response.usage

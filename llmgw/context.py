@@ -59,6 +59,9 @@ class RequestContext:
     reservation: Reservation | None = None  # what the request holds of its key's limits
     counts_tokens: bool = True  # False for a route that uses none (tokenize)
     response_id: str | None = None  # the Responses API response an answer made
+    # The route the ledger records: its pattern (`/v1/responses/{response_id}`), so a
+    # report by endpoint has one line a route, not one an id; the path until routed.
+    endpoint: str | None = None
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:
@@ -89,7 +92,7 @@ class RequestContext:
             request_id=self.request_id,
             user_id=self.key.user_id,
             api_key_id=self.key.id,
-            endpoint=self.path,
+            endpoint=self.endpoint or self.path,
             method=self.method,
             status_code=status,
             duration_ms=(time.perf_counter() - self.started) * 1000,

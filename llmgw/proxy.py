@@ -71,6 +71,7 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request[CONTEXT]
         ctx.counts_tokens = route.usage != "none"
+        ctx.endpoint = route.path
         key = _authenticate(request, ctx)
         limits = limits_for(key, request.app[SETTINGS])
         owner: Upstream | None = None
