@@ -88,16 +88,30 @@ async def test_a_stored_response_is_retrieved_only_by_the_key_that_made_it(
     async with openai_client(gateway, other) as client:
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(made.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.cancel(made.id)
+    async with openai_client(gateway, api_key) as client:
+        # The maker's cancel reaches the upstream, which answers for itself (vLLM
+        # cancels only background responses).
+        with pytest.raises(openai.BadRequestError, match="Cannot cancel a synchronous"):
+            await client.responses.cancel(made.id)
     async with openai_client(gateway, api_key) as client:
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve("resp_nobody_made_this")
     # Only the maker's retrieval reached vLLM: the others were answered by the gateway.
     assert len(fake.behaviour.requests_to(f"/v1/responses/{made.id}")) == 1
+    assert len(fake.behaviour.requests_to(f"/v1/responses/{made.id}/cancel")) == 1
     assert fake.behaviour.requests_to("/v1/responses/resp_nobody_made_this") == []
-    rows = await assert_settled(gateway, rows=4)
-    # One ledger endpoint for the route, whatever the id.
-    assert [r["endpoint"] for r in rows[1:]] == ["/v1/responses/{response_id}"] * 3
-    assert [charged(r) for r in rows[1:]] == [(0, 0)] * 3  # charged as requests
+    rows = await assert_settled(gateway, rows=6)
+    # One ledger endpoint for each route, whatever the id.
+    assert [r["endpoint"] for r in rows[1:]] == [
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/cancel",
+        "/v1/responses/{response_id}/cancel",
+        "/v1/responses/{response_id}",
+    ]
+    assert [charged(r) for r in rows[1:]] == [(0, 0)] * 5  # charged as requests
 
 
 async def test_responses_count_into_the_token_limit(
@@ -345,3 +359,21 @@ async def test_a_response_stream_the_client_leaves_is_charged_what_was_produced(
     [row] = await assert_settled(gateway, rows=1)
     assert (row["status_code"], row["usage_source"]) == (499, "partial")
     assert 3 <= row["completion_tokens"] < 50
+
+
+async def test_claude_codes_headers_are_taken_on_the_messages_api(
+    gateway: Gateway, api_key: str
+) -> None:
+    # ANTHROPIC_API_KEY: the key in x-api-key, with anthropic-version (the SDK of this
+    # version sends Authorization: Bearer, which the tests above use).
+    body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": TEXT}]}
+    headers = {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
+    status, _, raw = await post(f"{gateway.url}/v1/messages?beta=true", orjson.dumps(body), headers)
+    assert status == 200, raw
+    assert orjson.loads(raw)["type"] == "message"
+    status, _, raw = await post(
+        f"{gateway.url}/v1/messages", orjson.dumps(body), {"anthropic-version": "2023-06-01"}
+    )
+    assert status == 401
+    assert orjson.loads(raw)["error"]["type"] == "authentication_error"
+    await assert_settled(gateway, rows=1)  # the 401 named no key: no row
