@@ -29,7 +29,7 @@ from aiohttp import web
 from .context import RequestContext
 from .errors import GatewayError
 from .keys import KEY_PREFIX, ApiKey
-from .limits import Demand, Limits, tier_of
+from .limits import NOTHING, Demand, Limits, tier_of
 from .multipart import boundary_of, text_field
 from .routes import Route
 from .state import CONTEXT, SETTINGS, UPSTREAMS
@@ -146,7 +146,7 @@ def _demand(
     if route.kind in ("embedding", "pooling"):
         return Demand(estimate_prompt_tokens(payload), 0), None
     if route.kind not in ("chat", "completion", "responses", "messages"):
-        return Demand(0, 0), None  # no tokens: charged as a request
+        return NOTHING, None  # no tokens: charged as a request
     n = payload.get("n") if route.kind in ("chat", "completion") else None
     # Past what any model generates, a count only says the request will be refused (by
     # a limit, or by vLLM): kept within bounds both limiters count exactly in.
@@ -221,7 +221,7 @@ async def read_plain(request: web.Request) -> Outgoing:
     """A request with no generation in it (a stored response's retrieval or cancel):
     its body, whatever it is, passed on as received."""
     body = await _read_body(request)
-    return Outgoing(body, {}, stream=False, strip_usage=False, demand=Demand(0, 0))
+    return Outgoing(body, {}, stream=False, strip_usage=False, demand=NOTHING)
 
 
 async def read_within(

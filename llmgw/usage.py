@@ -95,10 +95,6 @@ def parse_body(body: bytes) -> Any:
         return None
 
 
-def usage_from_body(body: bytes) -> Usage | InvalidUsage | None:
-    return usage_of(parse_body(body))
-
-
 def estimate_prompt_tokens(payload: Mapping[str, Any]) -> int:
     """A rough prompt size from the request: message texts, prompt or embedding input
     (a prompt given as token ids counts them). Any JSON at all: a malformed request is
