@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import click
 
 from llmgw.admin_client import AdminClient
-from llmgw.api_types import BUDGET_PERIODS, KeyView
+from llmgw.api_types import BUDGET_PERIODS, KEY_LIMITS, KeyView
 
-from .limits import LIMIT_FIELDS, limit_lines
+from .limits import limit_lines
 from .output import cell, emit_json, emit_table, json_option, say
 from .state import CliState, pass_state
 
@@ -169,7 +169,7 @@ def show(state: CliState, key_id: int, as_json: bool) -> None:
     for name, value in shown.items():
         if name == "limits":
             continue
-        if name in LIMIT_FIELDS and value is None:
+        if name in KEY_LIMITS and value is None:
             value = "tier"  # no override: the tier's limit applies
         click.echo(f"{name:<20} {cell(value)}")
     click.echo("")

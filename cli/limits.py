@@ -7,19 +7,6 @@ from typing import Literal
 
 from llmgw.api_types import BudgetView, InFlightView, LimitsView, WindowBudget
 
-# A key's limit settings (None: its tier's).
-LIMIT_FIELDS = frozenset(
-    {
-        "requests_per_minute",
-        "requests_per_hour",
-        "tokens_per_minute",
-        "tokens_per_day",
-        "max_in_flight",
-        "budget_tokens",
-        "budget_period",
-    }
-)
-
 
 def limit_lines(limits: LimitsView | None) -> list[str]:
     """Each limit as it applies now, one line each, for `key show`."""

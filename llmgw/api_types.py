@@ -50,6 +50,18 @@ class UserBudget(TypedDict):
     budget_period: BudgetPeriod
 
 
+# A key's own limits, in KeyView's (and api_keys' column) order: None is the tier's.
+KEY_LIMITS = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "max_in_flight",
+    "budget_tokens",
+    "budget_period",
+)
+
+
 class CreatedKey(KeyView):
     """A new (or rotated) key: the secret, shown this once."""
 

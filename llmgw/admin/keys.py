@@ -12,7 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..api_types import BUDGET_PERIODS, BudgetPeriod, CreatedKey, DeletedKey, KeyDetail, LimitsView
+from ..api_types import (
+    BUDGET_PERIODS,
+    KEY_LIMITS,
+    BudgetPeriod,
+    CreatedKey,
+    DeletedKey,
+    KeyDetail,
+    LimitsView,
+)
 from ..errors import GatewayError
 from ..keys import ApiKey, display_prefix, generate_key, hash_key, parse_expiry
 from ..limits import LimiterUnavailable, limits_for
@@ -25,18 +33,7 @@ routes = web.RouteTableDef()
 # A key's own token, in-flight and budget limits: 0 is unlimited for this key, null
 # its tier's.
 _OVERRIDES = ("tokens_per_minute", "tokens_per_day", "max_in_flight", "budget_tokens")
-_CHANGEABLE = frozenset(
-    {
-        "tier",
-        "description",
-        "expires_at",
-        "allowed_models",
-        "requests_per_minute",
-        "requests_per_hour",
-        *_OVERRIDES,
-        "budget_period",
-    }
-)
+_CHANGEABLE = frozenset({"tier", "description", "expires_at", "allowed_models", *KEY_LIMITS})
 _CREATE_FIELDS = _CHANGEABLE | {"user_id"}
 _UPDATE_FIELDS = _CHANGEABLE | {"is_active"}
 

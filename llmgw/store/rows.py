@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..api_types import AuditEntry, RequestRow, UserBudget
+from ..api_types import KEY_LIMITS, AuditEntry, RequestRow, UserBudget
 from ..keys import ApiKey
 from ..rollups import Grouping
 from ..times import iso_utc, parse_iso
@@ -68,16 +68,6 @@ def admin_update(
     return columns
 
 
-# The limit overrides of a key, in the order of their columns (NULL: the tier's).
-KEY_LIMITS = (
-    "requests_per_minute",
-    "requests_per_hour",
-    "tokens_per_minute",
-    "tokens_per_day",
-    "max_in_flight",
-    "budget_tokens",
-    "budget_period",
-)
 _KEY_OWN = (
     "id", "key_hash", "key_prefix", "user_id", "tier", "description", "is_active",
     "created_at", "updated_at", "expires_at", "last_used_at", "allowed_models", *KEY_LIMITS,

@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from ..api_types import BudgetPeriod, UserBudget
+from ..api_types import KEY_LIMITS, BudgetPeriod, UserBudget
 from ..keys import ApiKey
 from ..times import iso_utc
 from .base import Actor, AdminUser, AlreadyExists, KeyChanges, UserBudgetChange
@@ -18,7 +18,6 @@ from .rows import (
     ADMIN_COLUMNS,
     KEY_CHANGES_SINCE,
     KEY_COLUMNS,
-    KEY_LIMITS,
     SELECT_KEYS,
     USER_BUDGET_COLUMNS,
     admin_from_row,
