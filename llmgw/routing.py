@@ -1,0 +1,142 @@
+"""Routing policies: the order in which a request's upstreams are tried.
+
+Each policy orders the healthy upstreams that serve the model, best first; the rest of
+the order is where a request fails over to while nothing has reached the client.
+
+- `least-loaded`: the upstream with the fewest requests (vLLM's waiting + running, plus
+  what this gateway sent since the last scrape; in-flight counts where vLLM's are not
+  known).
+- `round-robin`: each in turn.
+- `prefix-affinity` and `session`: rendezvous hashing (highest random weight) of a key
+  (the request's prefix, or its session) over the upstreams, so every replica of the
+  gateway agrees without sharing any state, and an upstream leaving moves only its own
+  keys. Load is bounded: when the chosen upstream carries more than `margin` requests
+  beyond the least-loaded one, the key goes to the next upstream in its rendezvous order
+  that does not.
+
+Policies are pure: they see the upstreams' loads as numbers, so they are tested with
+made-up loads and cost no I/O on the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+PolicyName = Literal["least-loaded", "round-robin", "prefix-affinity", "session"]
+# How much of a request's beginning makes its prefix: enough to tell a team's system
+# prompt or a conversation's opening turns apart, little enough to hash in microseconds.
+PREFIX_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """An upstream as a policy sees it."""
+
+    url: str
+    load: float  # requests waiting and running on it, as well as the gateway knows
+
+
+class Policy(Protocol):
+    def order(self, upstreams: Sequence[Choice], key: str | None) -> list[Choice]:
+        """`upstreams`, best first; `key` is the request's routing key, if any."""
+
+
+class LeastLoaded:
+    def order(self, upstreams: Sequence[Choice], key: str | None) -> list[Choice]:
+        return sorted(upstreams, key=lambda u: u.load)
+
+
+class RoundRobin:
+    def __init__(self) -> None:
+        self._turn = itertools.count()
+
+    def order(self, upstreams: Sequence[Choice], key: str | None) -> list[Choice]:
+        if not upstreams:
+            return []
+        start = next(self._turn) % len(upstreams)
+        return [*upstreams[start:], *upstreams[:start]]
+
+
+class Rendezvous:
+    """Rendezvous hashing with bounded load: `prefix-affinity` and `session` alike,
+    differing only in the key they are given. A request without a key is routed to the
+    least-loaded upstream."""
+
+    def __init__(self, margin: float) -> None:
+        self._margin = margin
+
+    def order(self, upstreams: Sequence[Choice], key: str | None) -> list[Choice]:
+        if key is None:
+            return LeastLoaded().order(upstreams, key)
+        digest = key_digest(key)  # the long key hashed once, not once an upstream
+        ranked = sorted(upstreams, key=lambda u: weight(digest, u.url), reverse=True)
+        if not ranked:
+            return ranked
+        ceiling = min(u.load for u in ranked) + self._margin
+        within = [u for u in ranked if u.load <= ceiling]
+        return within + [u for u in ranked if u.load > ceiling]
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def weight(digest: bytes, upstream: str) -> int:
+    """The rendezvous weight of `upstream` for a key's digest: blake2b, not Python's
+    salted hash, so the same on every replica."""
+    mixed = hashlib.blake2b(digest + upstream.encode(), digest_size=8).digest()
+    return int.from_bytes(mixed, "big")
+
+
+def policy(name: PolicyName, margin: float = 4.0) -> Policy:
+    if name == "least-loaded":
+        return LeastLoaded()
+    if name == "round-robin":
+        return RoundRobin()
+    return Rendezvous(margin)
+
+
+def prefix_key(payload: Mapping[str, Any]) -> str | None:
+    """The beginning of what the request asks the model to read, whichever API it is in:
+    the system prompt and leading messages (chat, Anthropic's `system` and
+    `messages`), the Responses API's `instructions` and `input`, or a completion's
+    prompt; at most `PREFIX_CHARS` characters. None when it has none."""
+    parts: list[str] = []
+    size = 0
+    for value in (
+        payload.get("system"),
+        payload.get("instructions"),
+        payload.get("messages"),
+        payload.get("input"),
+        payload.get("prompt"),
+    ):
+        for text in _texts(value):
+            parts.append(text)
+            size += len(text)
+            if size >= PREFIX_CHARS:
+                return "\n".join(parts)[:PREFIX_CHARS]
+    return "\n".join(parts) if parts else None
+
+
+def session_key(headers: Mapping[str, str], payload: Mapping[str, Any]) -> str | None:
+    """A client's session: its `x-session-id` header, else the body's `user`."""
+    session = headers.get("x-session-id")
+    if session:
+        return session
+    user = payload.get("user")
+    return user if isinstance(user, str) and user else None
+
+
+def _texts(value: Any) -> list[str]:
+    """The texts of a prompt, message list or content, in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    if isinstance(value, dict):
+        return _texts(value.get("text")) + _texts(value.get("content"))
+    return []
