@@ -1,9 +1,10 @@
 """``/metrics`` as vLLM 0.32.0 serves it, with the load signals the gateway routes by.
 
-vLLM mounts prometheus_client's ``make_asgi_app`` on its registry
-(``vllm/entrypoints/serve/instrumentator/metrics.py``), so the text is
-prometheus_client's own exposition, the format chosen from the ``Accept`` header; the fake
-writes it with the same library rather than by hand. The five families and their help
+What answers vLLM's ``/metrics`` is prometheus-fastapi-instrumentator's ``expose`` route
+(``vllm/entrypoints/serve/instrumentator/metrics.py`` adds it before the
+``make_asgi_app`` mount): prometheus_client's ``generate_latest`` whatever the ``Accept``
+header says, under ``CONTENT_TYPE_LATEST``. The fake writes it with the same library
+rather than by hand. The five families and their help
 texts are ``PrometheusStatLogger``'s (``vllm/v1/metrics/loggers.py``), labelled
 ``model_name`` then ``engine`` (its ``labelnames``) for the first served model on engine
 0. Counters come with their ``_created`` series, as prometheus_client writes them by
@@ -19,8 +20,7 @@ import time
 from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .behaviour import BEHAVIOUR_KEY, FakeVLLMBehaviour
@@ -85,9 +85,9 @@ async def metrics(request: web.Request) -> web.Response:
         raise web.HTTPNotFound
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(beh, request.app[_CREATED_KEY]))
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    # prometheus_client's content types carry their charset; aiohttp wants it apart.
-    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+    # The content type carries its charset, which aiohttp's content_type= would refuse.
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_routes(app: web.Application) -> None:
