@@ -32,6 +32,7 @@ The modules, each importing only those above it:
 - ``anthropic``: Anthropic's Messages API (``/v1/messages``, ``count_tokens``).
 - ``tokenizing``, ``pooling``, ``audio``: ``/tokenize`` and ``/detokenize``; rerank and
   score; audio transcriptions and translations (each module says what real vLLM needs).
+- ``metrics``: ``/metrics``, the load signals in prometheus_client's text, as vLLM's.
 - ``server``: chat, completions, embeddings, the middleware, ``create_fake_vllm_app``,
   ``FakeVLLM``.
 - ``cli``: ``python -m llmgw.fake_vllm`` (``__main__`` only calls ``cli.main``).

@@ -82,6 +82,15 @@ class FakeVLLMBehaviour:
     # Generation requests being served now, and the most ever served at once.
     generating: int = 0
     most_generating: int = 0
+    # Of those, the ones a `hold` keeps back: /metrics reports them as waiting, the rest
+    # as running.
+    held: int = 0
+    # /metrics (vllm:kv_cache_usage_perc, 0..1, and the prefix cache's token counters);
+    # serve_metrics False answers 404, like a server that does not expose them.
+    kv_cache_usage: float = 0.0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    serve_metrics: bool = True
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]

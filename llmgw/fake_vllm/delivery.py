@@ -77,7 +77,11 @@ async def generating(beh: FakeVLLMBehaviour) -> AsyncIterator[None]:
     beh.most_generating = max(beh.most_generating, beh.generating)
     try:
         if beh.hold is not None:
-            await beh.hold.wait()
+            beh.held += 1
+            try:
+                await beh.hold.wait()
+            finally:
+                beh.held -= 1
         yield
     finally:
         beh.generating -= 1

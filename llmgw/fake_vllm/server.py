@@ -40,6 +40,7 @@ from .delivery import (
     stream,
 )
 from .errors import ApiError, check_model, one_error, parse_json, streaming_error_event
+from .metrics import add_routes as add_metrics_routes
 from .plan import plan_generation
 from .pooling import add_routes as add_pooling_routes
 from .responses import add_routes as add_responses_routes
@@ -166,6 +167,7 @@ def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Appl
     add_tokenizing_routes(app)
     add_pooling_routes(app)
     add_audio_routes(app)
+    add_metrics_routes(app)
     return app
 
 
