@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,11 +169,16 @@ USER_BUDGET = ["--tokens", "1000000000000000", "--period", "month"]
 
 
 def llmgw(
-    procs: Processes, upstreams: dict[str, Server], name: str = "llmgw", limits: str = "requests"
+    procs: Processes,
+    upstreams: Mapping[str, Server | Sequence[Server]],
+    name: str = "llmgw",
+    limits: str = "requests",
+    extra: Sequence[str] = (),
 ) -> Server:
     """llmgw with its whole path: a key of a tier with huge limits, the ledger on.
-    `limits`: `requests` (requests per minute and hour only) or `every` (`EVERY_LIMIT`
-    and a user budget too)."""
+    `upstreams`: by model, one server or several; `limits`: `requests` (requests per
+    minute and hour only) or `every` (`EVERY_LIMIT` and a user budget too); `extra`:
+    more lines of configuration (a `[routing]` section)."""
     work = procs.workdir / name
     work.mkdir(exist_ok=True)
     port = free_port()
@@ -185,8 +191,10 @@ def llmgw(
     ]  # fmt: skip
     if limits == "every":
         lines += EVERY_LIMIT
-    for model, server in upstreams.items():
-        lines += ["[[upstreams]]", f'url = "{server.url}"', f'models = ["{model}"]']
+    lines += extra
+    for model, servers in upstreams.items():
+        for server in [servers] if isinstance(servers, Server) else servers:
+            lines += ["[[upstreams]]", f'url = "{server.url}"', f'models = ["{model}"]']
     config = work / "llmgw.toml"
     config.write_text("\n".join(lines) + "\n")
     argv = [str(VENV_BIN / "llmgw"), "serve", "--config", str(config)]
