@@ -218,6 +218,14 @@ class UpstreamStatus(TypedDict):
     models: list[str]
     last_error: str | None
     checked_at: str | None
+    # Issue 17: vLLM's load, summed over the models it serves, from its /metrics (None
+    # where not read); `load` is what routing compares (in flight where not read).
+    load: float
+    waiting: int | None
+    running: int | None
+    kv_cache_usage: float | None  # 0..1
+    prefix_cache_hit_rate: float | None  # since the server started
+    full: bool  # passed over while another upstream has room
 
 
 class Health(TypedDict):

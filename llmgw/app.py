@@ -83,7 +83,9 @@ def create_app(
     app[CLOCK] = clock
     app[KEYS] = KeyTable()
     app[TRUSTED_PROXIES] = TrustedProxies(settings.admin.trusted_proxies)
-    app[UPSTREAMS] = UpstreamPool(settings.upstreams, settings.server.upstream_connect_timeout)
+    app[UPSTREAMS] = UpstreamPool(
+        settings.upstreams, settings.server.upstream_connect_timeout, settings.routing, clock
+    )
     app[METRICS] = Metrics()
     app[LIVE] = LiveStats()
     app[STORED_RESPONSES] = StoredResponses(app[CLOCK].monotonic)
@@ -221,13 +223,20 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     app[CLIENT] = session
     pool = app[UPSTREAMS]
     await pool.probe_all(session)
-    prober = asyncio.create_task(
-        pool.run_prober(session, server.health_check_interval), name="upstream-prober"
-    )
+    tasks = [
+        asyncio.create_task(
+            pool.run_prober(session, server.health_check_interval), name="upstream-prober"
+        )
+    ]
+    if app[SETTINGS].routing.metrics_interval:
+        await pool.scrape_all(session)
+        tasks.append(asyncio.create_task(pool.run_scraper(session), name="upstream-scraper"))
     yield
-    prober.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await prober
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await session.close()
 
 

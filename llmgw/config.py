@@ -263,6 +263,56 @@ class LimitsSettings:
     )
 
 
+RoutingPolicyName = Literal["least-loaded", "prefix-affinity", "session", "round-robin"]
+ROUTING_POLICIES: tuple[RoutingPolicyName, ...] = typing.get_args(RoutingPolicyName)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    # (A Literal, so immutable: ruff does not see through the alias.)
+    policy: RoutingPolicyName = setting(  # noqa: RUF009
+        "least-loaded",
+        "Which upstream serving a model a request goes to. least-loaded: the one with the "
+        "fewest requests waiting and running in vLLM (its /metrics), plus those this "
+        "gateway sent it since. prefix-affinity: the same upstream for the same prompt "
+        "beginning (system prompt and leading messages), so vLLM's prefix cache has it, "
+        "unless that one is busier than the least-loaded by more than margin. session: "
+        "the same for a client's x-session-id header (else the body's user), with the "
+        "same margin. round-robin: each in turn. The latter three agree across replicas "
+        "without sharing anything.",
+    )
+    model_policies: tuple[str, ...] = setting(
+        (),
+        'Policies of particular models, overriding policy: "MODEL=POLICY" entries, e.g. '
+        '["qwen-coder=prefix-affinity", "llama-chat=session"].',
+    )
+    margin: float = setting(
+        4.0,
+        "Requests an upstream may have beyond the least-loaded one's before a "
+        "prefix-affinity or session request goes on to the next upstream in its order.",
+    )
+    metrics_interval: float = setting(
+        1.0,
+        "Seconds between two reads of each upstream's /metrics (vLLM's requests waiting "
+        "and running, KV-cache use, prefix-cache hits); 0: never read, route by this "
+        "gateway's own requests in flight (as for an upstream without those metrics).",
+    )
+    max_waiting: int = setting(
+        32,
+        "An upstream with more requests waiting in vLLM than this (or one that answered "
+        "503 within the last metrics_interval, at least a second) is passed over while "
+        "another has room; 0: no limit.",
+    )
+
+    def policy_of(self, model: str | None) -> RoutingPolicyName:
+        """The policy of `model`: its own, else the default."""
+        for entry in self.model_policies:
+            name, _, chosen = entry.rpartition("=")
+            if name == model:
+                return typing.cast(RoutingPolicyName, chosen)
+        return self.policy
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: Literal["debug", "info", "warning", "error"] = setting(
@@ -306,8 +356,8 @@ class Settings:
     )
     upstreams: tuple[UpstreamSettings, ...] = setting(
         (UpstreamSettings("http://127.0.0.1:8100"),),
-        "One [[upstreams]] table per vLLM server, at least one. A request goes to the least "
-        "busy healthy upstream that serves its model.",
+        "One [[upstreams]] table per vLLM server, at least one. A request goes to a healthy "
+        "upstream that serves its model, chosen as [routing] says.",
     )
     tiers: Mapping[str, TierSettings] = field(
         default_factory=lambda: DEFAULT_TIERS,
@@ -321,6 +371,13 @@ class Settings:
     limits: LimitsSettings = field(
         default=LimitsSettings(),
         metadata=doc("Where rate limits are counted: in this process, or shared in Redis."),
+    )
+    routing: RoutingSettings = field(
+        default=RoutingSettings(),
+        metadata=doc(
+            "How a request's upstream is chosen among those serving its model, by vLLM's "
+            "own load (read from its /metrics) and the request's prompt or session."
+        ),
     )
     logging: LoggingSettings = field(
         default=LoggingSettings(), metadata=doc("How and where the gateway logs.")
@@ -397,6 +454,7 @@ _SIMPLE_SECTIONS: dict[str, type] = {
     "admin": AdminSettings,
     "database": DatabaseSettings,
     "limits": LimitsSettings,
+    "routing": RoutingSettings,
     "logging": LoggingSettings,
 }
 
@@ -632,6 +690,7 @@ def _validate(settings: Settings) -> None:
         except ValueError as exc:
             raise ConfigError(f"[admin] trusted_proxies: {exc}") from None
     _validate_limits(settings.limits)
+    _validate_routing(settings.routing)
     if settings.admin.default_tier not in settings.tiers:
         raise ConfigError(
             f"[admin] default_tier: no tier named {settings.admin.default_tier!r} "
@@ -689,6 +748,18 @@ def _validate_limits(limits: LimitsSettings) -> None:
         raise ConfigError(f"{where}: expected redis://HOST:PORT/DB, with a host")
     elif not (url.path.strip("/") or "0").isdigit():
         raise ConfigError(f"{where}: the database after the port must be a number, as in /0")
+
+
+def _validate_routing(routing: RoutingSettings) -> None:
+    if routing.margin < 0 or routing.metrics_interval < 0 or routing.max_waiting < 0:
+        raise ConfigError("[routing] margin, metrics_interval, max_waiting: must not be negative")
+    for entry in routing.model_policies:
+        model, _, chosen = entry.rpartition("=")
+        if not model or chosen not in ROUTING_POLICIES:
+            raise ConfigError(
+                f'[routing] model_policies: expected "MODEL=POLICY" with POLICY one of '
+                f"{', '.join(ROUTING_POLICIES)}, got {entry!r}"
+            )
 
 
 def _scheme(url: str) -> str:

@@ -65,7 +65,7 @@ async def health(request: web.Request) -> web.Response:
             error=limits.error,
             local_decisions=limits.local_decisions,
         ),
-        upstreams=[u.status() for u in pool.upstreams],
+        upstreams=pool.status(),
     )
     return web.Response(
         status=200 if serving else 503, body=orjson.dumps(body), content_type="application/json"

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -57,6 +59,8 @@ from .state import (
 )
 from .streaming import SseRelay
 from .upstreams import Upstream
+
+log = logging.getLogger("llmgw.proxy")
 
 # Request headers worth passing on; everything else (the client's key above all) stays.
 _FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent")
@@ -190,6 +194,16 @@ class _Unreachable(Exception):
     """Nothing reached the upstream: the next one may be tried."""
 
 
+class _Refused(Exception):
+    """The upstream answered 502 or 503 before anything was sent to the client: the
+    next one may be tried."""
+
+
+# What an upstream answers when it cannot take a request now (vLLM's 503 when its
+# engine is starting, sleeping or overloaded; a 502 from a proxy in front of it).
+_TRY_ANOTHER = (502, 503)
+
+
 async def _forward(
     request: web.Request,
     ctx: RequestContext,
@@ -201,14 +215,22 @@ async def _forward(
     pool = request.app[UPSTREAMS]
     priority = tier_of(ctx.key, request.app[SETTINGS]).priority if ctx.key else 0
     # A stored response lives in the upstream that made it: no other will do.
-    for upstream in [owner] if owner is not None else pool.candidates(ctx.model):
+    if owner is not None:
+        candidates = [owner]
+    else:
+        candidates = pool.candidates(ctx.model, request.headers, outgoing.payload)
+    for i, upstream in enumerate(candidates):
         ctx.upstream = upstream.url
         body = outgoing.body(priority if upstream.priority_scheduling else None)
         try:
-            with pool.lease(upstream):
-                return await _exchange(request, ctx, route, upstream, body, outgoing)
+            with pool.lease(upstream, ctx.model):
+                return await _exchange(
+                    request, ctx, route, upstream, body, outgoing, last=i == len(candidates) - 1
+                )
         except _Unreachable as exc:
             upstream.mark_down(str(exc))
+            ctx.upstream = None
+        except _Refused:
             ctx.upstream = None
     ctx.rate_headers = (await reservation.refund()).headers()
     raise GatewayError(502, "No model server is reachable right now.", code="upstream_unavailable")
@@ -221,6 +243,8 @@ async def _exchange(
     upstream: Upstream,
     body: bytes,
     outgoing: Outgoing,
+    *,
+    last: bool = True,
 ) -> web.StreamResponse:
     """One request to one upstream, and its answer back to the client."""
     server = request.app[SETTINGS].server
@@ -239,6 +263,8 @@ async def _exchange(
                 data=body,
                 headers=_upstream_headers(request, upstream, ctx.request_id),
             )
+    if response.status in _TRY_ANOTHER and not last:
+        _pass_over(request, ctx, upstream, response)
     try:
         # Whatever the request said: an event stream is relayed and accounted as one
         # (never buffered whole and read for a usage it does not have).
@@ -265,6 +291,23 @@ async def _exchange(
         response.release()  # back to the pool if complete, else closed
         if route.kind == "responses":
             _remember_response(request, ctx, upstream)
+
+
+def _pass_over(
+    request: web.Request, ctx: RequestContext, upstream: Upstream, response: aiohttp.ClientResponse
+) -> NoReturn:
+    """Leave an upstream that cannot take the request for the next one (never once the
+    client has a byte: this is before anything was sent)."""
+    log.info(
+        "upstream %s answered request %s with %d: trying the next",
+        upstream.url,
+        ctx.request_id,
+        response.status,
+    )
+    if response.status == 503:
+        request.app[UPSTREAMS].mark_busy(upstream)
+    response.close()  # its error body is not wanted, nor is its connection worth keeping
+    raise _Refused
 
 
 def _remember_response(request: web.Request, ctx: RequestContext, upstream: Upstream) -> None:

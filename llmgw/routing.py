@@ -24,9 +24,10 @@ import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-PolicyName = Literal["least-loaded", "round-robin", "prefix-affinity", "session"]
+from .config import RoutingPolicyName
+
 # How much of a request's beginning makes its prefix: enough to tell a team's system
 # prompt or a conversation's opening turns apart, little enough to hash in microseconds.
 PREFIX_CHARS = 4096
@@ -92,7 +93,7 @@ def weight(digest: bytes, upstream: str) -> int:
     return int.from_bytes(mixed, "big")
 
 
-def policy(name: PolicyName, margin: float = 4.0) -> Policy:
+def policy(name: RoutingPolicyName, margin: float = 4.0) -> Policy:
     if name == "least-loaded":
         return LeastLoaded()
     if name == "round-robin":
@@ -123,12 +124,28 @@ def prefix_key(payload: Mapping[str, Any]) -> str | None:
 
 
 def session_key(headers: Mapping[str, str], payload: Mapping[str, Any]) -> str | None:
-    """A client's session: its `x-session-id` header, else the body's `user`."""
+    """A client's session: its `x-session-id` header, else the body's `user` (or, on the
+    Messages API, `metadata.user_id`, where Claude Code names its session)."""
     session = headers.get("x-session-id")
     if session:
         return session
-    user = payload.get("user")
-    return user if isinstance(user, str) and user else None
+    metadata = payload.get("metadata")
+    claude = metadata.get("user_id") if isinstance(metadata, dict) else None
+    for user in (payload.get("user"), claude):
+        if isinstance(user, str) and user:
+            return user
+    return None
+
+
+def routing_key(
+    name: RoutingPolicyName, headers: Mapping[str, str], payload: Mapping[str, Any]
+) -> str | None:
+    """What policy `name` routes a request by: its prefix, its session, or nothing."""
+    if name == "prefix-affinity":
+        return prefix_key(payload)
+    if name == "session":
+        return session_key(headers, payload)
+    return None
 
 
 def _texts(value: Any) -> list[str]:

@@ -403,6 +403,12 @@ def canned_snapshot() -> Stats:
                 "models": ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct"],
                 "last_error": None,
                 "checked_at": "2026-01-01T11:59:58Z",
+                "load": 9.0,
+                "waiting": 2,
+                "running": 7,
+                "kv_cache_usage": 0.41,
+                "prefix_cache_hit_rate": 0.6312,
+                "full": False,
             },
             {
                 "url": "http://gpu2.internal:8100",
@@ -413,6 +419,12 @@ def canned_snapshot() -> Stats:
                 "last_error": "Cannot connect to host gpu2.internal:8100 ssl:default "
                 "[Connect call failed ('10.0.4.12', 8100)]",
                 "checked_at": "2026-01-01T11:59:58Z",
+                "load": 0.0,
+                "waiting": None,
+                "running": None,
+                "kv_cache_usage": None,
+                "prefix_cache_hit_rate": None,
+                "full": False,
             },
         ],
         # all written: no ledger line

@@ -95,7 +95,7 @@ async def snapshot(request: web.Request, seconds: int) -> Stats:
         keys=[
             await _busy_key(row, keys.get(row["key_id"]), limiter, settings) for row in live["keys"]
         ],
-        upstreams=[u.status() for u in cfg[UPSTREAMS].upstreams],
+        upstreams=cfg[UPSTREAMS].status(),
         ledger=cfg[LEDGER].status(),
     )
 
