@@ -174,17 +174,20 @@ def llmgw(
     name: str = "llmgw",
     limits: str = "requests",
     extra: Sequence[str] = (),
+    drain_delay: float | None = None,
 ) -> Server:
     """llmgw with its whole path: a key of a tier with huge limits, the ledger on.
     `upstreams`: by model, one server or several; `limits`: `requests` (requests per
     minute and hour only) or `every` (`EVERY_LIMIT` and a user budget too); `extra`:
-    more lines of configuration (a `[routing]` section)."""
+    more lines of configuration (a `[routing]` section); `drain_delay`: seconds it still
+    serves after SIGTERM (llmgw's default, 5, when None)."""
     work = procs.workdir / name
     work.mkdir(exist_ok=True)
     port = free_port()
     socket = work / "admin.sock"
     lines = [
         "[server]", 'host = "127.0.0.1"', f"port = {port}",
+        *([f"shutdown_drain_delay = {drain_delay}"] if drain_delay is not None else []),
         "[admin]", f'socket = "{socket}"', 'default_tier = "bench"',
         "[database]", f'path = "{work / "llmgw.db"}"',
         "[tiers.bench]", "requests_per_minute = 1000000000", "requests_per_hour = 1000000000",

@@ -72,7 +72,8 @@ def llmgw(procs: Processes, upstreams: list[Server], policy: str, tag: str) -> S
     """`llmgw serve` routing over `upstreams` by `policy`, as `bench/run` runs it: a key
     whose tier allows 10^9 requests a minute, the in-memory limiter, the ledger on."""
     routing = ["[routing]", f'policy = "{policy}"']
-    return servers.llmgw(procs, {MODEL: upstreams}, name=tag, extra=routing)
+    # Stopped after every run: no load balancer to see it leave, so no drain delay.
+    return servers.llmgw(procs, {MODEL: upstreams}, name=tag, extra=routing, drain_delay=0)
 
 
 def vllm_router(

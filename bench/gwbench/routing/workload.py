@@ -157,7 +157,7 @@ def plan(shape: Shape, rate: float, seconds: float, seed: int, limit: int) -> li
     teams = team_prompts(shape, seed)
     users = [_User(shape, seed, i, teams[i]) for i in range(shape.users)]
     pick = random.Random(f"{seed}:who:{rate:.6f}")
-    turns = []
+    turns: list[Turn] = []
     for at in arrivals(rate, seconds, seed):
         if len(turns) >= limit:
             break
