@@ -21,7 +21,7 @@ from llmgw.config import (
     load_settings,
 )
 from llmgw.fake_vllm import FakeVLLM
-from llmgw.routing import key_digest, prefix_key, weight
+from llmgw.routing import key_digest, prefix_key, site_hash, weight
 from llmgw.state import CLIENT, UPSTREAMS
 
 from .conftest import Gateway, GatewayFactory, auth, sse_events, wait_for
@@ -114,7 +114,7 @@ def rendezvous_first(fakes: Sequence[FakeVLLM], body: dict[str, Any]) -> FakeVLL
     key = prefix_key(body)
     assert key is not None
     digest = key_digest(key)
-    return max(fakes, key=lambda f: weight(digest, f.url))
+    return max(fakes, key=lambda f: weight(digest, site_hash(f.url)))
 
 
 async def hold_directly(
