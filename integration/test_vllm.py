@@ -18,6 +18,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from llmgw.config import UpstreamSettings
+from llmgw.state import CLIENT, UPSTREAMS
 from tests.conftest import Gateway, make_settings, normalised, start_gateway
 
 from .conftest import MODEL_NAME, VllmServer
@@ -221,6 +222,39 @@ async def test_a_client_disconnect_aborts_the_generation_in_vllm(
     assert row["status_code"] == 499
     assert row["usage_source"] == "partial"
     assert 0 < row["completion_tokens"] < 1900
+
+
+async def test_the_gateway_reads_vllms_load_while_it_generates(
+    gateway: Gateway, vllm: VllmServer
+) -> None:
+    """Issue 17: the gateway's scraper on the real /metrics, with a request running."""
+    pool = gateway.app[UPSTREAMS]
+    key = (await gateway.create_key("watcher"))["key"]
+    body = {
+        "model": MODEL_NAME,
+        "messages": MESSAGES,
+        "max_tokens": 1900,
+        "stream": True,
+        **FULL_LENGTH,
+    }
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            f"{gateway.base_url}/chat/completions",
+            data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        async with asyncio.timeout(60):
+            while b"\n\n" not in await resp.content.readany():
+                pass
+        await pool.scrape_all(gateway.app[CLIENT])  # as the scraper does every second
+        [running] = pool.status()
+        resp.close()  # vLLM aborts it
+    loads = pool.upstreams[0].loads
+    assert loads is not None and list(loads) == [MODEL_NAME], loads
+    assert (running["running"], running["waiting"]) == (1, 0)
+    assert running["load"] == 1  # vLLM's count, and nothing sent since it was read
+    assert running["kv_cache_usage"] is not None and 0 < running["kv_cache_usage"] <= 1
+    assert running["prefix_cache_hit_rate"] is not None
 
 
 async def test_health_follows_vllm_down_and_back(gateway: Gateway, vllm: VllmServer) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,28 +69,53 @@ class Rendezvous:
 
     def __init__(self, margin: float) -> None:
         self._margin = margin
+        self._sites: dict[str, int] = {}  # each upstream's own hash, made once
 
     def order(self, upstreams: Sequence[Choice], key: str | None) -> list[Choice]:
         if key is None:
             return LeastLoaded().order(upstreams, key)
         digest = key_digest(key)  # the long key hashed once, not once an upstream
-        ranked = sorted(upstreams, key=lambda u: weight(digest, u.url), reverse=True)
+        ranked = sorted(upstreams, key=lambda u: weight(digest, self._site(u.url)), reverse=True)
         if not ranked:
             return ranked
         ceiling = min(u.load for u in ranked) + self._margin
         within = [u for u in ranked if u.load <= ceiling]
         return within + [u for u in ranked if u.load > ceiling]
 
+    def _site(self, url: str) -> int:
+        site = self._sites.get(url)
+        if site is None:
+            site = self._sites[url] = site_hash(url)
+        return site
 
-def key_digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+_MASK = (1 << 64) - 1
 
 
-def weight(digest: bytes, upstream: str) -> int:
-    """The rendezvous weight of `upstream` for a key's digest: blake2b, not Python's
-    salted hash, so the same on every replica."""
-    mixed = hashlib.blake2b(digest + upstream.encode(), digest_size=8).digest()
-    return int.from_bytes(mixed, "big")
+def key_digest(key: str) -> int:
+    """A routing key as 64 bits: SHA-1 (hardware-accelerated where OpenSSL can: hashing
+    a 4 KB prefix is most of a decision's cost), not Python's salted hash, so that every
+    replica computes the same."""
+    try:
+        data = key.encode()
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\\ud800"): the slow way
+        data = key.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha1(data, usedforsecurity=False).digest()[:8], "big")
+
+
+def site_hash(upstream: str) -> int:
+    """An upstream's URL as 64 bits (blake2b: the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(upstream.encode(), digest_size=8).digest(), "big")
+
+
+def weight(digest: int, site: int) -> int:
+    """The rendezvous weight of an upstream (`site_hash`) for a key (`key_digest`): the
+    two mixed by SplitMix64's finaliser, so that every bit of each moves the result and
+    a key's order over the upstreams is as good as random, and fixed."""
+    z = ((digest ^ site) + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
 
 
 def policy(name: RoutingPolicyName, margin: float = 4.0) -> Policy:
@@ -116,7 +141,8 @@ def prefix_key(payload: Mapping[str, Any]) -> str | None:
         payload.get("prompt"),
     ):
         for text in _texts(value):
-            parts.append(text)
+            # (cut before joining: a long system prompt is not copied whole)
+            parts.append(text[:PREFIX_CHARS])
             size += len(text)
             if size >= PREFIX_CHARS:
                 return "\n".join(parts)[:PREFIX_CHARS]
@@ -148,12 +174,14 @@ def routing_key(
     return None
 
 
-def _texts(value: Any) -> list[str]:
-    """The texts of a prompt, message list or content, in order."""
+def _texts(value: Any) -> Iterator[str]:
+    """The texts of a prompt, message list or content, in order (lazily: the prefix
+    usually ends within the first message)."""
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [text for item in value for text in _texts(item)]
-    if isinstance(value, dict):
-        return _texts(value.get("text")) + _texts(value.get("content"))
-    return []
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        yield from _texts(value.get("text"))
+        yield from _texts(value.get("content"))

@@ -26,6 +26,7 @@ from llmgw.state import CLIENT, UPSTREAMS
 from llmgw.times import iso_utc
 
 from .conftest import FakeClock, Gateway, GatewayFactory, tiers
+from .failures.wire import forwarded
 
 MODEL = "fake-model"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -38,19 +39,10 @@ RATE_HEADERS = (
     "x-ratelimit-remaining-requests",
     "x-ratelimit-reset-requests",
 )
-# What the gateway itself asks the upstream (health probe, model discovery).
-_PROBES = {("GET", "/health"), ("GET", "/v1/models")}
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def forwarded(fake: FakeVLLM) -> list[tuple[str, str]]:
-    """Requests that reached the fake vLLM other than the gateway's own probes."""
-    return [
-        (r.method, r.path) for r in fake.behaviour.requests if (r.method, r.path) not in _PROBES
-    ]
 
 
 async def error_of(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:

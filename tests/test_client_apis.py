@@ -134,7 +134,7 @@ async def test_responses_count_into_the_token_limit(
     # the second's estimate taken.
     reserved_now = 10_000 - int(after.headers["x-ratelimit-remaining-tokens"]) - used
     assert 5 <= reserved_now <= 5 + len(TEXT)  # its max_output_tokens and its prompt
-    sent = fake.behaviour.requests[-1].json
+    sent = fake.behaviour.requests_to("/v1/responses")[-1].json
     assert isinstance(sent, dict) and sent["max_output_tokens"] == 5
 
 

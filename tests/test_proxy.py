@@ -14,6 +14,7 @@ from llmgw.config import UpstreamSettings
 from llmgw.fake_vllm import FakeVLLM, count_prompt_tokens
 
 from .conftest import Gateway, GatewayFactory, auth, normalised, post, sse_events
+from .failures.wire import forwarded
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Say three words"}]}
 
@@ -240,12 +241,12 @@ async def test_models_are_merged_and_limited_to_the_keys_models(
         assert sorted(all_ids) == ["fake-model", "other-model"]
         assert limited_ids == ["other-model"]
         # A request for another model is refused before it reaches any upstream.
-        before = len(fake.behaviour.requests) + len(other.behaviour.requests)
+        before = len(forwarded(fake)) + len(forwarded(other))
         status, _, raw = await post(
             f"{gateway.base_url}/chat/completions", orjson.dumps(CHAT), auth(limited)
         )
         assert status == 403 and json.loads(raw)["error"]["code"] == "model_not_allowed"
-        assert len(fake.behaviour.requests) + len(other.behaviour.requests) == before
+        assert len(forwarded(fake)) + len(forwarded(other)) == before
         # Routing by model: other-model only exists on the second upstream.
         body = orjson.dumps({**CHAT, "model": "other-model", "max_tokens": 1})
         status, _, _ = await post(f"{gateway.base_url}/chat/completions", body, auth(limited))

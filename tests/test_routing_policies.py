@@ -20,6 +20,7 @@ from llmgw.routing import (
     policy,
     prefix_key,
     session_key,
+    site_hash,
     weight,
 )
 
@@ -119,13 +120,17 @@ def test_no_key_is_least_loaded() -> None:
 
 
 def test_weights_are_fixed_numbers() -> None:
-    # Replicas (other processes, other builds) must agree: the weight is blake2b of the
-    # key and the upstream, not Python's salted hash.
-    digest = hashlib.blake2b(b"k", digest_size=16).digest()
-    assert key_digest("k") == digest
-    expected = hashlib.blake2b(digest + b"http://gpu0:8000", digest_size=8).digest()
-    assert weight(digest, "http://gpu0:8000") == int.from_bytes(expected, "big")
-    assert weight(digest, "http://gpu0:8000") != weight(digest, "http://gpu1:8000")
+    # Replicas (other processes, other builds) must agree: the weight is made of SHA-1 of
+    # the key and blake2b of the upstream, mixed by SplitMix64, not Python's salted hash.
+    digest = key_digest("k")
+    assert digest == int.from_bytes(hashlib.sha1(b"k", usedforsecurity=False).digest()[:8], "big")
+    site = site_hash("http://gpu0:8000")
+    assert site == int.from_bytes(hashlib.blake2b(b"http://gpu0:8000", digest_size=8).digest())
+    # SplitMix64's published first output for seed 0 (Vigna's splitmix64.c): the mixer
+    # is the reference one.
+    assert weight(0, 0) == 0xE220A8397B1DCDAF
+    assert weight(digest, site) != weight(digest, site_hash("http://gpu1:8000"))
+    assert key_digest("\ud800 lone") == key_digest("\ud800 lone")  # no UnicodeEncodeError
 
 
 def test_policies_by_name() -> None:

@@ -25,8 +25,8 @@ class Listening(Protocol):
     def url(self) -> str: ...
 
 
-# What the gateway itself asks the upstream (health probe, model discovery).
-PROBES = {("GET", "/health"), ("GET", "/v1/models")}
+# What the gateway itself asks the upstream (health probe, model discovery, load).
+PROBES = {("GET", "/health"), ("GET", "/v1/models"), ("GET", "/metrics")}
 CHAT_BODY = orjson.dumps(
     {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 )
