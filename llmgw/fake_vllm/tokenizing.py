@@ -15,6 +15,7 @@ default) then its words. The counts follow the fake's counting rules (``tokens``
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -58,8 +59,19 @@ def _learn(body: dict[str, Any], beh: FakeVLLMBehaviour) -> None:
         else []
     )
     for content in [*contents, body.get("prompt")]:
-        words = _words(content)
-        beh.vocabulary.update(zip(word_ids(" ".join(words)), words, strict=True))
+        if isinstance(content, str):
+            beh.vocabulary.update(_text_words(content))
+        elif content is not None:
+            words = _words(content)
+            beh.vocabulary.update(zip(word_ids(" ".join(words)), words, strict=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _text_words(text: str) -> dict[int, str]:
+    """A text's words by id: a system prompt or a conversation's earlier messages come
+    again and again, each time the length of a long prompt."""
+    words = text.split()
+    return dict(zip(word_ids(text), words, strict=True))
 
 
 def _token_ids(body: dict[str, Any]) -> list[int]:
