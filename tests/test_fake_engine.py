@@ -1,25 +1,29 @@
-"""The simulated vLLM's model: token ids and block hashes, the scheduler step by step on
-simulated time, the engine on a fake clock."""
+"""The simulated vLLM (`llmgw.fake_vllm` with a `SimulationSettings`): token ids and block
+hashes, the scheduler step by step on simulated time, the engine on a fake clock, and a
+simulated fake over a real socket and from its command line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
-from llmgw.fake_vllm import count_prompt_tokens
+from llmgw.fake_vllm import FakeVLLM, FakeVLLMBehaviour, count_prompt_tokens
 from llmgw.fake_vllm.engine import Engine, EngineStopped
 from llmgw.fake_vllm.kv_cache import NONE_HASH, block_hashes, hash_block_tokens
 from llmgw.fake_vllm.scheduler import Request, Scheduler, SimulationSettings
 from llmgw.fake_vllm.token_ids import generated_token_id, prompt_token_ids
 from llmgw.fake_vllm.tokens import completion_text
+from llmgw.load_metrics import parse_load
 
-from .conftest import FakeClock
+from .conftest import FakeClock, free_port
 
 SMALL = SimulationSettings(
     max_num_seqs=4,
@@ -424,3 +428,148 @@ async def test_waiters_fail_when_the_engine_stops(clock: FakeClock) -> None:
     with pytest.raises(EngineStopped):
         async with engine.generate(tokens(5), 1):
             pass
+
+
+# --- over a real socket -------------------------------------------------------------------
+
+SYSTEM = " ".join(f"rule{i}" for i in range(300))
+
+
+def chat(user: str, max_tokens: int) -> dict[str, Any]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    options = {"include_usage": True}
+    return {"model": "m", "messages": messages, "max_tokens": max_tokens, "stream": True} | {
+        "stream_options": options
+    }
+
+
+async def read_stream(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
+    chunks = []
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+async def test_a_simulated_fake_streams_and_reports_its_engine() -> None:
+    settings = SimulationSettings(max_num_seqs=2, decode_time_per_step=0.01)
+    fake = FakeVLLM(FakeVLLMBehaviour(models=["m"], simulation=settings))
+    await fake.start()
+    engine = fake.engine
+    assert engine is not None
+    bodies = [chat(f"question {i}", 100) for i in range(3)]
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def ask(body: dict[str, Any]) -> list[dict[str, Any]]:
+                async with session.post(fake.url + "/v1/chat/completions", json=body) as resp:
+                    assert resp.status == 200
+                    return await read_stream(resp)
+
+            answers = asyncio.gather(*(ask(b) for b in bodies))
+            await fake.behaviour.wait_until(lambda: engine.stats().waiting == 1)
+            async with session.get(fake.url + "/metrics") as resp:
+                load = parse_load(await resp.text())["m"]
+            assert (load.running, load.waiting) == (2, 1)
+            assert 0 < load.kv_cache_usage < 1
+            streams = await answers
+            async with session.get(fake.url + "/metrics") as resp:
+                after = parse_load(await resp.text())["m"]
+    finally:
+        await fake.stop()
+
+    for body, chunks in zip(bodies, streams, strict=True):
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == completion_text(100)
+        usage = chunks[-1]["usage"]
+        assert usage["prompt_tokens"] == count_prompt_tokens(body)
+        assert usage["completion_tokens"] == 100
+    ids = [prompt_token_ids(b) for b in bodies]
+    assert ids[0] is not None and ids[1] is not None
+    common = next(i for i, (x, y) in enumerate(zip(ids[0], ids[1], strict=False)) if x != y)
+    assert (after.running, after.waiting, after.kv_cache_usage) == (0, 0, 0.0)
+    assert after.prefix_queries == sum(count_prompt_tokens(b) for b in bodies)
+    assert after.prefix_hits == 2 * (common // settings.block_size * settings.block_size)
+
+
+async def test_a_simulated_answer_takes_the_modelled_time_and_a_leaver_frees_its_blocks() -> None:
+    settings = SimulationSettings(decode_time_per_step=0.01, prefill_time_per_token=0.0001)
+    behaviour = FakeVLLMBehaviour(models=["m"], simulation=settings)
+    fake = FakeVLLM(behaviour)
+    await fake.start()
+    engine = fake.engine
+    assert engine is not None
+    body = chat("why", 20) | {"stream": False, "stream_options": None}
+    prompt = count_prompt_tokens(body)
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with session.post(fake.url + "/v1/chat/completions", json=body) as resp:
+                answer = await resp.json()
+            took = loop.time() - started
+            assert answer["usage"]["prompt_tokens"] == prompt
+            assert answer["usage"]["completion_tokens"] == 20
+            assert took >= settings.step_time(prompt, 0) + 19 * settings.step_time(0, 1)
+
+            resp = await session.post(fake.url + "/v1/chat/completions", json=chat("go", 1000))
+            await resp.content.readline()  # the first event: the request is running
+            assert engine.stats().running == 1
+            resp.close()
+            await behaviour.wait_until(lambda: behaviour.aborted == 1)
+            await behaviour.wait_until(lambda: engine.stats().running == 0)
+            assert engine.stats().kv_cache_usage == 0.0
+    finally:
+        await fake.stop()
+
+
+def test_the_command_line_needs_simulate_for_simulation_settings() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "llmgw.fake_vllm", "--max-num-seqs", "4"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "need --simulate" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "llmgw.fake_vllm", "--simulate", "--num-gpu-blocks", "8"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "raise num_gpu_blocks" in done.stderr
+
+
+async def test_the_command_line_serves_a_simulation() -> None:
+    port = free_port()
+    argv = [
+        *("-m", "llmgw.fake_vllm", "--port", str(port), "--model", "m"),
+        *("--max-model-len", "32768", "--simulate", "--max-num-seqs", "16"),
+        *("--num-gpu-blocks", "4096", "--block-size", "16", "--max-num-batched-tokens", "2048"),
+        *("--prefill-time-per-token", "0.0001", "--decode-time-per-step", "0.002"),
+        *("--tokens", "8"),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        url = line.removeprefix("listening on ")
+        body = chat("hello", 8) | {"max_tokens": None}
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for _ in range(2):
+                async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                    chunks = await read_stream(resp)
+                assert chunks[-1]["usage"]["completion_tokens"] == 8  # --tokens
+            async with session.get(url + "/metrics") as resp:
+                load = parse_load(await resp.text())["m"]
+        assert load.prefix_queries == 2 * count_prompt_tokens(body)
+        assert load.prefix_hits == (count_prompt_tokens(body) - 1) // 16 * 16
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
