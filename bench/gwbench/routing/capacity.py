@@ -1,26 +1,30 @@
 """The fleet's capacity, from the simulator's parameters and the workload's mean request.
 
-A simulated server works in steps: each step decodes one token for every running request
-and prefills up to `max_num_batched_tokens` prompt tokens, and lasts
-`decode_time_per_step` plus `prefill_time_per_token` for each prompt token it prefills.
-A request of `P` prompt tokens, none found in the prefix cache, and `T` output tokens
-therefore takes `P × prefill_time_per_token` of the server's time to prefill, plus its
-share of the `T` decode steps it runs in, which it shares with up to `B` requests, `B`
-being `max_num_seqs` or the requests whose `P + T` tokens fit in the KV cache at once,
-whichever is smaller:
+The simulator's own estimate (`SimulationSettings.capacity` in
+`llmgw/fake_vllm/scheduler.py`), times the servers. A server's step lasts
+`decode_time_per_step` plus `prefill_time_per_token` for each prompt token it computes;
+each step decodes one token for every running request. So a request of `P` prompt
+tokens, `c` of them found cached, and `T` output tokens costs the server
 
-    busy seconds a request = P × t_prefill + T × t_step / B
-    B = min(max_num_seqs, num_gpu_blocks × block_size / (P + T))
-    capacity (requests/s) = servers / busy seconds a request
+    seconds a request = (P - c) × prefill_time_per_token + T × decode_time_per_step / B
 
-This is the fleet's *cache-blind* capacity: every prompt token prefilled, none reused.
-A policy whose requests find their prefix cached needs less of the servers than this,
-so at "90 %" it has headroom that a policy missing the cache does not.
+`B` being `max_num_seqs`, or fewer when the KV cache cannot hold that many requests'
+blocks at once (a 4,900-token request needs 310 of the 4,095 blocks: 13 fit). The
+capacity in requests a second is `servers / seconds a request`.
+
+The bench offers load relative to the *cache-blind* capacity, `c = 0`: what the fleet
+can do when every prompt token is computed. It is the same for every policy, and a
+policy whose requests find their prefix cached needs less of the servers than this, so
+at "90 %" it has headroom that a policy missing the cache does not. The capacity with
+every repeated token cached (the workload's `new_tokens` computed only) is reported
+beside it, as the ceiling no router can pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from llmgw.fake_vllm.scheduler import SimulationSettings
 
 from .fleet import Sim
 from .workload import Mix
@@ -28,16 +32,23 @@ from .workload import Mix
 
 @dataclass(frozen=True)
 class Capacity:
-    requests_per_s: float  # the fleet's
-    busy_s: float  # server seconds a request
-    batch: float  # B above
-    prefill_s: float
-    decode_s: float
+    requests_per_s: float  # the fleet's, cache-blind
+    ideal_requests_per_s: float  # the fleet's, every repeated prompt token cached
+
+
+def settings(sim: Sim) -> SimulationSettings:
+    return SimulationSettings(
+        max_num_seqs=sim.max_num_seqs, num_gpu_blocks=sim.num_gpu_blocks,
+        block_size=sim.block_size, max_num_batched_tokens=sim.max_num_batched_tokens,
+        prefill_time_per_token=sim.prefill, decode_time_per_step=sim.step,
+    )  # fmt: skip
 
 
 def capacity(sim: Sim, servers: int, mix: Mix) -> Capacity:
-    p, t = mix.prompt_tokens, mix.output_tokens
-    batch = min(float(sim.max_num_seqs), sim.num_gpu_blocks * sim.block_size / (p + t))
-    prefill, decode = p * sim.prefill, t * sim.step / batch
-    busy = prefill + decode
-    return Capacity(servers / busy, busy, batch, prefill, decode)
+    one = settings(sim)
+    prompt, output = round(mix.prompt_tokens), round(mix.output_tokens)
+    cached = 1.0 - mix.new_tokens / mix.prompt_tokens
+    return Capacity(
+        servers * one.capacity(prompt, 0.0, output),
+        servers * one.capacity(prompt, cached, output),
+    )

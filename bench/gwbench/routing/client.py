@@ -121,6 +121,11 @@ async def user(
     for turn in turns:
         if turn.index == 1:
             history = []
+        for message, made_up in turn.earlier:  # the exchanges before the run met the user
+            history += [
+                {"role": "user", "content": message},
+                {"role": "assistant", "content": made_up},
+            ]
         go = max(turn.at, ready)
         if go > turn.at + 0.001:
             tally.waited.append(go - turn.at)

@@ -68,9 +68,10 @@ class Run:
     figures: dict[str, Any]  # the load client's
     requests_by_server: list[int]
     router_cpu_s: float
-    load_core_busy: float  # fraction of the wall time
-    disturbance: float
-    wall_s: float
+    load_core_busy: float  # fraction of the measured time, whoever was busy
+    disturbance: float  # the worse core's foreign load (other jobs), as `bench/run` has it
+    wall_s: float  # the whole run, start and stop included
+    measured_s: float  # the load client's run
     sims_cpu_s: float  # the simulated servers' CPU over the run, together
     client_cpu_s: float  # the load client's
 
@@ -89,6 +90,17 @@ class Run:
         return hits / queries if queries else None
 
     @property
+    def load_core_ours(self) -> float:
+        """The simulated servers' and the load client's CPU, a fraction of the time."""
+        return (self.sims_cpu_s + self.client_cpu_s) / self.measured_s if self.measured_s else 0.0
+
+    @property
+    def waited(self) -> float:
+        """The turns that waited for their user's previous answer, a fraction of those sent."""
+        sent = self.figures["sent"]
+        return self.figures["waited"] / sent if sent else 0.0
+
+    @property
     def cpu_ms_per_request(self) -> float:
         sent = self.figures["sent"]
         return self.router_cpu_s / sent * 1000 if sent else 0.0
@@ -99,8 +111,9 @@ class Run:
             "rate": self.rate, "requests_by_server": self.requests_by_server,
             "spread": self.spread, "hit_rate": self.hit_rate,
             "router_cpu_s": self.router_cpu_s, "router_cpu_ms_per_request": self.cpu_ms_per_request,
-            "load_core_busy": self.load_core_busy, "disturbance": self.disturbance,
-            "wall_s": self.wall_s, "sims_cpu_s": self.sims_cpu_s,
+            "load_core_busy": self.load_core_busy, "load_core_ours": self.load_core_ours,
+            "disturbance": self.disturbance, "wall_s": self.wall_s,
+            "measured_s": self.measured_s, "sims_cpu_s": self.sims_cpu_s,
             "client_cpu_s": self.client_cpu_s, **self.figures,
         }  # fmt: skip
 
@@ -146,7 +159,8 @@ def run_one(
     return Run(
         target, workload, load, rate, figures, requests, meter.sample.cpu,
         busy / meter.sample.wall if meter.sample.wall else 0.0,
-        meter.sample.disturbance, time.monotonic() - began, sims1 - sims0, client1 - client0,
+        meter.sample.disturbance, time.monotonic() - began, meter.sample.wall, sims1 - sims0,
+        client1 - client0,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from .runs import Run
 COLUMNS = (
     "workload", "load", "target", "offered req/s", "TTFT p50 ms", "TTFT p90 ms",
     "TTFT p99 ms", "output tok/s", "cache hits", "spread", "errors", "router CPU/req",
-    "load core",
+    "waited", "load core ours/foreign",
 )  # fmt: skip
 
 
@@ -35,7 +35,7 @@ def cells(run: Run) -> tuple[str, ...]:
         _ms(ttft["p50"]), _ms(ttft["p90"]), _ms(ttft["p99"]),
         f"{f['output_tokens_per_s']:,.0f}", "-" if hit is None else f"{hit:.1%}",
         f"{run.spread:.2f}", str(f["errors"]), f"{run.cpu_ms_per_request:.2f} ms",
-        f"{run.load_core_busy:.0%}",
+        f"{run.waited:.0%}", f"{run.load_core_ours:.0%} / {run.disturbance:.0%}",
     )  # fmt: skip
 
 

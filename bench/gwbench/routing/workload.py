@@ -13,6 +13,12 @@ system prompt, every earlier user message and the answer the server gave to it) 
 new user message. A user's conversations follow each other; each has a session id of its
 own (`x-session-id`), the user's name goes in the body's `user`.
 
+A conversation lasts longer than a run, so users do not all begin one when the run
+begins: each is met at a random turn of its first conversation, the exchanges before it
+made up (a made-up answer of the turn's `max_tokens` words) and sent as its history, which
+no server has seen. A run thus starts as a fleet restarted under ongoing conversations
+would: the turns are those of a steady state, the caches cold.
+
 Arrivals are open loop: turn arrivals are a Poisson process of `rate` a second; each
 arrival is the next turn of a user drawn uniformly. A turn whose user is still reading the
 previous answer waits until that answer has ended plus `MIN_THINK` (the client reports
@@ -65,6 +71,9 @@ class Turn:
     max_tokens: int
     prompt_words: int  # what the turn sends, counted by the simulator's rule
     history_words: int = field(default=0, repr=False)  # of that, earlier turns
+    # The exchanges (user message, answer) before the run met the user: the first turn
+    # of a user in a run carries its made-up history; the others have none here.
+    earlier: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @functools.cache
@@ -95,33 +104,49 @@ class _User:
         self._system_words = 0
         self._turn = 0
         self._history = 0  # words of the earlier turns, answers included
+        self._earlier: list[tuple[str, str]] = []
+        self._begin_conversation()
+        for _ in range(self._rng.randrange(self._left)):  # met mid-conversation
+            message, max_tokens = self._exchange()
+            self._earlier.append((message, prompt(self._rng, self._words, max_tokens)))
 
-    def next_turn(self, at: float) -> Turn:
+    def _begin_conversation(self) -> None:
         shape, rng = self._shape, self._rng
-        if self._left == 0:
-            self._conversation += 1
-            self._left = rng.randint(*shape.turns)
-            self._turn = 0
-            self._history = 0
-            if shape.shared:
-                self._system = self._team_prompt
-            else:
-                self._system = prompt(rng, self._words, rng.randint(*shape.system_words))
-            self._system_words = len(self._system.split())
+        self._conversation += 1
+        self._left = rng.randint(*shape.turns)
+        self._turn = 0
+        self._history = 0
+        if shape.shared:
+            self._system = self._team_prompt
+        else:
+            self._system = prompt(rng, self._words, rng.randint(*shape.system_words))
+        self._system_words = len(self._system.split())
+
+    def _exchange(self) -> tuple[str, int]:
+        """The next turn's message and answer length, the turn counted as taken."""
+        shape, rng = self._shape, self._rng
         self._left -= 1
         self._turn += 1
         message = " ".join(rng.choices(self._words, k=rng.randint(*shape.message_words)))
         max_tokens = rng.randint(*shape.max_tokens)
-        words = self._system_words + self._history + len(message.split())
+        # The simulated server answers exactly max_tokens words (finish_reason "length").
+        self._history += len(message.split()) + max_tokens
+        return message, max_tokens
+
+    def next_turn(self, at: float) -> Turn:
+        if self._left == 0:
+            self._begin_conversation()
+        history = self._history
+        message, max_tokens = self._exchange()
+        words = self._system_words + history + len(message.split())
         messages = 2 * self._turn  # system, then a user message and an answer a turn
         turn = Turn(
             at=at, user=self.name, session=f"{self.name}-c{self._conversation}",
             index=self._turn, system=self._system, message=message, max_tokens=max_tokens,
             prompt_words=words + TOKENS_PER_MESSAGE * messages + GENERATION_PROMPT_TOKENS,
-            history_words=self._history,
+            history_words=history, earlier=tuple(self._earlier),
         )  # fmt: skip
-        # The simulated server answers exactly max_tokens words (finish_reason "length").
-        self._history += len(message.split()) + max_tokens
+        self._earlier = []
         return turn
 
 
