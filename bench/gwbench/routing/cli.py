@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run routing",
         description="llmgw's routing policies against vllm-router's, over four simulated "
-        "vLLM servers (see bench/README.md). About 15 minutes; --quick about 4.",
+        "vLLM servers (see bench/README.md). About 15 minutes; --quick about 3.",
     )
     parser.add_argument(
         "--quick", action="store_true",
