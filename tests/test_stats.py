@@ -399,8 +399,8 @@ async def test_status_shows_vllms_load_and_marks_a_full_upstream(
 
 
 def test_status_shows_a_dash_for_what_vllm_did_not_say() -> None:
-    """From a typed snapshot: an upstream up and one down (its /metrics not read)."""
-    up, down = (upstream_cells(u) for u in canned_snapshot()["upstreams"])
+    """From a typed snapshot: an upstream up, one down (its /metrics not read) and one full."""
+    up, down, full = (upstream_cells(u) for u in canned_snapshot()["upstreams"])
     # LATENCY to LAST ERROR
     assert up[2:] == [
         "11.73 ms", "3", "9", "2", "7", "41%", "63%",
@@ -409,6 +409,7 @@ def test_status_shows_a_dash_for_what_vllm_did_not_say() -> None:
     assert down[1] == "NO"
     # Its load is this gateway's requests in flight there; vLLM's figures are unknown.
     assert down[3:9] == ["0", "0", "-", "-", "-", "-"]
+    assert full[1:2] + full[4:9] == ["yes (full)", "106", "41", "64", "97%", "8%"]
 
 
 # Needs issue 15's server side, as above.
