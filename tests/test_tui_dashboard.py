@@ -140,7 +140,14 @@ async def test_the_upstream_table_shows_vllms_load_and_a_full_upstream(
     app = LlmgwTui(gateway.socket_path)
     async with busy_upstream(gateway, fake), app.run_test(size=(120, 40)) as pilot:
         table = app.query_one(UpstreamTable)
-        await until(pilot, lambda: cells(table, url).get("waiting") == str(WAITING), "vLLM's load")
+
+        def shown(wide: bool) -> bool:
+            # (The table is laid out once the first snapshot shows the board: until then
+            # it has no width, and the narrow layout.)
+            row = cells(table, url)
+            return row.get("waiting") == str(WAITING) and ("latency" in row) == wide
+
+        await until(pilot, lambda: shown(wide=True), "vLLM's load")
         row = cells(table, url)
         assert row.pop("latency").endswith(" ms")
         assert row == {
@@ -157,7 +164,7 @@ async def test_the_upstream_table_shows_vllms_load_and_a_full_upstream(
         assert table.get_cell(url, "health").style == "bold yellow"
 
         await pilot.resize_terminal(80, 24)
-        await pilot.pause()
+        await until(pilot, lambda: shown(wide=False), "the narrow layout")
         # Narrow: no latency nor in flight (the load counts those where vLLM's figures are
         # unknown), and the URL without its http://.
         assert cells(table, url) == {
