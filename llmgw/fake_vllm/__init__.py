@@ -23,7 +23,12 @@ Those newer routes were read from the vLLM 0.32.0 source installed by scripts/vl
 The modules, each importing only those above it:
 
 - ``tokens``: token accounting and embeddings, pure functions tests use to predict usage.
-- ``behaviour``: ``FakeVLLMBehaviour`` (the knobs and what the fake observed) and its app key.
+- ``token_ids``, ``kv_cache``, ``scheduler``, ``engine``: the simulated server
+  (``FakeVLLMBehaviour.simulation``, ``--simulate``): prompts' token ids, vLLM's block
+  pool and prefix cache, its continuous-batching scheduler with a step cost model, and
+  the engine that runs it in real time.
+- ``behaviour``: ``FakeVLLMBehaviour`` (the knobs and what the fake observed) and its app
+  keys.
 - ``errors``: vLLM's error shapes, and request validation in FastAPI's and vLLM's order.
 - ``plan``: what a chat or completion request will produce, fixed once after validation.
 - ``bodies``: response bodies and stream events in vLLM's field order.
@@ -48,7 +53,9 @@ from .behaviour import (
     RecordedRequest,
 )
 from .cli import main
+from .engine import Engine, Generation
 from .errors import error_body, streaming_error_event
+from .scheduler import SchedulerStats, SimulationSettings
 from .server import FakeVLLM, create_fake_vllm_app, embeddings, health, list_models, version
 from .tokens import (
     BOS_TOKENS,
@@ -71,11 +78,15 @@ __all__ = [
     "CHAT_TOKENS_PER_MESSAGE",
     "EMBEDDING_DIM",
     "FAKE_VLLM_VERSION",
+    "Engine",
     "FailMode",
     "FakeVLLM",
     "FakeVLLMBehaviour",
+    "Generation",
     "Kind",
     "RecordedRequest",
+    "SchedulerStats",
+    "SimulationSettings",
     "completion_text",
     "count_completion_tokens",
     "count_prompt_tokens",

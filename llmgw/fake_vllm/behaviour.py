@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from .engine import Engine
+from .scheduler import SimulationSettings
+
 FAKE_VLLM_VERSION = "0.32.0"
 
 FailMode = Literal["reset", "stall", "error", "http_error"]
@@ -91,6 +94,10 @@ class FakeVLLMBehaviour:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     serve_metrics: bool = True
+    # A simulated server (``engine``): chat and completion requests of one prompt are
+    # scheduled, cached and timed by a model of vLLM's engine, and /metrics reports its
+    # numbers instead of the knobs above. Read when the app is made (FakeVLLM.start).
+    simulation: SimulationSettings | None = None
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
@@ -103,3 +110,5 @@ class FakeVLLMBehaviour:
 
 
 BEHAVIOUR_KEY = web.AppKey("fake_vllm_behaviour", FakeVLLMBehaviour)
+# Present only when the behaviour asks for a simulation.
+ENGINE_KEY = web.AppKey("fake_vllm_engine", Engine)

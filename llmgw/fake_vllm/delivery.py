@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -30,6 +30,10 @@ RESET = web.RequestKey("fake_vllm_reset", bool)  # the fake cut the connection i
 CLIENT_GONE = web.RequestKey("fake_vllm_client_gone", bool)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
+
+# Waits until generated token i (from 0) exists (at once for i < 0): the behaviour's
+# first_token_delay and token_delay, or a simulated engine's steps.
+Pace = Callable[[int], Awaitable[None]]
 
 
 def json_response(
@@ -106,8 +110,17 @@ class Script:
     error_ends: bool = False  # the error event ends the stream (no `done` after it)
 
 
+def _delays(beh: FakeVLLMBehaviour) -> Pace:
+    """The behaviour's pace: ``first_token_delay``, then ``token_delay`` per token."""
+
+    async def pace(i: int) -> None:
+        await asyncio.sleep(beh.first_token_delay if i == 0 else beh.token_delay)
+
+    return pace
+
+
 async def stream(
-    request: web.Request, script: Script, beh: FakeVLLMBehaviour
+    request: web.Request, script: Script, beh: FakeVLLMBehaviour, pace: Pace | None = None
 ) -> web.StreamResponse:
     token_end = script.first_token + script.n_tokens
     fail_at = min(script.first_token + beh.fail_after_tokens, token_end) if beh.fail else None
@@ -118,12 +131,13 @@ async def stream(
         if transport is not None:
             live.add(transport)
         await resp.prepare(request)
-        await asyncio.sleep(beh.first_token_delay)
+        pace = pace or _delays(beh)
+        await pace(0)  # what comes before the first token comes with it
         for i, event in enumerate(script.events):
             if i == fail_at:
                 break
             if script.first_token < i < token_end:
-                await asyncio.sleep(beh.token_delay)
+                await pace(i - script.first_token)
             await resp.write(event)
         cut = beh.fail == "reset" or (beh.fail == "error" and script.error is None)
         if fail_at is not None and cut:
@@ -153,13 +167,17 @@ async def respond(
     body: Callable[[], Any],
     beh: FakeVLLMBehaviour,
     error: ApiError | None = None,
+    pace: Pace | None = None,
 ) -> web.Response:
     """A whole body after the time its tokens take; ``error`` is what ``fail = "error"``
     answers (default: vLLM's GenerationError, a 500 before anything was sent)."""
     n = n_tokens
     if beh.fail in ("reset", "stall", "error"):
         n = min(n, beh.fail_after_tokens)
-    await asyncio.sleep(beh.first_token_delay + max(n - 1, 0) * beh.token_delay)
+    if pace is None:
+        await asyncio.sleep(beh.first_token_delay + max(n - 1, 0) * beh.token_delay)
+    else:
+        await pace(n - 1)  # n = 0: at once
     if beh.fail == "reset":
         reset_connection(request, beh)
     if beh.fail in ("reset", "stall"):

@@ -2,9 +2,12 @@
 factory and ``FakeVLLM``, the app on a real socket that can stop and start again.
 
 Handlers pace tokens and inject the failures ``FakeVLLMBehaviour`` asks for; what they send
-comes from ``bodies``. Follows ``serve/middleware/x_request_id.py``,
-``serve/instrumentator/health.py`` and ``vllm/v1/engine/async_llm.py`` (the
-"Aborted request(s) %s." log line when a client disconnects).
+comes from ``bodies``. With ``behaviour.simulation`` the app runs an ``engine``: a chat or
+completion request of one prompt is queued there, and its tokens go out as the engine's
+steps sample them (the first when its prefill is done); a client that leaves aborts it.
+Follows ``serve/middleware/x_request_id.py``, ``serve/instrumentator/health.py`` and
+``vllm/v1/engine/async_llm.py`` (the "Aborted request(s) %s." log line when a client
+disconnects).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
@@ -24,7 +28,13 @@ from aiohttp.typedefs import Handler
 
 from .anthropic import add_routes as add_anthropic_routes
 from .audio import add_routes as add_audio_routes
-from .behaviour import BEHAVIOUR_KEY, FAKE_VLLM_VERSION, FakeVLLMBehaviour, RecordedRequest
+from .behaviour import (
+    BEHAVIOUR_KEY,
+    ENGINE_KEY,
+    FAKE_VLLM_VERSION,
+    FakeVLLMBehaviour,
+    RecordedRequest,
+)
 from .bodies import embedding_response, full_response, model_list, stream_events
 from .delivery import (
     CLIENT_GONE,
@@ -32,6 +42,7 @@ from .delivery import (
     REQUEST_ID,
     RESET,
     LiveStreams,
+    Pace,
     Script,
     generating,
     injected_failure,
@@ -39,11 +50,13 @@ from .delivery import (
     respond,
     stream,
 )
+from .engine import Engine
 from .errors import ApiError, check_model, one_error, parse_json, streaming_error_event
 from .metrics import add_routes as add_metrics_routes
-from .plan import plan_generation
+from .plan import Plan, plan_generation
 from .pooling import add_routes as add_pooling_routes
 from .responses import add_routes as add_responses_routes
+from .token_ids import prompt_token_ids
 from .tokenizing import add_routes as add_tokenizing_routes
 from .tokens import Kind, count_prompt_tokens, prompt_items
 
@@ -61,13 +74,25 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         body = parse_json(request, await request.read())
         plan = plan_generation(request, body, kind, beh)
         request[REQUEST_ID] = plan.request_id
-        if plan.stream or beh.stream_regardless:
-            events = stream_events(plan, beh, int(time.time()))
-            error = beh.error_event or streaming_error_event()
-            first = int(plan.kind == "chat")  # the role chunk comes before any token
-            script = Script(events, first, sum(plan.n_tokens), error, b"data: [DONE]\n\n")
-            return await stream(request, script, beh)
-        return await respond(request, max(plan.n_tokens), lambda: full_response(plan, beh), beh)
+        engine = request.app.get(ENGINE_KEY)
+        prompt_ids = prompt_token_ids(body) if engine is not None else None
+        if engine is None or prompt_ids is None or plan.n_tokens[0] < 1:
+            return await _answer(request, plan, beh)
+        async with engine.generate(prompt_ids, plan.n_tokens[0]) as generation:
+            return await _answer(request, plan, beh, generation.until)
+
+
+async def _answer(
+    request: web.Request, plan: Plan, beh: FakeVLLMBehaviour, pace: Pace | None = None
+) -> web.StreamResponse:
+    if plan.stream or beh.stream_regardless:
+        events = stream_events(plan, beh, int(time.time()))
+        error = beh.error_event or streaming_error_event()
+        first = int(plan.kind == "chat")  # the role chunk comes before any token
+        script = Script(events, first, sum(plan.n_tokens), error, b"data: [DONE]\n\n")
+        return await stream(request, script, beh, pace)
+    body = functools.partial(full_response, plan, beh)
+    return await respond(request, max(plan.n_tokens), body, beh, pace=pace)
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -151,9 +176,23 @@ async def _add_request_id_header(request: web.Request, response: web.StreamRespo
         response.headers["X-Request-Id"] = request.headers.get("X-Request-Id", uuid.uuid4().hex)
 
 
+async def _run_engine(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[ENGINE_KEY].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_fake_vllm_app(behaviour: FakeVLLMBehaviour | None = None) -> web.Application:
+    """The fake as an app; a behaviour with ``simulation`` gets a running ``Engine``.
+    ValueError when the simulated KV cache cannot hold ``max_model_len`` tokens."""
     app = web.Application(middlewares=[_observe])
-    app[BEHAVIOUR_KEY] = behaviour if behaviour is not None else FakeVLLMBehaviour()
+    beh = app[BEHAVIOUR_KEY] = behaviour if behaviour is not None else FakeVLLMBehaviour()
+    if beh.simulation is not None:
+        beh.simulation.check_model_len(beh.max_model_len)
+        app[ENGINE_KEY] = Engine(beh.simulation)
+        app.cleanup_ctx.append(_run_engine)
     app[LIVE_KEY] = LiveStreams()
     app.on_response_prepare.append(_add_request_id_header)
     app.router.add_get("/v1/models", list_models)
@@ -182,6 +221,11 @@ class FakeVLLM:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def engine(self) -> Engine | None:
+        """The simulated engine while running with ``behaviour.simulation``."""
+        return self._runner.app.get(ENGINE_KEY) if self._runner is not None else None
 
     async def start(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         """Listen; ``port=None`` reuses the previous port (an ephemeral one at first)."""
