@@ -1,5 +1,6 @@
-"""`llmgw status`: is the gateway well, are its upstreams, and how busy is it: the
-busiest keys with what is left of each of their limits."""
+"""`llmgw status`: is the gateway well, are its upstreams and how loaded (vLLM's own
+figures: requests waiting and running, KV cache and prefix cache), and how busy is it:
+the busiest keys with what is left of each of their limits."""
 
 from __future__ import annotations
 
@@ -92,18 +93,33 @@ def _print_health(health: Health) -> None:
 
 
 def _print_upstreams(upstreams: list[UpstreamStatus]) -> None:
-    rows = [
-        [
-            u["url"],
-            "yes" if u["healthy"] else "NO",
-            None if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
-            u["in_flight"],
-            u["models"],
-            u["last_error"],
-        ]
-        for u in upstreams
+    headers = ["UPSTREAM", "HEALTHY", "LATENCY", "IN FLIGHT", "LOAD", "WAITING", "RUNNING"]
+    more = ["KV CACHE", "PREFIX HITS", "MODELS", "LAST ERROR"]
+    emit_table([upstream_cells(u) for u in upstreams], [*headers, *more])
+
+
+def upstream_cells(u: UpstreamStatus) -> list[str]:
+    """An upstream's row: its health (and whether it is full: passed over while another
+    has room), then vLLM's load as routing sees it; a dash for what its /metrics did not
+    say (not read, or not exposed: its load is then this gateway's requests in flight)."""
+    healthy = "NO" if not u["healthy"] else "yes (full)" if u["full"] else "yes"
+    return [
+        u["url"],
+        healthy,
+        "-" if u["latency_ms"] is None else f"{u['latency_ms']:g} ms",
+        cell(u["in_flight"]),
+        f"{u['load']:g}",
+        cell(u["waiting"]),
+        cell(u["running"]),
+        _percent(u["kv_cache_usage"]),
+        _percent(u["prefix_cache_hit_rate"]),
+        cell(u["models"]),
+        cell(u["last_error"]),
     ]
-    emit_table(rows, ["UPSTREAM", "HEALTHY", "LATENCY", "IN FLIGHT", "MODELS", "LAST ERROR"])
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
 
 
 def _print_rates(stats: Stats) -> None:

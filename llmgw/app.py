@@ -228,15 +228,26 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
             pool.run_prober(session, server.health_check_interval), name="upstream-prober"
         )
     ]
-    if app[SETTINGS].routing.metrics_interval:
-        await pool.scrape_all(session)
-        tasks.append(asyncio.create_task(pool.run_scraper(session), name="upstream-scraper"))
+    # The reads of /metrics have a connection of their own to each upstream: in the
+    # requests' pool (which hands out its oldest idle connection first), a read every
+    # second would keep every connection a burst opened alive for good.
+    interval = app[SETTINGS].routing.metrics_interval
+    scraping = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit_per_host=1, keepalive_timeout=max(UPSTREAM_KEEPALIVE, 2 * interval)
+        ),
+        skip_auto_headers=("User-Agent",),
+    )
+    if interval:
+        await pool.scrape_all(scraping)
+        tasks.append(asyncio.create_task(pool.run_scraper(scraping), name="upstream-scraper"))
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await scraping.close()
     await session.close()
 
 

@@ -1,17 +1,69 @@
 """Counters for `/metrics` (Prometheus text format) and `/health`.
 
 Plain integers bumped on the event loop; rendering walks them once per scrape.
+
+Each upstream's load as vLLM last reported it (issue 17) is passed on by upstream and
+model, for the upstreams whose `/metrics` were read: an upstream that does not expose
+them, or could not be read, has no such series rather than zeros. vLLM's prefix-cache
+counters stay counters (`_total`, as vLLM itself exposes them): they count up from the
+server's start and begin again when it restarts, which is a counter reset that
+`rate()` and `increase()` allow for; so `rate(hits) / rate(queries)` is the hit rate of
+the last minutes, where the admin API's is the one since the server started.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .ledger import Ledger
 from .limits import LimiterStatus
-from .upstreams import UpstreamPool
+from .load_metrics import UpstreamLoad
+from .upstreams import Upstream, UpstreamPool
+
+# Families of vLLM's load, each sample labelled by upstream and model: (name, type, help,
+# the value of one upstream's model).
+_LOAD_FAMILIES: tuple[tuple[str, str, str, Callable[[Upstream, str, UpstreamLoad], float]], ...] = (
+    (
+        "llmgw_upstream_load",
+        "gauge",
+        "What routing compares: requests waiting and running in vLLM, plus those this "
+        "gateway sent since they were read.",
+        lambda upstream, model, _: upstream.load(model),
+    ),
+    (
+        "llmgw_upstream_waiting",
+        "gauge",
+        "Requests waiting in vLLM's queue, as last read.",
+        lambda _, __, load: load.waiting,
+    ),
+    (
+        "llmgw_upstream_running",
+        "gauge",
+        "Requests vLLM is running, as last read.",
+        lambda _, __, load: load.running,
+    ),
+    (
+        "llmgw_upstream_kv_cache_usage",
+        "gauge",
+        "vLLM's KV-cache use, 0 to 1 (its fullest engine's), as last read.",
+        lambda _, __, load: load.kv_cache_usage,
+    ),
+    (
+        "llmgw_upstream_prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens vLLM looked up in its prefix cache since it started, as last read.",
+        lambda _, __, load: load.prefix_queries,
+    ),
+    (
+        "llmgw_upstream_prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens vLLM found in its prefix cache since it started, as last read.",
+        lambda _, __, load: load.prefix_hits,
+    ),
+)
 
 
 @dataclass(slots=True)
@@ -77,14 +129,39 @@ class Metrics:
             "# HELP llmgw_upstream_healthy 1 when the upstream's last health check passed.",
             "# TYPE llmgw_upstream_healthy gauge",
             *(
-                f'llmgw_upstream_healthy{{upstream="{u.url}"}} {int(u.healthy)}'
+                f'llmgw_upstream_healthy{{upstream="{_label(u.url)}"}} {int(u.healthy)}'
                 for u in pool.upstreams
             ),
             "# HELP llmgw_upstream_in_flight Requests open to the upstream now.",
             "# TYPE llmgw_upstream_in_flight gauge",
             *(
-                f'llmgw_upstream_in_flight{{upstream="{u.url}"}} {u.in_flight}'
+                f'llmgw_upstream_in_flight{{upstream="{_label(u.url)}"}} {u.in_flight}'
                 for u in pool.upstreams
             ),
+            *_upstream_loads(pool),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _upstream_loads(pool: UpstreamPool) -> list[str]:
+    """vLLM's load signals of each upstream whose /metrics were read, by model."""
+    read = [
+        (upstream, model, load)
+        for upstream in pool.upstreams
+        if upstream.loads
+        for model, load in sorted(upstream.loads.items(), key=lambda item: item[0])
+    ]
+    lines: list[str] = []
+    for name, kind, doc, value in _LOAD_FAMILIES:
+        lines += (f"# HELP {name} {doc}", f"# TYPE {name} {kind}")
+        lines += (
+            f'{name}{{upstream="{_label(u.url)}",model="{_label(model)}"}} {value(u, model, load)}'
+            for u, model, load in read
+        )
+    return lines
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format wants: a model's name is what an upstream
+    said it is, and may hold a quote, a backslash or a line break."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -371,6 +371,8 @@ def test_settings_refuse_a_cache_smaller_than_one_request() -> None:
     SimulationSettings(num_gpu_blocks=2049).check_model_len(32768)
     with pytest.raises(ValueError, match="max_num_seqs"):
         SimulationSettings(max_num_seqs=0)
+    with pytest.raises(ValueError, match="capacity"):
+        SimulationSettings().capacity(1000, 0.5, 0)
 
 
 # --- the engine on a fake clock ----------------------------------------------------------

@@ -15,13 +15,14 @@ import aiohttp
 import orjson
 import pytest
 
-from cli.status import limit_cells
+from cli.status import limit_cells, upstream_cells
 from llmgw.admin_client import AdminApiError, AdminClient
 from llmgw.api_types import BusyKey, Stats
-from llmgw.config import load_settings
+from llmgw.config import RoutingSettings, load_settings
 from llmgw.fake_vllm import FakeVLLM
 from llmgw.state import METRICS
 
+from .busy import KV_CACHE_USAGE, LOAD, RUNNING, WAITING, busy_upstream
 from .conftest import Gateway, GatewayFactory
 from .conftest import run_llmgw as llmgw
 from .test_tui_dashboard import canned_snapshot
@@ -338,9 +339,77 @@ async def test_status_text_and_json(gateway: Gateway, http: aiohttp.ClientSessio
 
 def busy_key_row(lines: list[str], user: str) -> dict[str, str]:
     """The user's row of the busiest keys, header -> cell (cells are two spaces apart)."""
-    header = next(line for line in lines if line.startswith("ID "))
-    row = next(line for line in lines if f"  {user}  " in line)
+    return table_row(lines, "ID ", f"  {user}  ")
+
+
+def table_row(lines: list[str], header_start: str, row_part: str) -> dict[str, str]:
+    """The row holding `row_part` of the table whose header line begins `header_start`,
+    header -> cell (cells are two spaces apart)."""
+    header = next(line for line in lines if line.startswith(header_start))
+    row = next(line for line in lines if row_part in line)
     return dict(zip(re.split(r" {2,}", header), re.split(r" {2,}", row), strict=True))
+
+
+LOAD_FIELDS = (
+    "url", "load", "waiting", "running", "kv_cache_usage", "prefix_cache_hit_rate", "full",
+)  # fmt: skip
+
+
+async def test_status_shows_vllms_load_and_marks_a_full_upstream(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    # Two waiting is more than it may have: passed over while another has room.
+    gateway: Gateway = await gateway_factory(routing=RoutingSettings(max_waiting=1))
+    url = gateway.settings.upstreams[0].url
+    async with busy_upstream(gateway, fake):
+        code, out, err = await llmgw("--socket", str(gateway.socket_path), "status")
+        assert code == 0, err
+        json_code, json_out, err = await llmgw(
+            "--socket", str(gateway.socket_path), "status", "--json"
+        )
+        assert json_code == 0, err
+    row = table_row(out.splitlines(), "UPSTREAM ", url)
+    assert row.pop("LATENCY").endswith(" ms")
+    assert row == {
+        "UPSTREAM": url,
+        "HEALTHY": "yes (full)",
+        "IN FLIGHT": str(LOAD),
+        "LOAD": str(LOAD),
+        "WAITING": str(WAITING),
+        "RUNNING": str(RUNNING),
+        "KV CACHE": "42%",
+        "PREFIX HITS": "25%",
+        "MODELS": "fake-model",
+        "LAST ERROR": "-",
+    }
+    report = orjson.loads(json_out)
+    # The admin API's fields as they are, in /health's and in /stats' upstreams alike.
+    for upstreams in (report["health"]["upstreams"], report["stats"]["upstreams"]):
+        assert [{k: u[k] for k in LOAD_FIELDS} for u in upstreams] == [
+            {
+                "url": url,
+                "load": LOAD,
+                "waiting": WAITING,
+                "running": RUNNING,
+                "kv_cache_usage": KV_CACHE_USAGE,
+                "prefix_cache_hit_rate": 0.25,
+                "full": True,
+            }
+        ]
+
+
+def test_status_shows_a_dash_for_what_vllm_did_not_say() -> None:
+    """From a typed snapshot: an upstream up, one down (its /metrics not read) and one full."""
+    up, down, full = (upstream_cells(u) for u in canned_snapshot()["upstreams"])
+    # LATENCY to LAST ERROR
+    assert up[2:] == [
+        "11.73 ms", "3", "9", "2", "7", "41%", "63%",
+        "meta-llama/Llama-3.1-8B-Instruct, Qwen/Qwen2.5-7B-Instruct", "-",
+    ]  # fmt: skip
+    assert down[1] == "NO"
+    # Its load is this gateway's requests in flight there; vLLM's figures are unknown.
+    assert down[3:9] == ["0", "0", "-", "-", "-", "-"]
+    assert full[1:2] + full[4:9] == ["yes (full)", "106", "41", "64", "97%", "8%"]
 
 
 # Needs issue 15's server side, as above.

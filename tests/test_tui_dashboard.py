@@ -12,6 +12,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from llmgw.api_types import BudgetView, BusyKey, LimitsView, Rate, Stats, StatsTotals, WindowBudget
+from llmgw.config import RoutingSettings
+from llmgw.fake_vllm import FakeVLLM
 from tui.app import LlmgwTui
 from tui.banner import ConnectionBanner
 from tui.busiest_keys import WIDE, BusiestKeys, compact
@@ -20,6 +22,7 @@ from tui.metric import MetricPanel
 from tui.rate_sparkline import RateSparkline, seconds_per_bar
 from tui.upstream_table import UpstreamTable
 
+from .busy import LOAD, RUNNING, WAITING, busy_upstream
 from .conftest import Gateway, GatewayFactory, post_chat, tiers
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -128,6 +131,54 @@ async def test_a_429_shows_in_its_panel_and_in_the_keys_budget(
         assert keys.get_cell(str(key["id"]), "minute").style == "bold red"  # spent
 
 
+async def test_the_upstream_table_shows_vllms_load_and_a_full_upstream(
+    gateway_factory: GatewayFactory, fake: FakeVLLM
+) -> None:
+    # Two waiting is more than it may have: passed over while another has room.
+    gateway: Gateway = await gateway_factory(routing=RoutingSettings(max_waiting=1))
+    url = gateway.settings.upstreams[0].url
+    app = LlmgwTui(gateway.socket_path)
+    async with busy_upstream(gateway, fake), app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(UpstreamTable)
+
+        def shown(wide: bool) -> bool:
+            # (The table is laid out once the first snapshot shows the board: until then
+            # it has no width, and the narrow layout.)
+            row = cells(table, url)
+            return row.get("waiting") == str(WAITING) and ("latency" in row) == wide
+
+        await until(pilot, lambda: shown(wide=True), "vLLM's load")
+        row = cells(table, url)
+        assert row.pop("latency").endswith(" ms")
+        assert row == {
+            "url": url,
+            "health": "full",
+            "in_flight": str(LOAD),
+            "load": str(LOAD),
+            "waiting": str(WAITING),
+            "running": str(RUNNING),
+            "kv_cache": "42%",
+            "prefix_hits": "25%",
+            "detail": "fake-model",
+        }
+        assert table.get_cell(url, "health").style == "bold yellow"
+
+        await pilot.resize_terminal(80, 24)
+        await until(pilot, lambda: shown(wide=False), "the narrow layout")
+        # Narrow: no latency nor in flight (the load counts those where vLLM's figures are
+        # unknown), and the URL without its http://.
+        assert cells(table, url) == {
+            "url": url.removeprefix("http://"),
+            "health": "full",
+            "load": str(LOAD),
+            "waiting": str(WAITING),
+            "running": str(RUNNING),
+            "kv_cache": "42%",
+            "prefix_hits": "25%",
+            "detail": "fake-model",
+        }
+
+
 async def test_without_a_gateway_the_dashboard_waits_and_says_so(tmp_path: Path) -> None:
     app = LlmgwTui(tmp_path / "no-gateway.sock")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -213,6 +264,44 @@ async def test_the_busiest_keys_fit_the_width_either_way() -> None:
         await pilot.pause()
         assert "tier" not in cells(keys, "12")
         assert keys.virtual_size.width <= keys.scrollable_content_region.width
+
+
+async def test_the_upstream_table_fits_the_width_either_way() -> None:
+    """Wide, every column; at 80 columns the load and the start of the models, with no
+    sideways scrolling."""
+    app = LlmgwTui(SNAPSHOT_SOCKET, live=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.query_one(DashboardPane).show(canned_snapshot())
+        await pilot.pause()
+        table = app.query_one(UpstreamTable)
+        gpu1, gpu2 = "http://gpu1.internal:8100", "http://gpu2.internal:8100"
+        up = cells(table, gpu1)
+        assert up.pop("detail").startswith("meta-llama/Llama-3.1-8B")
+        assert up == {
+            "url": gpu1,
+            "health": "up",
+            "latency": "12 ms",
+            "in_flight": "3",
+            "load": "9",
+            "waiting": "2",
+            "running": "7",
+            "kv_cache": "41%",
+            "prefix_hits": "63%",
+        }
+        # Down: its metrics are not read; its load is this gateway's in flight (none).
+        down = cells(table, gpu2)
+        assert [down[c] for c in ("health", "latency", "load", "waiting", "kv_cache")] == [
+            "DOWN", "-", "0", "-", "-",
+        ]  # fmt: skip
+        assert table.virtual_size.width <= table.scrollable_content_region.width
+
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert list(cells(table, gpu1)) == [
+            "url", "health", "load", "waiting", "running", "kv_cache", "prefix_hits", "detail",
+        ]  # fmt: skip
+        assert cells(table, gpu1)["detail"].endswith("…")
+        assert table.virtual_size.width <= table.scrollable_content_region.width
 
 
 def test_compact_counts_never_show_more_than_there_is() -> None:
@@ -425,6 +514,21 @@ def canned_snapshot() -> Stats:
                 "kv_cache_usage": None,
                 "prefix_cache_hit_rate": None,
                 "full": False,
+            },
+            {  # more waiting than [routing] max_waiting: passed over while gpu1 has room
+                "url": "http://gpu3.internal:8100",
+                "healthy": True,
+                "in_flight": 12,
+                "latency_ms": 9.4,
+                "models": ["meta-llama/Llama-3.1-8B-Instruct"],
+                "last_error": None,
+                "checked_at": "2026-01-01T11:59:58Z",
+                "load": 106.0,
+                "waiting": 41,
+                "running": 64,
+                "kv_cache_usage": 0.974,
+                "prefix_cache_hit_rate": 0.0815,
+                "full": True,
             },
         ],
         # all written: no ledger line

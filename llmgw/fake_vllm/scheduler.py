@@ -112,6 +112,8 @@ class SimulationSettings:
         prefill is split over and the budget ``max_num_batched_tokens`` puts on prefill
         tokens per step.
         """
+        if prompt_tokens < 1 or output_tokens < 1 or not 0.0 <= cached_fraction <= 1.0:
+            raise ValueError("capacity needs tokens in and out, and a fraction of 0..1 cached")
         bs = self.block_size
         cached_blocks = int(prompt_tokens * cached_fraction) // bs
         uncached = prompt_tokens - cached_blocks * bs
