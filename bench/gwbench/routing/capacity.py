@@ -9,7 +9,7 @@ tokens, `c` of them found cached, and `T` output tokens costs the server
     seconds a request = (P - c) × prefill_time_per_token + T × decode_time_per_step / B
 
 `B` being `max_num_seqs`, or fewer when the KV cache cannot hold that many requests'
-blocks at once (a 4,900-token request needs 310 of the 4,095 blocks: 13 fit). The
+blocks at once (a request of 5,253 tokens needs 329 of the 4,095 blocks: 12 fit). The
 capacity in requests a second is `servers / seconds a request`.
 
 The bench offers load relative to the *cache-blind* capacity, `c = 0`: what the fleet
