@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from llmgw.fake_vllm import FakeVLLM, completion_text, count_prompt_tokens
+from llmgw.fake_vllm.token_ids import prompt_token_ids
 
 RESPONSES = "/v1/responses"
 # instructions as a system message, the input as a user message: 2 + (4 + 2) + (4 + 3)
@@ -404,12 +405,48 @@ async def test_tokenize_and_detokenize(fake: FakeVLLM, http: aiohttp.ClientSessi
     async with http.post(fake.url + "/tokenize", json=chat) as resp:
         tokenized = await resp.json()
     assert tokenized["count"] == count_prompt_tokens(chat) == 4 + 2 + 2
-    assert tokenized["token_strs"][4:6] == ["one", "two"]
+    assert tokenized["token_strs"] == [
+        "<|start|>", "user", "one", "two", "<|end|>", "\n", "<|start|>", "assistant"
+    ]  # fmt: skip
     async with http.post(fake.url + "/detokenize", json={"tokens": [bos, two, one]}) as resp:
         assert await resp.json() == {"prompt": "two one"}
     async with http.post(fake.url + "/detokenize", json={"tokens": [999999]}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["message"] == "Token id 999999 is out of vocabulary"
+
+
+async def test_tokenize_gives_every_server_the_engines_ids(http: aiohttp.ClientSession) -> None:
+    """A router that tokenizes on each worker (vllm-router's cache_aware) must see one
+    vocabulary across the fleet, and the ids the simulated engine caches by."""
+    chat = {
+        "messages": [
+            {"role": "system", "content": "team prompt"},
+            {"role": "user", "content": "hi"},
+        ]
+    }
+    found = []
+    for words in (["zeta", "alpha"], ["alpha", "zeta"]):  # met in another order on each
+        fake = FakeVLLM()
+        await fake.start()
+        try:
+            prompt = {"prompt": " ".join(words)}
+            async with http.post(fake.url + "/tokenize", json=prompt) as resp:
+                assert resp.status == 200
+            async with http.post(fake.url + "/tokenize", json=chat) as resp:
+                found.append((await resp.json())["tokens"])
+        finally:
+            await fake.stop()
+    assert found[0] == found[1] == prompt_token_ids(chat)
+    no_generation = {**chat, "add_generation_prompt": False}
+    fake = FakeVLLM()
+    await fake.start()
+    try:
+        async with http.post(fake.url + "/tokenize", json=no_generation) as resp:
+            assert (await resp.json())["tokens"] == found[0][:-2]
+        async with http.post(fake.url + "/tokenize", json={"messages": "hi"}) as resp:
+            assert resp.status == 400
+    finally:
+        await fake.stop()
 
 
 @pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])

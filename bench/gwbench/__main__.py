@@ -2,6 +2,7 @@
 
 Steps (all by default): nonstream, latency, stream, paced, memory, ledger, limiter;
 `--profile` adds py-spy profiles of llmgw under non-streaming and streaming load.
+`bench/run routing` is the routing bench instead (`gwbench.routing`).
 Everything the bench starts runs in its own process group and is stopped on the way
 out, whatever the way out is.
 """
@@ -47,7 +48,11 @@ def say(message: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench/run", description="Measure llmgw against aiohttp itself and LiteLLM."
+        prog="bench/run",
+        description="Measure llmgw against aiohttp itself and LiteLLM.",
+        epilog="bench/run routing [--quick] [...]: llmgw's routing policies against "
+        "vllm-router over four simulated vLLM servers instead; bench/run routing --help "
+        "for its options.",
     )
     parser.add_argument(
         "--only", help=f"comma-separated steps, of: {','.join(STEPS)} (default: all)"
@@ -135,6 +140,8 @@ def start_servers(bench: steps.Bench, args: argparse.Namespace, litellm: Path | 
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["routing"]:
+        return routing(sys.argv[2:])
     args = parse_args()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
@@ -203,6 +210,17 @@ def main() -> int:
     (args.results / "latest.json").write_text(json.dumps(bench.raw, indent=1, default=str))
     say(f"written {args.results / 'latest.md'} and latest.json")
     return 1 if failed else 0
+
+
+def routing(argv: list[str]) -> int:
+    from .routing.cli import main as routing_main
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
+    os.sched_setaffinity(0, {LOAD_CORE})
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("bench: needs two cores (one for the router, one for the fleet)")
+    return routing_main(argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ wrk and nginx come from Debian (apt-get, as root); py-spy goes into the project'
 `.venv` when profiling is asked for; the LiteLLM proxy gets a virtualenv of its own
 outside the repository (`$BENCH_LITELLM_VENV`, default `~/.cache/llmgw/litellm-venv`),
 pinned to the version the issue measured when PyPI still has it, and reused afterwards.
+`bench/run routing` installs vLLM's router (`vllm-router`, a Rust binary in a wheel) the
+same way, pinned, into `$BENCH_VLLM_ROUTER_VENV` (default
+`~/.cache/llmgw/vllm-router-venv`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from pathlib import Path
 
 LITELLM_VERSION = "1.108.7"  # the version the issue's figures were taken with
 LITELLM_VENV = Path(os.environ.get("BENCH_LITELLM_VENV", Path.home() / ".cache/llmgw/litellm-venv"))
+VLLM_ROUTER_VERSION = "0.1.17"  # the peer of bench/run routing; its CLI was read at this version
+VLLM_ROUTER_VENV = Path(
+    os.environ.get("BENCH_VLLM_ROUTER_VENV", Path.home() / ".cache/llmgw/vllm-router-venv")
+)
 # Debian package -> the program it brings.
 SYSTEM_PACKAGES = {"wrk": "wrk", "nginx-light": "nginx"}
 
@@ -103,3 +110,29 @@ def _installed_version(python: Path) -> str:
     probe = "import importlib.metadata as m; print(m.version('litellm'))"
     done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True)
     return done.stdout.strip()
+
+
+def vllm_router() -> tuple[Path, str]:
+    """The `vllm-router` executable and its version, installing it on first use (and again
+    when the virtualenv holds another version)."""
+    exe = VLLM_ROUTER_VENV / "bin" / "vllm-router"
+    python = VLLM_ROUTER_VENV / "bin" / "python"
+    if exe.exists() and _package_version(python, "vllm-router") == VLLM_ROUTER_VERSION:
+        return exe, VLLM_ROUTER_VERSION
+    say(f"installing vllm-router {VLLM_ROUTER_VERSION} into {VLLM_ROUTER_VENV} (once) ...")
+    VLLM_ROUTER_VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VLLM_ROUTER_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q", f"vllm-router=={VLLM_ROUTER_VERSION}"]
+    done = subprocess.run(pip, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not exe.exists():
+        shutil.rmtree(VLLM_ROUTER_VENV, ignore_errors=True)  # never reuse half an install
+        raise SystemExit(f"bench: installing vllm-router failed:\n{done.stderr[-3000:]}")
+    return exe, _package_version(python, "vllm-router") or "?"
+
+
+def _package_version(python: Path, name: str) -> str | None:
+    if not python.exists():
+        return None
+    probe = f"import importlib.metadata as m; print(m.version({name!r}))"
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,25 +169,35 @@ USER_BUDGET = ["--tokens", "1000000000000000", "--period", "month"]
 
 
 def llmgw(
-    procs: Processes, upstreams: dict[str, Server], name: str = "llmgw", limits: str = "requests"
+    procs: Processes,
+    upstreams: Mapping[str, Server | Sequence[Server]],
+    name: str = "llmgw",
+    limits: str = "requests",
+    extra: Sequence[str] = (),
+    drain_delay: float | None = None,
 ) -> Server:
     """llmgw with its whole path: a key of a tier with huge limits, the ledger on.
-    `limits`: `requests` (requests per minute and hour only) or `every` (`EVERY_LIMIT`
-    and a user budget too)."""
+    `upstreams`: by model, one server or several; `limits`: `requests` (requests per
+    minute and hour only) or `every` (`EVERY_LIMIT` and a user budget too); `extra`:
+    more lines of configuration (a `[routing]` section); `drain_delay`: seconds it still
+    serves after SIGTERM (llmgw's default, 5, when None)."""
     work = procs.workdir / name
     work.mkdir(exist_ok=True)
     port = free_port()
     socket = work / "admin.sock"
     lines = [
         "[server]", 'host = "127.0.0.1"', f"port = {port}",
+        *([f"shutdown_drain_delay = {drain_delay}"] if drain_delay is not None else []),
         "[admin]", f'socket = "{socket}"', 'default_tier = "bench"',
         "[database]", f'path = "{work / "llmgw.db"}"',
         "[tiers.bench]", "requests_per_minute = 1000000000", "requests_per_hour = 1000000000",
     ]  # fmt: skip
     if limits == "every":
         lines += EVERY_LIMIT
-    for model, server in upstreams.items():
-        lines += ["[[upstreams]]", f'url = "{server.url}"', f'models = ["{model}"]']
+    lines += extra
+    for model, servers in upstreams.items():
+        for server in [servers] if isinstance(servers, Server) else servers:
+            lines += ["[[upstreams]]", f'url = "{server.url}"', f'models = ["{model}"]']
     config = work / "llmgw.toml"
     config.write_text("\n".join(lines) + "\n")
     argv = [str(VENV_BIN / "llmgw"), "serve", "--config", str(config)]

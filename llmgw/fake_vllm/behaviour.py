@@ -72,7 +72,7 @@ class FakeVLLMBehaviour:
     stored_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The words /tokenize has seen, in order: word i has token id WORD_IDS_FROM + i, so
     # /detokenize can give them back.
-    vocabulary: list[str] = field(default_factory=list)
+    vocabulary: dict[int, str] = field(default_factory=dict)  # /tokenize's words by id
     requests: list[RecordedRequest] = field(default_factory=list)
     started: int = 0
     finished: int = 0

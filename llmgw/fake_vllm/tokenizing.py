@@ -2,15 +2,20 @@
 (``vllm/entrypoints/serve/tokenize/{api_router,protocol,serving}.py``): bodies are
 ``model_dump()``, so ``token_strs`` is null unless asked for.
 
-The ids follow the fake's counting rules exactly (``tokens``): a chat request is
-``CHAT_TOKENS_PER_MESSAGE`` template tokens then its words per message, then
-``CHAT_GENERATION_PROMPT_TOKENS`` (when ``add_generation_prompt``, the default); a prompt
-is ``BOS_TOKENS`` (when ``add_special_tokens``, the default) then its words. Special tokens
-have small fixed ids; each word gets the next free id the first time it is seen.
+The ids are the ones the simulated engine hashes into its prefix cache (``token_ids``):
+a word's id is its CRC-32, the chat template's tokens have small fixed ids. Like a real
+model's tokenizer they depend on the text alone, so every server of a fleet gives the
+same text the same ids (a router that tokenizes on each worker, as vllm-router's
+``cache_aware`` does, sees one vocabulary), and a long prompt costs a lookup a word. A
+chat request's ids are its messages' then, with ``add_generation_prompt`` (the default),
+the two of the assistant's turn; a prompt is ``<s>`` (with ``add_special_tokens``, the
+default) then its words. The counts follow the fake's counting rules (``tokens``).
+``/detokenize`` knows the words this server has tokenized or been sent.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -18,11 +23,25 @@ from aiohttp import web
 from .behaviour import BEHAVIOUR_KEY, FakeVLLMBehaviour
 from .delivery import injected_failure, json_response
 from .errors import ApiError, check_model, error_body, one_error, parse_json
-from .tokens import BOS_TOKENS, CHAT_GENERATION_PROMPT_TOKENS, CHAT_TOKENS_PER_MESSAGE
+from .token_ids import (
+    BOS_ID,
+    END_ID,
+    NEWLINE_ID,
+    OTHER_ROLE_ID,
+    ROLE_IDS,
+    START_ID,
+    prompt_token_ids,
+    word_ids,
+)
 
-BOS_ID, TEMPLATE_ID, GENERATION_ID = 1, 2, 3
-SPECIAL = {BOS_ID: "<s>", TEMPLATE_ID: "<|template|>", GENERATION_ID: "<|assistant|>"}
-WORD_IDS_FROM = 1000
+SPECIAL = {
+    BOS_ID: "<s>",
+    START_ID: "<|start|>",
+    END_ID: "<|end|>",
+    NEWLINE_ID: "\n",
+    OTHER_ROLE_ID: "<|role|>",
+    **{i: role for role, i in ROLE_IDS.items()},
+}
 
 
 def _words(content: Any) -> list[str]:
@@ -31,31 +50,44 @@ def _words(content: Any) -> list[str]:
     return content.split() if isinstance(content, str) else []
 
 
-def _word_ids(words: list[str], beh: FakeVLLMBehaviour) -> list[int]:
-    ids = []
-    for word in words:
-        if word not in beh.vocabulary:
-            beh.vocabulary.append(word)
-        ids.append(WORD_IDS_FROM + beh.vocabulary.index(word))
-    return ids
+def _learn(body: dict[str, Any], beh: FakeVLLMBehaviour) -> None:
+    """Remember each word of the request by its id, for ``/detokenize``."""
+    messages = body.get("messages")
+    contents = (
+        [m.get("content") for m in messages if isinstance(m, dict)]
+        if isinstance(messages, list)
+        else []
+    )
+    for content in [*contents, body.get("prompt")]:
+        if isinstance(content, str):
+            beh.vocabulary.update(_text_words(content))
+        elif content is not None:
+            words = _words(content)
+            beh.vocabulary.update(zip(word_ids(" ".join(words)), words, strict=True))
 
 
-def _token_ids(body: dict[str, Any], beh: FakeVLLMBehaviour) -> list[int]:
+@functools.lru_cache(maxsize=256)
+def _text_words(text: str) -> dict[int, str]:
+    """A text's words by id: a system prompt or a conversation's earlier messages come
+    again and again, each time the length of a long prompt."""
+    words = text.split()
+    return dict(zip(word_ids(text), words, strict=True))
+
+
+def _token_ids(body: dict[str, Any]) -> list[int]:
     if "messages" in body:  # TokenizeChatRequest: add_special_tokens defaults to False
-        ids: list[int] = []
-        for message in body["messages"]:
-            ids += [TEMPLATE_ID] * CHAT_TOKENS_PER_MESSAGE
-            content = message.get("content") if isinstance(message, dict) else None
-            ids += _word_ids(_words(content), beh)
-        if body.get("add_generation_prompt", True):
-            ids += [GENERATION_ID] * CHAT_GENERATION_PROMPT_TOKENS
-        return ids
-    special = [BOS_ID] * BOS_TOKENS if body.get("add_special_tokens", True) else []
-    return special + _word_ids(_words(body["prompt"]), beh)
+        if not isinstance(body["messages"], list):
+            raise one_error(
+                "list_type", ("body", "messages"), "Input should be a valid list", body["messages"]
+            )
+        ids = prompt_token_ids({"messages": body["messages"]}) or []
+        return ids if body.get("add_generation_prompt", True) else ids[:-2]
+    ids = prompt_token_ids({"prompt": body["prompt"]}) or []
+    return ids if body.get("add_special_tokens", True) else ids[1:]
 
 
 def _token_str(token: int, beh: FakeVLLMBehaviour) -> str:
-    return SPECIAL.get(token) or beh.vocabulary[token - WORD_IDS_FROM]
+    return SPECIAL.get(token) or beh.vocabulary[token]
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -68,7 +100,8 @@ async def tokenize(request: web.Request) -> web.Response:
             "missing", ("body", "prompt"), "Field required", f"<dict of {len(body)} items>"
         )
     check_model(body, beh)
-    ids = _token_ids(body, beh)
+    _learn(body, beh)
+    ids = _token_ids(body)
     strs = [_token_str(t, beh) for t in ids] if body.get("return_token_strs") else None
     reply = {"count": len(ids), "max_model_len": beh.max_model_len, "tokens": ids}
     return json_response(reply | {"token_strs": strs})
@@ -85,13 +118,13 @@ async def detokenize(request: web.Request) -> web.Response:
         )
     check_model(body, beh)
     for token in tokens:
-        if token not in SPECIAL and not 0 <= token - WORD_IDS_FROM < len(beh.vocabulary):
+        if token not in SPECIAL and token not in beh.vocabulary:
             # The renderer's validate_token_ids words it so; whether /detokenize passes a
             # parameter name, 0.32's source does not make clear: the fake names none.
             message = f"Token id {token} is out of vocabulary"
             raise ApiError(400, error_body(message))
     # Special tokens are skipped (skip_special_tokens), words joined by spaces.
-    words = [beh.vocabulary[t - WORD_IDS_FROM] for t in tokens if t not in SPECIAL]
+    words = [beh.vocabulary[t] for t in tokens if t not in SPECIAL]
     return json_response({"prompt": " ".join(words)})
 
 
