@@ -29,8 +29,8 @@ _LOAD_FAMILIES: tuple[tuple[str, str, str, Callable[[Upstream, str, UpstreamLoad
     (
         "llmgw_upstream_load",
         "gauge",
-        "What routing compares: requests waiting and running in vLLM, plus those this "
-        "gateway sent since they were read.",
+        "What routing compares: requests waiting and running in vLLM when last read, "
+        "less this gateway's it counted, plus this gateway's open there now.",
         lambda upstream, model, _: upstream.load(model),
     ),
     (

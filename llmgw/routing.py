@@ -3,9 +3,9 @@
 Each policy orders the healthy upstreams that serve the model, best first; the rest of
 the order is where a request fails over to while nothing has reached the client.
 
-- `least-loaded`: the upstream with the fewest requests (vLLM's waiting + running, plus
-  what this gateway sent since the last scrape; in-flight counts where vLLM's are not
-  known).
+- `least-loaded`: the upstream with the fewest requests (the others' as vLLM's waiting +
+  running last counted them, plus this gateway's own open there now; in-flight counts
+  where vLLM's are not known).
 - `round-robin`: each in turn.
 - `prefix-affinity` and `session`: rendezvous hashing (highest random weight) of a key
   (the request's prefix, or its session) over the upstreams, so every replica of the

@@ -5,9 +5,11 @@ Each upstream serves the models configured for it or, when none are configured, 
 its `/v1/models` lists (refreshed by the background prober, which keeps the model cards
 too: `GET /v1/models` is answered from them, without a call upstream). The scraper
 reads each upstream's `/metrics` every `[routing] metrics_interval` for vLLM's own load
-(requests waiting and running, by model); between two reads, the requests this gateway
-sent it are added, so a burst does not pile onto one server. An upstream whose metrics
-cannot be read is loaded by this gateway's requests in flight there.
+(requests waiting and running, by model). Of that, this gateway's own requests are
+known exactly at every moment (sent, not yet ended): an upstream's load is the others'
+requests as vLLM last counted them plus ours now, so a burst does not pile onto one
+server between two reads, nor does a server that has just finished ours look busy until
+the next. An upstream whose metrics cannot be read is loaded by ours alone.
 
 A request's candidates are the healthy upstreams serving its model with room, in the
 order of the model's routing policy (`routing`), then those with none (more waiting
@@ -53,7 +55,8 @@ class Upstream:
     # vLLM's load by model at the last read of its /metrics; None when not known (not
     # read yet, not exposed, or the read failed).
     loads: dict[str, UpstreamLoad] | None = None
-    sent: dict[str, int] = field(default_factory=dict)  # by model, since that read began
+    ours: dict[str, int] = field(default_factory=dict)  # our requests open there, by model
+    ours_at_read: dict[str, int] = field(default_factory=dict)  # as they were at that read
     busy_until: float = 0.0  # the clock's monotonic time until which a 503 keeps it full
     latency_ms: float | None = None
     last_error: str | None = None
@@ -80,12 +83,14 @@ class Upstream:
         ]
 
     def load(self, model: str | None) -> float:
-        """Requests on it for `model`: vLLM's waiting and running plus what was sent
-        since it said so; this gateway's in flight when vLLM's count is not known."""
+        """Requests on it for `model`: the others' (vLLM's waiting and running at the
+        last read, less ours it counted) and ours now; this gateway's in flight when
+        vLLM's count is not known."""
         known = self._known(model)
         if known is None or model is None:
             return self.in_flight
-        return known.waiting + known.running + self.sent.get(model, 0)
+        others = max(0, known.waiting + known.running - self.ours_at_read.get(model, 0))
+        return others + self.ours.get(model, 0)
 
     def full(self, model: str | None, max_waiting: int, now: float) -> bool:
         """Whether it has no room for another request: it answered 503 just now, or vLLM
@@ -243,14 +248,16 @@ class UpstreamPool:
     @contextlib.contextmanager
     def lease(self, upstream: Upstream, model: str | None = None) -> Iterator[Upstream]:
         """`upstream` with one more request (of `model`) open on it, for as long as the
-        block runs; counted as sent until its metrics are next read."""
+        block runs."""
         upstream.in_flight += 1
         if model is not None:
-            upstream.sent[model] = upstream.sent.get(model, 0) + 1
+            upstream.ours[model] = upstream.ours.get(model, 0) + 1
         try:
             yield upstream
         finally:
             upstream.in_flight -= 1
+            if model is not None:
+                upstream.ours[model] -= 1
 
     async def scrape_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._scrape(session, u) for u in self.upstreams))
@@ -262,11 +269,13 @@ class UpstreamPool:
             await self.scrape_all(session)
 
     async def _scrape(self, session: aiohttp.ClientSession, upstream: Upstream) -> None:
-        # What is sent from now on may not be in the numbers this read brings.
-        upstream.sent = {}
         timeout = min(self.routing.metrics_interval, self._probe_timeout) or self._probe_timeout
         try:
-            upstream.loads = await scrape(session, f"{upstream.url}/metrics", timeout, self._clock)
+            loads = await scrape(session, f"{upstream.url}/metrics", timeout, self._clock)
+            # Ours as vLLM counted them: taken as its answer arrives (a request sent or
+            # ended while it was on the way is the error of a millisecond or two).
+            upstream.ours_at_read = dict(upstream.ours)
+            upstream.loads = loads
         except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError) as exc:
             # Down or slow: the prober says which; routing falls back to in-flight counts.
             if upstream.loads is not None:

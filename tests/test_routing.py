@@ -1,5 +1,5 @@
 """Routing through the real gateway, over several fake vLLMs on real sockets (issue 17):
-vLLM's own load from its /metrics, what was sent since, the policies, bounded load,
+vLLM's own load from its /metrics with ours added as it changes, the policies, bounded load,
 affinity across an upstream leaving and coming back, and failover on 502/503 while
 nothing has reached the client."""
 
@@ -152,24 +152,35 @@ async def test_least_loaded_goes_by_vllms_own_queue(
     assert status[idle.url]["waiting"] == 0
     for _ in range(3):
         assert (await send(http, gateway, key, chat()))[0] == 200
-    # None of the gateway's own requests is in flight anywhere: only vLLM's queue (and
-    # what was sent since it was read) kept them off the busy server.
+    # None of the gateway's own requests is in flight anywhere: only vLLM's queue kept
+    # them off the busy server.
     assert served([busy, idle]) == [3, 3]  # the 3 held were sent to it directly
     await let_go(busy, held)
 
 
-async def test_a_burst_between_reads_is_spread_by_what_was_sent(
+async def test_a_burst_between_reads_adds_to_what_vllm_said(
     gateway_factory: GatewayFactory, fakes: list[FakeVLLM], http: aiohttp.ClientSession
 ) -> None:
-    gateway, key = await routed(gateway_factory, fakes[:2])
-    for _ in range(6):
-        assert (await send(http, gateway, key, chat()))[0] == 200
-    # Each request was over before the next: by in-flight counts all six would have gone
-    # to the first server; counting what was sent since the last read alternates them.
-    assert served(fakes[:2]) == [3, 3]
-    # The next read of /metrics starts the count afresh.
-    await gateway.app[UPSTREAMS].scrape_all(gateway.app[CLIENT])
-    assert [u.sent for u in gateway.app[UPSTREAMS].upstreams] == [{}, {}]
+    busy, idle = fakes[0], fakes[1]
+    others = await hold_directly(http, busy, 2)  # another replica's, say
+    gateway, key = await routed(gateway_factory, [busy, idle])
+    pool = gateway.app[UPSTREAMS]
+    idle.behaviour.hold = asyncio.Event()
+    burst = []
+    for n in range(4):  # no read of /metrics in between
+        burst.append(asyncio.create_task(send(http, gateway, key, chat())))
+        await wait_for(lambda: busy.behaviour.held + idle.behaviour.held == 2 + n + 1)  # noqa: B023
+    # Loads (others as read + ours now): 2+0 vs 0+0, 2 vs 1, 2 vs 2 (the first listed
+    # wins a tie), 3 vs 2: the burst filled in around vLLM's own count.
+    assert [busy.behaviour.held, idle.behaviour.held] == [3, 3]
+    assert [u.load("fake-model") for u in pool.upstreams] == [3, 3]
+    idle.behaviour.hold.set()
+    await let_go(busy, others)
+    assert [status for status, _ in await asyncio.gather(*burst)] == [200] * 4
+    # Ours ended: off the load at once; the others' stay as read until the next read.
+    assert [u.load("fake-model") for u in pool.upstreams] == [2, 0]
+    await pool.scrape_all(gateway.app[CLIENT])
+    assert [u.load("fake-model") for u in pool.upstreams] == [0, 0]
 
 
 async def test_without_vllms_metrics_requests_in_flight_decide(

@@ -1,10 +1,11 @@
 """The pool's ordering of a request's upstreams, on made-up metrics and an injected
-clock: vLLM's counts plus what was sent since, in-flight counts where vLLM's are not
-known, full upstreams after those with room, a 503's pause running out with the clock,
-and each model's own policy."""
+clock: the others' requests as vLLM counted them plus ours now, in-flight counts where
+vLLM's are not known, full upstreams after those with room, a 503's pause running out
+with the clock, and each model's own policy."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from llmgw.config import RoutingSettings, UpstreamSettings
@@ -24,23 +25,31 @@ def pool(clock: FakeClock, **routing: Any) -> UpstreamPool:
 def read(upstream: Upstream, waiting: int, running: int, model: str = "m") -> None:
     """As if its /metrics had just said so."""
     upstream.loads = {model: UpstreamLoad(waiting, running, 0.5, 100, 40, 0.0)}
-    upstream.sent = {}
+    upstream.ours_at_read = dict(upstream.ours)
 
 
 def urls(upstreams: list[Upstream]) -> list[str]:
     return [u.url for u in upstreams]
 
 
-def test_least_loaded_adds_what_was_sent_since_the_read(clock: FakeClock) -> None:
+def test_least_loaded_counts_the_others_as_read_and_ours_as_they_are(clock: FakeClock) -> None:
     p = pool(clock)
     for upstream, (waiting, running) in zip(p.upstreams, [(2, 3), (0, 4), (1, 1)], strict=True):
         read(upstream, waiting, running)
     assert urls(p.candidates("m")) == [URLS[2], URLS[1], URLS[0]]  # loads 5, 4, 2
-    for _ in range(3):  # three sent to gpu2 (and over) before the next read
-        with p.lease(p.upstreams[2], "m"):
-            pass
-    assert [u.load("m") for u in p.upstreams] == [5, 4, 5]
-    assert urls(p.candidates("m"))[0] == URLS[1]
+    with contextlib.ExitStack() as open_requests:
+        for _ in range(3):  # three of ours sent to gpu2 since the read, still open
+            open_requests.enter_context(p.lease(p.upstreams[2], "m"))
+        assert [u.load("m") for u in p.upstreams] == [5, 4, 5]
+        assert urls(p.candidates("m"))[0] == URLS[1]
+        read(p.upstreams[2], 1, 4)  # the next read counts them (and one of another's ended)
+        assert p.upstreams[2].load("m") == 5
+    # Ours ended: gone from the load at once, not at the next read.
+    assert [u.load("m") for u in p.upstreams] == [5, 4, 2]
+    # One of ours vLLM had not counted yet (on its way) makes no negative "others".
+    with p.lease(p.upstreams[1], "m"):
+        read(p.upstreams[1], 0, 0)
+        assert p.upstreams[1].load("m") == 1
 
 
 def test_in_flight_counts_where_vllms_are_not_known(clock: FakeClock) -> None:

@@ -113,47 +113,50 @@ async def test_soak_memory_and_descriptors_stay_flat(
     fake.behaviour.token_delay = 0.002
     served = Served(tmp_path, fake.url, SOAK_TIER)
     await served.start()
-    pid = served.process.pid
-    async with AdminClient(served.socket) as admin_client:
-        keys = {
-            "soak": (await admin_client.create_key("soak", tier="soak"))["key"],
-            "limited": (await admin_client.create_key("limited", tier="free"))["key"],
-        }
-    started = time.monotonic()
-    tally = Tally()
-    curve = [sample(pid, started, tally)]
-    end = started + seconds
-    traffic = [
-        asyncio.create_task(user(served.url, keys, tally, end, seed)) for seed in range(CLIENTS)
-    ]
-    traffic.append(asyncio.create_task(admin(served.socket, tally, end)))
-    while time.monotonic() < end:
-        await asyncio.sleep(seconds / SAMPLES)
-        curve.append(sample(pid, started, tally))
-    await asyncio.gather(*traffic)
-    # Idle upstream connections are closed by aiohttp's keep-alive sweep, which runs
-    # every 4 s: within two sweeps the gateway holds what it held before the traffic.
-    quiet = time.monotonic() + 10
-    while time.monotonic() < quiet and sample(pid, started, tally).fds > curve[0].fds:
-        await asyncio.sleep(0.5)
-    final = sample(pid, started, tally)
-    curve.append(final)
-    report(curve, tally, csv)
+    try:
+        pid = served.process.pid
+        async with AdminClient(served.socket) as admin_client:
+            keys = {
+                "soak": (await admin_client.create_key("soak", tier="soak"))["key"],
+                "limited": (await admin_client.create_key("limited", tier="free"))["key"],
+            }
+        started = time.monotonic()
+        tally = Tally()
+        curve = [sample(pid, started, tally)]
+        end = started + seconds
+        traffic = [
+            asyncio.create_task(user(served.url, keys, tally, end, seed)) for seed in range(CLIENTS)
+        ]
+        traffic.append(asyncio.create_task(admin(served.socket, tally, end)))
+        while time.monotonic() < end:
+            await asyncio.sleep(seconds / SAMPLES)
+            curve.append(sample(pid, started, tally))
+        await asyncio.gather(*traffic)
+        # Idle upstream connections are closed by aiohttp's keep-alive sweep, which runs
+        # every 4 s: within two sweeps the gateway holds what it held before the traffic.
+        quiet = time.monotonic() + 10
+        while time.monotonic() < quiet and sample(pid, started, tally).fds > curve[0].fds:
+            await asyncio.sleep(0.5)
+        final = sample(pid, started, tally)
+        curve.append(final)
+        report(curve, tally, csv)
 
-    warm = next(s for s in curve if s.at >= seconds * 0.2)
-    assert final.rss_kb <= warm.rss_kb + RSS_SLACK_KB, "memory grew"
-    assert final.fds <= curve[0].fds, f"file descriptors leaked: {descriptors(pid)}"
-    # Every kind of traffic happened, and every request left its row.
-    assert {200, 429, 499} <= set(tally.statuses)
-    assert tally.admin_changes > 0
-    async with asyncio.timeout(10):
-        while (rows := count_rows(served)) < tally.sent:
-            await asyncio.sleep(0.1)
-    assert rows == tally.sent
-    served.process.terminate()
-    async with asyncio.timeout(25):
-        assert await served.process.wait() == 0
-    assert "Traceback" not in served.log.read_text()
+        warm = next(s for s in curve if s.at >= seconds * 0.2)
+        assert final.rss_kb <= warm.rss_kb + RSS_SLACK_KB, "memory grew"
+        assert final.fds <= curve[0].fds, f"file descriptors leaked: {descriptors(pid)}"
+        # Every kind of traffic happened, and every request left its row.
+        assert {200, 429, 499} <= set(tally.statuses)
+        assert tally.admin_changes > 0
+        async with asyncio.timeout(10):
+            while (rows := count_rows(served)) < tally.sent:
+                await asyncio.sleep(0.1)
+        assert rows == tally.sent
+        served.process.terminate()
+        async with asyncio.timeout(25):
+            assert await served.process.wait() == 0
+        assert "Traceback" not in served.log.read_text()
+    finally:
+        await served.stop()  # a failed soak leaves no gateway running
 
 
 def descriptors(pid: int) -> list[str]:
