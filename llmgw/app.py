@@ -99,6 +99,7 @@ def create_app(
             _key_sync,
             _ledger,
             _upstream_client,
+            _upstream_scraper,
             _admin_socket,
         ]
     )
@@ -223,31 +224,38 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     app[CLIENT] = session
     pool = app[UPSTREAMS]
     await pool.probe_all(session)
-    tasks = [
-        asyncio.create_task(
-            pool.run_prober(session, server.health_check_interval), name="upstream-prober"
-        )
-    ]
-    # The reads of /metrics have a connection of their own to each upstream: in the
-    # requests' pool (which hands out its oldest idle connection first), a read every
-    # second would keep every connection a burst opened alive for good.
+    prober = asyncio.create_task(
+        pool.run_prober(session, server.health_check_interval), name="upstream-prober"
+    )
+    yield
+    prober.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prober
+    await session.close()
+
+
+async def _upstream_scraper(app: web.Application) -> AsyncIterator[None]:
+    """Reads of each upstream's /metrics (unless `metrics_interval` is 0), on a
+    connection of their own to each: in the requests' pool (which hands out its oldest
+    idle connection first), a read every second would keep every connection a burst
+    opened alive for good."""
     interval = app[SETTINGS].routing.metrics_interval
-    scraping = aiohttp.ClientSession(
+    if not interval:
+        yield
+        return
+    pool = app[UPSTREAMS]
+    session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit_per_host=1, keepalive_timeout=max(UPSTREAM_KEEPALIVE, 2 * interval)
         ),
         skip_auto_headers=("User-Agent",),
     )
-    if interval:
-        await pool.scrape_all(scraping)
-        tasks.append(asyncio.create_task(pool.run_scraper(scraping), name="upstream-scraper"))
+    await pool.scrape_all(session)
+    scraper = asyncio.create_task(pool.run_scraper(session), name="upstream-scraper")
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await scraping.close()
+    scraper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await scraper
     await session.close()
 
 
