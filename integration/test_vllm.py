@@ -184,11 +184,11 @@ async def test_vllms_errors_arrive_as_sdk_exceptions(sdk: openai.AsyncOpenAI) ->
         await sdk.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=10**6)
 
 
-async def test_a_client_disconnect_aborts_the_generation_in_vllm(
-    gateway: Gateway, vllm: VllmServer
-) -> None:
-    key = (await gateway.create_key("leaver"))["key"]
-    before = vllm.log_text().count("Aborted request")
+async def long_stream(
+    session: aiohttp.ClientSession, gateway: Gateway, key: str, events: int
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """A 1900-token chat stream through the gateway, open, once `events` of it arrived
+    (and what did)."""
     body = {
         "model": MODEL_NAME,
         "messages": MESSAGES,
@@ -196,16 +196,25 @@ async def test_a_client_disconnect_aborts_the_generation_in_vllm(
         "stream": True,
         **FULL_LENGTH,
     }
+    resp = await session.post(
+        f"{gateway.base_url}/chat/completions",
+        data=orjson.dumps(body),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    received = b""
+    async with asyncio.timeout(60):
+        while received.count(b"\n\n") < events:
+            received += await resp.content.readany()
+    return resp, received
+
+
+async def test_a_client_disconnect_aborts_the_generation_in_vllm(
+    gateway: Gateway, vllm: VllmServer
+) -> None:
+    key = (await gateway.create_key("leaver"))["key"]
+    before = vllm.log_text().count("Aborted request")
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(
-            f"{gateway.base_url}/chat/completions",
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        received = b""
-        async with asyncio.timeout(60):
-            while received.count(b"\n\n") < 5:
-                received += await resp.content.readany()
+        resp, received = await long_stream(session, gateway, key, events=5)
         resp.close()
     if b"[DONE]" in received:
         pytest.fail(
@@ -230,29 +239,15 @@ async def test_the_gateway_reads_vllms_load_while_it_generates(
     """Issue 17: the gateway's scraper on the real /metrics, with a request running."""
     pool = gateway.app[UPSTREAMS]
     key = (await gateway.create_key("watcher"))["key"]
-    body = {
-        "model": MODEL_NAME,
-        "messages": MESSAGES,
-        "max_tokens": 1900,
-        "stream": True,
-        **FULL_LENGTH,
-    }
     async with aiohttp.ClientSession() as session:
-        resp = await session.post(
-            f"{gateway.base_url}/chat/completions",
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        )
-        async with asyncio.timeout(60):
-            while b"\n\n" not in await resp.content.readany():
-                pass
+        resp, _ = await long_stream(session, gateway, key, events=1)
         await pool.scrape_all(gateway.app[CLIENT])  # as the scraper does every second
         [running] = pool.status()
         resp.close()  # vLLM aborts it
     loads = pool.upstreams[0].loads
     assert loads is not None and list(loads) == [MODEL_NAME], loads
     assert (running["running"], running["waiting"]) == (1, 0)
-    assert running["load"] == 1  # vLLM's count, and nothing sent since it was read
+    assert running["load"] == 1  # ours, once: vLLM's count of it is ours at the read
     assert running["kv_cache_usage"] is not None and 0 < running["kv_cache_usage"] <= 1
     assert running["prefix_cache_hit_rate"] is not None
 
