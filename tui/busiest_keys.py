@@ -15,7 +15,6 @@ the gateway reports in-flight counts only for a limit, and streams are what stay
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from rich.text import Text
 from textual.events import Resize
@@ -23,17 +22,8 @@ from textual.widgets import DataTable
 
 from llmgw.api_types import BudgetView, BusyKey, InFlightView, LimitsView, WindowBudget
 
-from .fit import short_prefix
+from .fit import Column, short_prefix, shown
 from .metric import rate_text
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    wide: str  # the header in the wide layout
-    narrow: str | None  # ... and in the narrow one; None: not shown there
-    right: bool = True
-
 
 # Headers of two lines: what the limit columns show is what is LEFT of each.
 COLUMNS = (
@@ -70,12 +60,7 @@ def _off() -> Text:
 
 def columns(wide: bool) -> list[tuple[str, str, bool]]:
     """(key, header, right-aligned) of each column the layout shows."""
-    shown = []
-    for c in COLUMNS:
-        header = c.wide if wide else c.narrow
-        if header is not None:
-            shown.append((c.key, header, c.right))
-    return shown
+    return shown(COLUMNS, wide)
 
 
 def compact(n: int) -> str:

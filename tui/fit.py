@@ -5,10 +5,30 @@ whole and no sideways scrollbar appears at 80 columns."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from rich.text import Text
 
 from llmgw.keys import KEY_PREFIX
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table with a wide layout and a narrow one (80 columns)."""
+
+    key: str
+    wide: str  # the header in the wide layout
+    narrow: str | None  # ... and in the narrow one; None: not shown there
+    right: bool = True
+
+
+def shown(columns: Iterable[Column], wide: bool) -> list[tuple[str, str, bool]]:
+    """(key, header, right-aligned) of each of `columns` the layout shows."""
+    return [
+        (c.key, header, c.right)
+        for c in columns
+        if (header := c.wide if wide else c.narrow) is not None
+    ]
 
 
 def cut_to_fit(

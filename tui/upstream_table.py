@@ -6,22 +6,13 @@ or not exposed: its load is then this gateway's requests in flight there)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.events import Resize
 from textual.widgets import DataTable
 
 from llmgw.api_types import UpstreamStatus
 
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    wide: str  # the header in the wide layout
-    narrow: str | None  # ... and in the narrow one; None: not shown there
-    right: bool = True
-
+from .fit import Column, shown
 
 COLUMNS = (
     Column("url", "UPSTREAM", "UPSTREAM", right=False),
@@ -44,12 +35,7 @@ MIN_DETAIL = 20
 
 def columns(wide: bool) -> list[tuple[str, str, bool]]:
     """(key, header, right-aligned) of each column the layout shows."""
-    shown = []
-    for c in COLUMNS:
-        header = c.wide if wide else c.narrow
-        if header is not None:
-            shown.append((c.key, header, c.right))
-    return shown
+    return shown(COLUMNS, wide)
 
 
 def _figure(text: str) -> Text:

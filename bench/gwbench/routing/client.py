@@ -27,6 +27,7 @@ import orjson
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..stream_client import percentiles
 from .workload import MIN_THINK, SHAPES, Turn, plan
 
 SAMPLE_EVERY = 0.5  # seconds between reads of the servers' queues
@@ -229,17 +230,6 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "load_samples": fleet.load_samples,
         "wall_s": wall,
     }
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
 
 
 def main() -> None:
